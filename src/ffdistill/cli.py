@@ -1,0 +1,139 @@
+"""Thin command-line verbs over library functions of the same name."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+
+def _rows(value: str) -> str | int:
+    if value == "all":
+        return "all"
+    if value.isdigit() and int(value) >= 0:
+        return int(value)
+    raise argparse.ArgumentTypeError("--hessian-rows takes 'all' or a number of rows per frame")
+
+
+def cmd_label(args) -> None:
+    from ffdistill.labels import label_file
+    from ffdistill.teachers import load_teacher
+
+    teacher = load_teacher(args.teacher, trust=args.trust_teacher)
+    store = label_file(teacher, args.input, args.output, rows=args.hessian_rows, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {len(store)} frames to {args.output}")
+
+
+def cmd_inspect(args) -> None:
+    from ffdistill.labels import LabelStore
+
+    summary = LabelStore(args.store).summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    rows = summary["hessian_rows_per_frame"]
+    lines = [
+        f"store          {summary['path']}",
+        f"frames         {summary['frames']} ({summary['atoms_total']} atoms; {summary['atoms_per_frame']['min']}-{summary['atoms_per_frame']['max']} per frame)",
+        f"elements       {' '.join(summary['elements'])}",
+        f"labels         {', '.join(summary['labels'])}",
+        f"hessian rows   {rows['setting']} per frame ({rows['min']}-{rows['max']}){'  [full Hessian]' if summary['full_hessian'] else ''}",
+        f"teacher        {summary['teacher']['spec']} ({summary['teacher']['version']})",
+        f"created        {summary['created']} by ffdistill {summary['ffdistill_version']}",
+    ]
+    print("\n".join(lines))
+
+
+def cmd_sample(args) -> None:
+    from ffdistill.sampling import sample_to_file
+    from ffdistill.teachers import load_teacher
+
+    teacher = load_teacher(args.teacher, trust=args.trust_teacher)
+    n = sample_to_file(
+        teacher, args.structure, args.output, n_frames=args.n, temperatures=args.temperature,
+        md_fraction=args.md_fraction, interval=args.interval, seed=args.seed, progress=not args.quiet,
+    )
+    print(f"wrote {n} frames to {args.output}")
+
+
+def cmd_train(args) -> None:
+    from ffdistill.config import load_config
+    from ffdistill.train import train_from_config
+
+    config = load_config(args.config, args.overrides)
+    result = train_from_config(config, resume=args.resume, progress=not args.quiet)
+    print(f"best student saved to {result.best_path} (validation force MAE {1000 * result.best_force_mae:.1f} meV/Å)")
+
+
+def cmd_demo(args) -> None:
+    from ffdistill.demo import run_demo
+
+    run_demo(args.output, quick=args.quick, progress=not args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ffdistill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("label", help="label structures with a teacher's energies, forces and Hessian rows")
+    p.add_argument("input", help="any ASE-readable structure file")
+    p.add_argument("-o", "--output", required=True, help="label store to write (a zarr directory)")
+    p.add_argument("--teacher", default="sevenn", help="teacher spec (default: sevenn = SevenNet-0)")
+    p.add_argument("--hessian-rows", type=_rows, default=4, help="'all' or K random rows per frame (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-teacher", action="store_true", help="allow loading a pickled teacher model file")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("inspect", help="summarise a label store")
+    p.add_argument("store")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("sample", help="sample configurations with the teacher (MD, rattle, strain)")
+    p.add_argument("--teacher", default="sevenn")
+    p.add_argument("--structure", required=True, help="a structure file, or a name such as Si, Si64, Cu, BaTiO3")
+    p.add_argument("-n", type=int, default=40, help="number of frames to write")
+    p.add_argument("--temperature", type=float, nargs="+", default=[300.0, 600.0])
+    p.add_argument("--md-fraction", type=float, default=0.5, help="share of frames from MD (the rest rattled/strained)")
+    p.add_argument("--interval", type=int, default=5, help="MD steps between kept frames")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-teacher", action="store_true")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("train", help="train a student from a YAML config with a.b=c overrides")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.hessian=0 train.epochs=50")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="distil SevenNet-0 into a fast student on silicon, end to end")
+    p.add_argument("-o", "--output", default="demo_out")
+    p.add_argument("--quick", action="store_true", help="a smaller run for smoke tests")
+    p.set_defaults(func=cmd_demo)
+
+    for p in sub.choices.values():
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ffdistill.errors import FFDistillError
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*TorchScript.*|.*torch.jit.*|.*cuEquivariance.*|.*accelerat.*")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FFDistillError as error:
+        print(f"ffdistill {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ffdistill {args.command}: interrupted; re-run the same command to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Forces, stress and Hessian rows: the one place where derivatives of an energy are taken.
+
+Teacher adapters, students, the loss, the calculator and the tests all call these functions, so a
+sign or unit convention lives here and nowhere else.
+
+Conventions (eV, Å)::
+
+    F = -dE/dR                    (N, 3)        eV/Å
+    sigma = (1/V) dE/d(strain)    (B, 3, 3)     eV/Å³   (ASE's sign: positive = tensile)
+    H[r] = d2E / dR_r dR = -dF_r/dR   (N, 3)    eV/Å²   row r of the 3N x 3N Hessian, r = 3 * atom + axis
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from ffdistill.graph import AtomicGraph
+
+#: An energy model: graph -> (B,) total energies, differentiable in ``graph.R`` and ``graph.cell``.
+EnergyFn = Callable[[AtomicGraph], Tensor]
+#: A force model (no autograd graph, e.g. an ASE calculator): graph -> (N, 3) forces.
+ForceFn = Callable[[AtomicGraph], Tensor]
+
+
+class Predictions(NamedTuple):
+    energy: Tensor  #: (B,)
+    forces: Tensor  #: (N, 3)
+    stress: Optional[Tensor]  #: (B, 3, 3) or None
+    positions: Tensor  #: (N, 3) the leaf the forces were taken against (for Hessian rows)
+
+
+def predict(
+    energy_fn: EnergyFn, graph: AtomicGraph, *, stress: bool = False, create_graph: bool = False
+) -> Predictions:
+    """Energy, forces and (optionally) stress by autograd of ``energy_fn``.
+
+    With ``create_graph=True`` the forces stay differentiable: needed for training on forces and for
+    Hessian rows.
+    """
+    R = graph.R.detach().requires_grad_(True)
+    inputs = [R]
+    cell = graph.cell
+    if stress:
+        # Homogeneous strain applied to positions and cell; dE/d(strain) is the virial.
+        strain = torch.zeros_like(graph.cell, requires_grad=True)
+        sym = 0.5 * (strain + strain.transpose(1, 2))
+        R_used = R + torch.einsum("ni,nij->nj", R, sym[graph.batch])
+        cell = graph.cell + torch.bmm(graph.cell, sym)
+        inputs.append(strain)
+    else:
+        R_used = R
+    energy = energy_fn(graph._replace(R=R_used, cell=cell))
+    grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph, allow_unused=True)
+    forces = -_zeros_if_none(grads[0], R)
+    sigma = None
+    if stress:
+        volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)
+        sigma = _zeros_if_none(grads[1], graph.cell) / volume[:, None, None]
+        periodic = graph.pbc.all(dim=1)
+        sigma = torch.where(periodic[:, None, None], sigma, torch.full_like(sigma, float("nan")))
+    if not create_graph:
+        energy, forces = energy.detach(), forces.detach()
+        sigma = None if sigma is None else sigma.detach()
+    return Predictions(energy, forces, sigma, R)
+
+
+def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def one_hot_rows(rows: Tensor, n_atoms: int, like: Tensor) -> Tensor:
+    """(K, N, 3) one-hot vectors selecting flat coordinates ``rows``."""
+    e = torch.zeros(len(rows), n_atoms * 3, dtype=like.dtype, device=like.device)
+    e[torch.arange(len(rows), device=like.device), rows.to(like.device)] = 1.0
+    return e.view(len(rows), n_atoms, 3)
+
+
+def hessian_rows(
+    forces: Tensor,
+    positions: Tensor,
+    rows: Tensor | Sequence[int],
+    *,
+    create_graph: bool = False,
+    vectorize: bool = True,
+) -> Tensor:
+    """Rows ``H[rows]`` (K, N, 3) as vector-Jacobian products of the forces with one-hot vectors.
+
+    ``forces`` must come from ``predict(..., create_graph=True)`` and ``positions`` is its leaf.
+    All K products run in one vmapped call; if vmap is unsupported by the model or runs out of
+    memory, rows are computed one by one (same result, slower).
+    """
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    if len(rows) == 0:
+        return forces.new_zeros(0, *forces.shape)
+    vectors = one_hot_rows(rows, forces.shape[0], forces)
+    if vectorize:
+        try:
+            return _rows_vmapped(forces, positions, vectors, create_graph)
+        except (RuntimeError, NotImplementedError) as error:
+            # A genuine error recurs in the loop below and is raised from there.
+            warnings.warn(f"vmapped Hessian rows failed ({str(error).splitlines()[0]}); computing row by row")
+    return _rows_looped(forces, positions, vectors, create_graph)
+
+
+def _rows_vmapped(forces: Tensor, positions: Tensor, vectors: Tensor, create_graph: bool) -> Tensor:
+    (jac,) = torch.autograd.grad(
+        forces, positions, grad_outputs=vectors, is_grads_batched=True, retain_graph=True, create_graph=create_graph
+    )
+    return -jac
+
+
+def _rows_looped(forces: Tensor, positions: Tensor, vectors: Tensor, create_graph: bool) -> Tensor:
+    out = []
+    for v in vectors:
+        (jac,) = torch.autograd.grad(forces, positions, grad_outputs=v, retain_graph=True, create_graph=create_graph)
+        out.append(-jac)
+    return torch.stack(out)
+
+
+def full_hessian(energy_fn: EnergyFn, graph: AtomicGraph, *, vectorize: bool = True) -> Tensor:
+    """The whole (3N, 3N) Hessian: all 3N rows (for small systems and tests)."""
+    pred = predict(energy_fn, graph, create_graph=True)
+    rows = hessian_rows(pred.forces, pred.positions, range(3 * graph.n_atoms), vectorize=vectorize)
+    return rows.reshape(3 * graph.n_atoms, 3 * graph.n_atoms)
+
+
+def fd_hessian_rows(force_fn: ForceFn, graph: AtomicGraph, rows: Tensor | Sequence[int], h: float = 1e-3) -> Tensor:
+    """Rows ``H[rows]`` (K, N, 3) by central differences of forces: H[r] = -(F(R + h e_r) - F(R - h e_r)) / 2h.
+
+    For teachers that give forces but no autograd graph. Uses the symmetry of H: the column
+    obtained by displacing coordinate r equals row r. Costs 2 force calls per row.
+    """
+    out = []
+    for r in torch.as_tensor(rows, dtype=torch.long).tolist():
+        step = torch.zeros_like(graph.R).view(-1)
+        step[r] = h
+        step = step.view_as(graph.R)
+        f_plus = force_fn(graph._replace(R=graph.R + step))
+        f_minus = force_fn(graph._replace(R=graph.R - step))
+        out.append(-(f_plus - f_minus) / (2 * h))
+    return torch.stack(out) if out else graph.R.new_zeros(0, *graph.R.shape)
+
+
+def fd_forces(energy_fn: EnergyFn, graph: AtomicGraph, h: float = 1e-4) -> Tensor:
+    """Forces by central differences of the energy (a reference for tests)."""
+    R = graph.R.detach().double()
+    forces = torch.zeros_like(R)
+    with torch.no_grad():
+        for k in range(R.numel()):
+            step = torch.zeros_like(R).view(-1)
+            step[k] = h
+            step = step.view_as(R)
+            e_plus = energy_fn(graph._replace(R=(R + step).to(graph.R.dtype))).sum().double()
+            e_minus = energy_fn(graph._replace(R=(R - step).to(graph.R.dtype))).sum().double()
+            forces.view(-1)[k] = -(e_plus - e_minus) / (2 * h)
+    return forces.to(graph.R.dtype)

@@ -1,0 +1,281 @@
+"""Teacher labels on disk: a chunked, resumable zarr store.
+
+Layout (F frames, A atoms in all, K rows in all, and ``HA = sum over rows of that frame's atoms``)::
+
+    n_atoms (F,) int64    energy (F,) f64 eV       cell (F, 3, 3) Å    pbc (F, 3) bool
+    n_rows  (F,) int64    stress (F, 3, 3) eV/Å³ (NaN when not periodic)
+    numbers (A,) int64    positions (A, 3) Å       forces (A, 3) eV/Å
+    row_index (K,) int64  flat coordinate index within its frame (3 * atom + axis)
+    hessian (HA, 3) f32   rows of d2E/dR2 in eV/Å², each row one (N_frame, 3) block
+
+Crash safety: each frame is appended to every array, then the group attribute ``frames_done`` is
+rewritten (zarr writes each file atomically). Everything past ``frames_done`` is discarded on resume.
+The store is built at ``PATH.partial`` and renamed to ``PATH`` when complete, so a ``PATH`` that exists
+is always whole.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Optional
+
+import ase
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ffdistill import __version__
+from ffdistill.errors import FFDistillError, StoreError
+from ffdistill.graph import AtomicGraph, from_ase
+from ffdistill.io import file_sha256, iter_structures, scan_structures
+from ffdistill.teachers.base import Teacher, TeacherLabels
+
+FORMAT = "ffdistill-labels"
+FORMAT_VERSION = 1
+UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "hessian": "eV/Å²", "positions": "Å"}
+
+#: name -> (trailing shape, dtype, chunk length along axis 0)
+ARRAYS = {
+    "n_atoms": ((), "int64", 4096),
+    "n_rows": ((), "int64", 4096),
+    "energy": ((), "float64", 4096),
+    "cell": ((3, 3), "float64", 4096),
+    "pbc": ((3,), "bool", 4096),
+    "stress": ((3, 3), "float64", 4096),
+    "numbers": ((), "int64", 65536),
+    "positions": ((3,), "float64", 65536),
+    "forces": ((3,), "float64", 65536),
+    "row_index": ((), "int64", 65536),
+    "hessian": ((3,), "float32", 262144),
+}
+FRAME_ARRAYS = ("n_atoms", "n_rows", "energy", "cell", "pbc", "stress")
+ATOM_ARRAYS = ("numbers", "positions", "forces")
+
+
+def choose_rows(n_atoms: int, rows: str | int, seed: int, frame: int) -> np.ndarray:
+    """Rows to label for one frame: all 3N, or K drawn without replacement, reproducible per frame."""
+    if rows == "all":
+        return np.arange(3 * n_atoms)
+    k = min(int(rows), 3 * n_atoms)
+    rng = np.random.default_rng([seed, frame])
+    return np.sort(rng.choice(3 * n_atoms, size=k, replace=False))
+
+
+@dataclass(frozen=True)
+class LabelRequest:
+    """What a store is labelled from: resuming requires every field to match."""
+
+    input_sha256: str
+    teacher_spec: str
+    teacher_version: str
+    hessian_rows: str  # "all" or a number of rows per frame
+    seed: int
+
+
+def label_file(
+    teacher: Teacher, input_path: str, store_path: str, rows: str | int = "all", seed: int = 0, progress: bool = True
+) -> "LabelStore":
+    """Label every structure of ``input_path`` with ``teacher`` into ``store_path``; resumes if interrupted."""
+    if os.path.exists(store_path):
+        raise StoreError(f"{store_path} already exists and is complete; choose another output or delete it")
+    n_frames = scan_structures(input_path, teacher.check_elements)
+    request = LabelRequest(file_sha256(input_path), teacher.spec, teacher.version, str(rows), int(seed))
+    partial = store_path + ".partial"
+    group = _open_partial(partial, request, input_path, n_frames)
+    done = int(group.attrs["frames_done"])
+    bar = tqdm(total=n_frames, initial=done, desc="labelling", unit="frame", disable=not progress)
+    for index, atoms in enumerate(iter_structures(input_path, start=done), start=done):
+        picked = choose_rows(len(atoms), rows, seed, index)
+        try:
+            labels = teacher.label(atoms, picked)
+        except FFDistillError as error:
+            raise type(error)(f"{input_path}, structure {index}: {error}") from error
+        _append_frame(group, atoms, labels)
+        group.attrs["frames_done"] = index + 1  # the commit point
+        bar.update(1)
+    bar.close()
+    group.attrs["complete"] = True
+    os.replace(partial, store_path)
+    return LabelStore(store_path)
+
+
+def _open_partial(partial: str, request: LabelRequest, input_path: str, n_frames: int):
+    import zarr
+
+    _check_writable(os.path.dirname(os.path.abspath(partial)))
+    if os.path.exists(partial):
+        group = zarr.open_group(partial, mode="r+")
+        _check_same_request(group, request, partial)
+        _truncate_to_committed(group)
+        return group
+    group = zarr.open_group(partial, mode="w")
+    for name, (shape, dtype, chunk) in ARRAYS.items():
+        group.create_array(name, shape=(0, *shape), dtype=dtype, chunks=(chunk, *shape))
+    group.attrs.update(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "ffdistill_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "input": os.path.abspath(input_path),
+            "n_frames_expected": n_frames,
+            "units": UNITS,
+            "dtype": {"hessian": "float32", "other": "float64"},
+            **request.__dict__,
+            "frames_done": 0,
+            "complete": False,
+        }
+    )
+    return group
+
+
+def _check_writable(directory: str) -> None:
+    if not os.path.isdir(directory):
+        raise StoreError(f"output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise StoreError(f"output directory {directory} is not writable")
+    if shutil.disk_usage(directory).free < 50 * 2**20:
+        raise StoreError(f"less than 50 MiB free in {directory}")
+
+
+def _check_same_request(group, request: LabelRequest, path: str) -> None:
+    for field, wanted in request.__dict__.items():
+        found = group.attrs.get(field)
+        if found != wanted:
+            what = "a different input file" if field == "input_sha256" else f"{field}={found!r} (now {wanted!r})"
+            raise StoreError(f"cannot resume {path}: it was written from {what}; delete it or choose another output")
+
+
+def _truncate_to_committed(group) -> None:
+    """Drop whatever a killed run appended after its last commit."""
+    done = int(group.attrs["frames_done"])
+    n_atoms = group["n_atoms"][:done]
+    n_rows = group["n_rows"][:done]
+    lengths = {name: done for name in FRAME_ARRAYS}
+    lengths.update({name: int(n_atoms.sum()) for name in ATOM_ARRAYS})
+    lengths["row_index"] = int(n_rows.sum())
+    lengths["hessian"] = int((n_rows * n_atoms).sum())
+    for name, length in lengths.items():
+        array = group[name]
+        if array.shape[0] != length:
+            array.resize((length, *array.shape[1:]))
+
+
+def _append_frame(group, atoms: ase.Atoms, labels: TeacherLabels) -> None:
+    n = len(atoms)
+    stress = labels.stress if labels.stress is not None else np.full((3, 3), np.nan)
+    values = {
+        "n_atoms": np.array([n]),
+        "n_rows": np.array([len(labels.row_index)]),
+        "energy": np.array([labels.energy]),
+        "cell": atoms.cell.array[None],
+        "pbc": np.asarray(atoms.pbc, dtype=bool)[None],
+        "stress": stress[None],
+        "numbers": atoms.numbers,
+        "positions": atoms.positions,
+        "forces": labels.forces,
+        "row_index": labels.row_index,
+        "hessian": labels.hessian_rows.reshape(-1, 3).astype(np.float32),
+    }
+    for name, value in values.items():
+        group[name].append(np.asarray(value, dtype=ARRAYS[name][1]), axis=0)
+
+
+class LabelStore:
+    """Read access to a complete label store."""
+
+    def __init__(self, path: str):
+        import zarr
+
+        if not os.path.isdir(path):
+            hint = " (an interrupted run: re-run the same label command to finish it)" if os.path.isdir(path + ".partial") else ""
+            raise StoreError(f"no label store at {path}{hint}")
+        try:
+            self.group = zarr.open_group(path, mode="r")
+            attrs = dict(self.group.attrs)
+        except Exception as error:
+            raise StoreError(f"{path} is not a readable label store ({type(error).__name__})") from error
+        if attrs.get("format") != FORMAT:
+            raise StoreError(f"{path} is not an ffdistill label store")
+        if not attrs.get("complete"):
+            raise StoreError(f"{path} is incomplete")
+        self.path, self.attrs = path, attrs
+        self._load_index()
+
+    def _load_index(self) -> None:
+        try:
+            self.n_atoms = self.group["n_atoms"][:]
+            self.n_rows = self.group["n_rows"][:]
+        except Exception as error:
+            raise StoreError(f"{self.path} is corrupt: cannot read its index ({type(error).__name__})") from error
+        self.atom_start = np.concatenate([[0], np.cumsum(self.n_atoms)])
+        self.row_start = np.concatenate([[0], np.cumsum(self.n_rows)])
+        self.hess_start = np.concatenate([[0], np.cumsum(self.n_rows * self.n_atoms)])
+        expected = {"numbers": self.atom_start[-1], "row_index": self.row_start[-1], "hessian": self.hess_start[-1]}
+        for name, length in expected.items():
+            if self.group[name].shape[0] != length or len(self.n_atoms) != self.attrs["frames_done"]:
+                raise StoreError(f"{self.path} is corrupt: array {name} has the wrong length")
+
+    def __len__(self) -> int:
+        return len(self.n_atoms)
+
+    def frame(self, i: int) -> tuple[ase.Atoms, dict[str, Optional[np.ndarray]]]:
+        """Structure ``i`` and its labels: energy, forces, stress (or None), hessian_rows (K, N, 3), row_index."""
+        g, a0, a1 = self.group, self.atom_start[i], self.atom_start[i + 1]
+        r0, r1, h0, h1 = self.row_start[i], self.row_start[i + 1], self.hess_start[i], self.hess_start[i + 1]
+        try:
+            atoms = ase.Atoms(numbers=g["numbers"][a0:a1], positions=g["positions"][a0:a1], cell=g["cell"][i], pbc=g["pbc"][i])
+            stress = g["stress"][i]
+            labels = {
+                "energy": float(g["energy"][i]),
+                "forces": g["forces"][a0:a1],
+                "stress": None if np.isnan(stress).any() else stress,
+                "row_index": g["row_index"][r0:r1],
+                "hessian_rows": g["hessian"][h0:h1].reshape(r1 - r0, a1 - a0, 3),
+            }
+        except Exception as error:
+            raise StoreError(f"{self.path} is corrupt: cannot read frame {i} ({type(error).__name__}: {error})") from error
+        return atoms, labels
+
+    def graph(self, i: int, cutoff: float, dtype: torch.dtype = torch.float32) -> AtomicGraph:
+        """Frame ``i`` as a labelled ``AtomicGraph`` of radius ``cutoff``."""
+        atoms, labels = self.frame(i)
+        graph = from_ase(atoms, cutoff, dtype=dtype, labels=False)
+        as_t = lambda x: None if x is None else torch.as_tensor(np.asarray(x), dtype=dtype)  # noqa: E731
+        return graph._replace(
+            energy=torch.tensor([labels["energy"]], dtype=dtype),
+            forces=as_t(labels["forces"]),
+            stress=None if labels["stress"] is None else as_t(labels["stress"])[None],
+            hessian_rows=as_t(labels["hessian_rows"]),
+            row_index=torch.as_tensor(labels["row_index"], dtype=torch.long),
+        )
+
+    def summary(self) -> dict:
+        numbers = self.group["numbers"][:]
+        elements = sorted({ase.data.chemical_symbols[z] for z in np.unique(numbers)})
+        rows = self.n_rows
+        return {
+            "path": self.path,
+            "frames": len(self),
+            "atoms_total": int(self.atom_start[-1]),
+            "atoms_per_frame": {"min": int(self.n_atoms.min()), "max": int(self.n_atoms.max())},
+            "elements": elements,
+            "labels": ["energy", "forces"] + (["stress"] if not np.isnan(self.group["stress"][:]).all() else []) + (["hessian_rows"] if rows.sum() else []),
+            "hessian_rows_per_frame": {"setting": self.attrs["hessian_rows"], "min": int(rows.min()), "max": int(rows.max())},
+            "full_hessian": bool(np.all(rows == 3 * self.n_atoms)),
+            "teacher": {"spec": self.attrs["teacher_spec"], "version": self.attrs["teacher_version"]},
+            "seed": self.attrs["seed"],
+            "units": self.attrs["units"],
+            "input": self.attrs["input"],
+            "created": self.attrs["created"],
+            "ffdistill_version": self.attrs["ffdistill_version"],
+        }
+
+
+def stores_equal(a: str, b: str) -> bool:
+    """True when two stores hold identical arrays (used to check that resuming changes nothing)."""
+    sa, sb = LabelStore(a), LabelStore(b)
+    return all(np.array_equal(sa.group[n][:], sb.group[n][:], equal_nan=n in ("stress",)) for n in ARRAYS)

@@ -1,0 +1,130 @@
+"""One interface for every teacher: energy, forces, optional stress and Hessian rows for a structure."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import ase
+import numpy as np
+import torch
+from torch import Tensor
+
+from ffdistill import derivatives
+from ffdistill.errors import TeacherError
+from ffdistill.graph import AtomicGraph, from_ase
+
+#: Teacher outputs beyond these are treated as a broken model or structure, not physics.
+MAX_ABS_FORCE = 1e3  # eV/Å
+MAX_ABS_ENERGY_PER_ATOM = 1e4  # eV
+
+
+@dataclass(frozen=True)
+class TeacherLabels:
+    """Labels for one structure of N atoms, as float64 numpy arrays in eV and Å."""
+
+    energy: float
+    forces: np.ndarray  #: (N, 3) eV/Å
+    stress: Optional[np.ndarray]  #: (3, 3) eV/Å³, None when not periodic
+    hessian_rows: np.ndarray  #: (K, N, 3) eV/Å², K may be 0
+    row_index: np.ndarray  #: (K,) flat coordinate indices
+
+
+class Teacher(ABC):
+    """A foundation model seen through one interface.
+
+    Subclasses set ``spec`` (how the CLI names it), ``version`` and ``elements`` (atomic numbers it
+    covers, or None for any), and implement either ``energy`` (autograd teachers) or ``forces``.
+    """
+
+    spec: str
+    version: str
+    elements: Optional[frozenset[int]] = None
+    #: Radius of the graph the teacher is evaluated on (Å).
+    cutoff: float = 5.0
+    #: Hessian rows by autograd (True) or by central differences of forces (False).
+    has_autograd: bool = True
+
+    def check_elements(self, numbers: Sequence[int]) -> None:
+        if self.elements is None:
+            return
+        missing = sorted(set(int(z) for z in numbers) - self.elements)
+        if missing:
+            symbols = ", ".join(ase.data.chemical_symbols[z] for z in missing)
+            raise TeacherError(f"teacher {self.spec} does not cover element(s) {symbols}")
+
+    def graph(self, atoms: ase.Atoms) -> AtomicGraph:
+        return from_ase(atoms, self.cutoff, dtype=self.dtype, labels=False)
+
+    dtype: torch.dtype = torch.float32
+
+    def label(self, atoms: ase.Atoms, rows: Sequence[int] = ()) -> TeacherLabels:
+        """Energy, forces, stress (periodic cells) and the Hessian rows ``rows`` of one structure."""
+        self.check_elements(atoms.numbers)
+        graph = self.graph(atoms)
+        periodic = bool(np.all(atoms.pbc))
+        energy, forces, stress, hess = self._compute(graph, torch.as_tensor(rows, dtype=torch.long), periodic)
+        labels = TeacherLabels(
+            energy=float(energy),
+            forces=_np(forces),
+            stress=_np(stress) if periodic and stress is not None else None,
+            hessian_rows=_np(hess).reshape(len(rows), len(atoms), 3),
+            row_index=np.asarray(rows, dtype=np.int64),
+        )
+        validate_labels(labels, self.spec, len(atoms))
+        return labels
+
+    def _compute(self, graph: AtomicGraph, rows: Tensor, periodic: bool):
+        if not self.has_autograd:
+            return self._compute_fd(graph, rows, periodic)
+        pred = derivatives.predict(self.energy, graph, stress=periodic, create_graph=len(rows) > 0)
+        hess = derivatives.hessian_rows(pred.forces, pred.positions, rows)
+        stress = None if pred.stress is None else pred.stress[0]
+        return pred.energy.sum().detach(), pred.forces.detach(), _detach(stress), hess.detach()
+
+    def _compute_fd(self, graph: AtomicGraph, rows: Tensor, periodic: bool):
+        energy, forces, stress = self.energy_forces_stress(graph, periodic)
+        hess = derivatives.fd_hessian_rows(lambda g: self.energy_forces_stress(g, False)[1], graph, rows, h=self.fd_step)
+        return energy, forces, stress, hess
+
+    #: Central-difference step for Hessian rows of force-only teachers (Å).
+    fd_step: float = 1e-3
+
+    def energy(self, graph: AtomicGraph) -> Tensor:
+        """(B,) energies, differentiable in positions and cell (autograd teachers)."""
+        raise NotImplementedError
+
+    def energy_forces_stress(self, graph: AtomicGraph, stress: bool):
+        """Energy, (N, 3) forces and (3, 3) stress or None (force-only teachers)."""
+        raise NotImplementedError
+
+    def node_features(self, graph: AtomicGraph) -> Optional[Tensor]:
+        """(N, D) per-atom features for feature-distillation baselines, when the teacher exposes them."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r}, version={self.version!r})"
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
+
+
+def _detach(x: Optional[Tensor]) -> Optional[Tensor]:
+    return None if x is None else x.detach()
+
+
+def validate_labels(labels: TeacherLabels, spec: str, n_atoms: int) -> None:
+    """Refuse NaN/inf or absurd teacher outputs instead of writing them to a store."""
+    arrays = {"energy": np.asarray(labels.energy), "forces": labels.forces, "hessian rows": labels.hessian_rows}
+    if labels.stress is not None:
+        arrays["stress"] = labels.stress
+    for name, value in arrays.items():
+        if not np.all(np.isfinite(value)):
+            raise TeacherError(f"teacher {spec} returned non-finite {name}")
+    if abs(labels.energy) / n_atoms > MAX_ABS_ENERGY_PER_ATOM:
+        raise TeacherError(f"teacher {spec} returned an absurd energy ({labels.energy:.3g} eV for {n_atoms} atoms)")
+    fmax = np.abs(labels.forces).max(initial=0.0)
+    if fmax > MAX_ABS_FORCE:
+        raise TeacherError(f"teacher {spec} returned an absurd force ({fmax:.3g} eV/Å)")

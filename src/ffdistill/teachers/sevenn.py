@@ -1,0 +1,97 @@
+"""SevenNet teachers. SevenNet-0's weights ship inside the sevenn package: no download, ever."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+from torch import Tensor
+
+from ffdistill.errors import TeacherError
+from ffdistill.graph import AtomicGraph, edge_vectors
+from ffdistill.teachers.base import Teacher
+
+#: Names of checkpoints bundled in the sevenn wheel, resolved to files without network access.
+BUNDLED = {"7net-0": "SEVENNET_0_11Jul2024", "sevennet-0": "SEVENNET_0_11Jul2024", "7net-0_22may2024": "SEVENNET_0_22May2024", "7net-l3i5": "SEVENNET_l3i5", "7net-mf-0": "SEVENNET_MF_0"}
+
+
+class SevenNetTeacher(Teacher):
+    """A SevenNet model evaluated as an energy-only function of positions and cell.
+
+    The model's own force module is removed: forces, stress and Hessian rows come from
+    ``ffdistill.derivatives`` like every other model's.
+    """
+
+    def __init__(self, name: str = "7net-0", trust: bool = False, modal: str | None = None):
+        try:
+            import sevenn
+            import sevenn._keys as KEY
+            from sevenn import _const
+            from sevenn.util import load_checkpoint
+        except ImportError as error:  # pragma: no cover - sevenn is a core dependency
+            raise TeacherError(f"the sevenn package is needed for this teacher: {error}") from error
+        path = _resolve(name, _const, trust)
+        checkpoint = load_checkpoint(path)
+        model = checkpoint.build_model()
+        model.set_is_batch_data(False)
+        model.delete_module_by_key("force_output")
+        model.key_grad = None  # positions carry the gradient, not the model's own edge vectors
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model, self.KEY, self.modal = model, KEY, modal
+        self.cutoff = float(checkpoint.config[KEY.CUTOFF])
+        self.elements = frozenset(int(z) for z in checkpoint.config[KEY.TYPE_MAP])
+        self.spec = "sevenn" if name == "7net-0" else f"sevenn:{name}"
+        self.version = f"sevenn {sevenn.__version__}, {os.path.basename(os.path.dirname(path))}"
+
+    def _data(self, graph: AtomicGraph, b: int) -> dict:
+        K = self.KEY
+        lo, hi = int(graph.ptr[b]), int(graph.ptr[b + 1])
+        edges = (graph.batch[graph.edge_index[0]] == b).nonzero().squeeze(1)
+        sub = graph._replace(edge_index=graph.edge_index[:, edges], shifts=graph.shifts[edges])
+        vec = edge_vectors(sub)
+        data = {
+            K.NODE_FEATURE: graph.Z[lo:hi],
+            K.ATOMIC_NUMBERS: graph.Z[lo:hi],
+            K.POS: graph.R[lo:hi],
+            K.EDGE_IDX: sub.edge_index - lo,
+            K.EDGE_VEC: vec,
+            K.CELL_VOLUME: torch.linalg.det(graph.cell[b]).abs(),
+            K.NUM_ATOMS: torch.tensor(hi - lo),
+            K.BATCH: torch.zeros(hi - lo, dtype=torch.long),
+        }
+        if self.modal:
+            data[K.DATA_MODALITY] = self.modal
+        return data
+
+    def energy(self, graph: AtomicGraph) -> Tensor:
+        energies = [self.model(self._data(graph, b))[self.KEY.PRED_TOTAL_ENERGY].reshape(()) for b in range(graph.n_structures)]
+        return torch.stack(energies)
+
+    def node_features(self, graph: AtomicGraph) -> Tensor:
+        """Scalar node features entering SevenNet's energy read-out (input of ``reduce_input_to_hidden``)."""
+        features = []
+        with torch.no_grad():
+            for b in range(graph.n_structures):
+                data = self._data(graph, b)
+                for name, module in self.model._modules.items():
+                    if name == "reduce_input_to_hidden":
+                        break
+                    data = module(data)
+                features.append(data[self.KEY.NODE_FEATURE])
+        return torch.cat(features)
+
+
+def _resolve(name: str, const, trust: bool) -> str:
+    if name.lower() in BUNDLED:
+        path = getattr(const, BUNDLED[name.lower()], None)
+        if path is None or not os.path.isfile(path):
+            raise TeacherError(f"SevenNet checkpoint {name} is not bundled in this sevenn install")
+        return path
+    if os.path.isfile(name):
+        if not trust:
+            raise TeacherError(f"{name} is a pickled checkpoint that can run code when loaded; pass --trust-teacher if you trust it")
+        return name
+    raise TeacherError(f"unknown SevenNet model {name!r}: use one of {', '.join(sorted(BUNDLED))} or a local checkpoint path")
