@@ -61,7 +61,9 @@ def cmd_train(args) -> None:
     from ffdistill.config import load_config
     from ffdistill.train import train_from_config
 
-    config = load_config(args.config, args.overrides)
+    # The config file is optional: `ffdistill train data.store=x.zarr` runs on the defaults.
+    path, overrides = (None, [args.config, *args.overrides]) if "=" in args.config else (args.config, args.overrides)
+    config = load_config(path, overrides)
     result = train_from_config(config, resume=args.resume, progress=not args.quiet)
     print(f"best student saved to {result.best_path} (validation force MAE {1000 * result.best_force_mae:.1f} meV/Å)")
 
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("train", help="train a student from a YAML config with a.b=c overrides")
-    p.add_argument("config")
+    p.add_argument("config", help="YAML config (optional: overrides alone run on the defaults)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.hessian=0 train.epochs=50")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.set_defaults(func=cmd_train)

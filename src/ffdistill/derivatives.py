@@ -85,6 +85,7 @@ def hessian_rows(
     positions: Tensor,
     rows: Tensor | Sequence[int],
     *,
+    batch: Optional[Tensor] = None,
     create_graph: bool = False,
     vectorize: bool = True,
 ) -> Tensor:
@@ -93,12 +94,41 @@ def hessian_rows(
     ``forces`` must come from ``predict(..., create_graph=True)`` and ``positions`` is its leaf.
     All K products run in one vmapped call; if vmap is unsupported by the model or runs out of
     memory, rows are computed one by one (same result, slower).
+
+    With ``batch`` (the graph's atom-to-structure index), rows of different structures share one
+    product: structures do not interact, so the summed product splits exactly by atom. A batch with
+    one row per structure then costs a single backward pass.
     """
-    rows = torch.as_tensor(rows, dtype=torch.long)
+    rows = torch.as_tensor(rows, dtype=torch.long, device=forces.device)
     if len(rows) == 0:
         return forces.new_zeros(0, *forces.shape)
-    vectors = one_hot_rows(rows, forces.shape[0], forces)
-    if vectorize:
+    if batch is None:
+        return _rows(forces, positions, one_hot_rows(rows, forces.shape[0], forces), create_graph, vectorize)
+    waves = _pack_rows(rows, batch)
+    products = _rows(forces, positions, _wave_vectors(rows, waves, forces), create_graph, vectorize)
+    owner = batch[rows // 3]  # structure of each row
+    mask = (batch[None, :] == owner[:, None]).to(forces.dtype)[:, :, None]
+    return products[waves] * mask
+
+
+def _pack_rows(rows: Tensor, batch: Tensor) -> Tensor:
+    """Wave of each row: its rank among the rows of its own structure."""
+    owner = batch[rows // 3]
+    waves = torch.zeros_like(rows)
+    for structure in owner.unique():
+        members = (owner == structure).nonzero().squeeze(1)
+        waves[members] = torch.arange(len(members), device=rows.device)
+    return waves
+
+
+def _wave_vectors(rows: Tensor, waves: Tensor, like: Tensor) -> Tensor:
+    vectors = like.new_zeros(int(waves.max()) + 1, like.numel())
+    vectors[waves, rows] = 1.0
+    return vectors.view(-1, *like.shape)
+
+
+def _rows(forces: Tensor, positions: Tensor, vectors: Tensor, create_graph: bool, vectorize: bool) -> Tensor:
+    if vectorize and len(vectors) > 1:
         try:
             return _rows_vmapped(forces, positions, vectors, create_graph)
         except (RuntimeError, NotImplementedError) as error:

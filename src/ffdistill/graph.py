@@ -121,7 +121,7 @@ def from_ase(atoms: ase.Atoms, cutoff: float, dtype: torch.dtype = torch.float32
         if "forces" in results:
             forces = torch.as_tensor(np.asarray(results["forces"]), dtype=dtype)
         if "stress" in results and pbc.all():
-            from ase.constraints import voigt_6_to_full_3x3_stress
+            from ase.stress import voigt_6_to_full_3x3_stress
 
             stress = torch.as_tensor(voigt_6_to_full_3x3_stress(results["stress"]), dtype=dtype)[None]
     return AtomicGraph(

@@ -7,6 +7,7 @@ Layout (F frames, A atoms in all, K rows in all, and ``HA = sum over rows of tha
     numbers (A,) int64    positions (A, 3) Å       forces (A, 3) eV/Å
     row_index (K,) int64  flat coordinate index within its frame (3 * atom + axis)
     hessian (HA, 3) f32   rows of d2E/dR2 in eV/Å², each row one (N_frame, 3) block
+    ref_energy (F,), ref_forces (A, 3)   the input file's own labels (e.g. DFT), NaN where it has none
 
 Crash safety: each frame is appended to every array, then the group attribute ``frames_done`` is
 rewritten (zarr writes each file atomically). Everything past ``frames_done`` is discarded on resume.
@@ -50,9 +51,11 @@ ARRAYS = {
     "forces": ((3,), "float64", 65536),
     "row_index": ((), "int64", 65536),
     "hessian": ((3,), "float32", 262144),
+    "ref_energy": ((), "float64", 4096),
+    "ref_forces": ((3,), "float64", 65536),
 }
-FRAME_ARRAYS = ("n_atoms", "n_rows", "energy", "cell", "pbc", "stress")
-ATOM_ARRAYS = ("numbers", "positions", "forces")
+FRAME_ARRAYS = ("n_atoms", "n_rows", "energy", "cell", "pbc", "stress", "ref_energy")
+ATOM_ARRAYS = ("numbers", "positions", "forces", "ref_forces")
 
 
 def choose_rows(n_atoms: int, rows: str | int, seed: int, frame: int) -> np.ndarray:
@@ -167,6 +170,7 @@ def _truncate_to_committed(group) -> None:
 def _append_frame(group, atoms: ase.Atoms, labels: TeacherLabels) -> None:
     n = len(atoms)
     stress = labels.stress if labels.stress is not None else np.full((3, 3), np.nan)
+    ref_energy, ref_forces = _reference_labels(atoms)
     values = {
         "n_atoms": np.array([n]),
         "n_rows": np.array([len(labels.row_index)]),
@@ -179,9 +183,19 @@ def _append_frame(group, atoms: ase.Atoms, labels: TeacherLabels) -> None:
         "forces": labels.forces,
         "row_index": labels.row_index,
         "hessian": labels.hessian_rows.reshape(-1, 3).astype(np.float32),
+        "ref_energy": np.array([ref_energy]),
+        "ref_forces": ref_forces,
     }
     for name, value in values.items():
         group[name].append(np.asarray(value, dtype=ARRAYS[name][1]), axis=0)
+
+
+def _reference_labels(atoms: ase.Atoms) -> tuple[float, np.ndarray]:
+    """Energy and forces the input file carries (DFT, say), NaN when it has none."""
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    energy = float(results["energy"]) if "energy" in results else np.nan
+    forces = np.asarray(results["forces"], dtype=np.float64) if "forces" in results else np.full((len(atoms), 3), np.nan)
+    return energy, forces
 
 
 class LabelStore:
@@ -235,19 +249,26 @@ class LabelStore:
                 "stress": None if np.isnan(stress).any() else stress,
                 "row_index": g["row_index"][r0:r1],
                 "hessian_rows": g["hessian"][h0:h1].reshape(r1 - r0, a1 - a0, 3),
+                "ref_energy": float(g["ref_energy"][i]),
+                "ref_forces": g["ref_forces"][a0:a1],
             }
         except Exception as error:
             raise StoreError(f"{self.path} is corrupt: cannot read frame {i} ({type(error).__name__}: {error})") from error
         return atoms, labels
 
-    def graph(self, i: int, cutoff: float, dtype: torch.dtype = torch.float32) -> AtomicGraph:
-        """Frame ``i`` as a labelled ``AtomicGraph`` of radius ``cutoff``."""
+    def graph(self, i: int, cutoff: float, dtype: torch.dtype = torch.float32, reference: bool = True) -> AtomicGraph:
+        """Frame ``i`` as a labelled ``AtomicGraph`` of radius ``cutoff``.
+
+        Energy and forces are the input file's own labels when it has them and ``reference`` is
+        True, else the teacher's; Hessian rows are always the teacher's.
+        """
         atoms, labels = self.frame(i)
         graph = from_ase(atoms, cutoff, dtype=dtype, labels=False)
         as_t = lambda x: None if x is None else torch.as_tensor(np.asarray(x), dtype=dtype)  # noqa: E731
+        use_ref = reference and np.isfinite(labels["ref_energy"]) and np.isfinite(labels["ref_forces"]).all()
         return graph._replace(
-            energy=torch.tensor([labels["energy"]], dtype=dtype),
-            forces=as_t(labels["forces"]),
+            energy=torch.tensor([labels["ref_energy" if use_ref else "energy"]], dtype=dtype),
+            forces=as_t(labels["ref_forces" if use_ref else "forces"]),
             stress=None if labels["stress"] is None else as_t(labels["stress"])[None],
             hessian_rows=as_t(labels["hessian_rows"]),
             row_index=torch.as_tensor(labels["row_index"], dtype=torch.long),
@@ -266,6 +287,7 @@ class LabelStore:
             "labels": ["energy", "forces"] + (["stress"] if not np.isnan(self.group["stress"][:]).all() else []) + (["hessian_rows"] if rows.sum() else []),
             "hessian_rows_per_frame": {"setting": self.attrs["hessian_rows"], "min": int(rows.min()), "max": int(rows.max())},
             "full_hessian": bool(np.all(rows == 3 * self.n_atoms)),
+            "reference_labels": bool(np.isfinite(self.group["ref_energy"][:]).any()),
             "teacher": {"spec": self.attrs["teacher_spec"], "version": self.attrs["teacher_version"]},
             "seed": self.attrs["seed"],
             "units": self.attrs["units"],
@@ -278,4 +300,4 @@ class LabelStore:
 def stores_equal(a: str, b: str) -> bool:
     """True when two stores hold identical arrays (used to check that resuming changes nothing)."""
     sa, sb = LabelStore(a), LabelStore(b)
-    return all(np.array_equal(sa.group[n][:], sb.group[n][:], equal_nan=n in ("stress",)) for n in ARRAYS)
+    return all(np.array_equal(sa.group[n][:], sb.group[n][:], equal_nan=sa.group[n].dtype.kind == "f") for n in ARRAYS)

@@ -39,6 +39,9 @@ class ASETeacher(Teacher):
         elements = _emt_elements() if target == "ase.calculators.emt:EMT" else None
         return cls(factory(), spec=f"ase:{target}", version=f"{module_name.split('.')[0]} {version}", elements=elements)
 
+    def as_calculator(self):
+        return self.calc
+
     def energy_forces_stress(self, graph: AtomicGraph, stress: bool):
         atoms: ase.Atoms = to_ase(graph)[0]
         atoms.calc = self.calc

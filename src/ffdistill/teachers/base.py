@@ -54,10 +54,11 @@ class Teacher(ABC):
             symbols = ", ".join(ase.data.chemical_symbols[z] for z in missing)
             raise TeacherError(f"teacher {self.spec} does not cover element(s) {symbols}")
 
+    #: Floating dtype the teacher computes in.
+    dtype: torch.dtype = torch.float32
+
     def graph(self, atoms: ase.Atoms) -> AtomicGraph:
         return from_ase(atoms, self.cutoff, dtype=self.dtype, labels=False)
-
-    dtype: torch.dtype = torch.float32
 
     def label(self, atoms: ase.Atoms, rows: Sequence[int] = ()) -> TeacherLabels:
         """Energy, forces, stress (periodic cells) and the Hessian rows ``rows`` of one structure."""
@@ -98,6 +99,12 @@ class Teacher(ABC):
     def energy_forces_stress(self, graph: AtomicGraph, stress: bool):
         """Energy, (N, 3) forces and (3, 3) stress or None (force-only teachers)."""
         raise NotImplementedError
+
+    def as_calculator(self):
+        """An ASE calculator for MD with the teacher (sampling, evaluation)."""
+        from ffdistill.calculator import EnergyModelCalculator
+
+        return EnergyModelCalculator(self.energy, self.cutoff, dtype=self.dtype, check_elements=self.check_elements)
 
     def node_features(self, graph: AtomicGraph) -> Optional[Tensor]:
         """(N, D) per-atom features for feature-distillation baselines, when the teacher exposes them."""

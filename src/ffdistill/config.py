@@ -1,0 +1,125 @@
+"""Typed run configuration: dataclasses with defaults, loaded from YAML with ``a.b=c`` overrides.
+
+Unknown keys are refused with the nearest valid name; YAML is parsed with ``safe_load`` (never code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+from ffdistill.errors import InputError
+
+
+@dataclass
+class DataConfig:
+    store: str = ""  #: label store written by ``ffdistill label``
+    val_fraction: float = 0.2  #: share of frames for validation (early stopping, λH halving)
+    test_fraction: float = 0.0  #: share of frames held out and never seen in training
+    n_train: Optional[int] = None  #: use at most this many training frames (learning-curve studies)
+    batch_size: int = 4  #: structures per step
+    rows_per_structure: int = 1  #: s, Hessian rows per structure per step, drawn from those stored
+    row_temperature: Optional[float] = None  #: None: uniform rows; else p ∝ softmax(||H[r]|| / T)
+    use_reference: bool = True  #: fit E/F to the input file's own labels (e.g. DFT) when it has them
+    split_seed: int = 0  #: seed of the train/validation/test split
+
+
+@dataclass
+class ModelConfig:
+    student: str = "painn-small"  #: preset (painn-tiny|small|medium) or architecture name
+    cutoff: float = 5.0  #: graph radius, Å
+    hparams: dict = field(default_factory=dict)  #: overrides of the preset's hyper-parameters
+
+
+@dataclass
+class LossConfig:
+    energy: float = 5.0  #: λE
+    forces: float = 100.0  #: λF
+    hessian: float = 100.0  #: λH; 0 trains the undistilled baseline
+    halve_hessian_within: Optional[float] = 0.05  #: halve λH once val force MAE ≤ (1 + this) × teacher's
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    lr: float = 3e-3  #: peak learning rate (AdamW)
+    min_lr_factor: float = 0.05  #: cosine decay to lr × this
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    ema_decay: float = 0.99  #: exponential moving average of weights used for validation and export
+    grad_clip: float = 10.0
+    patience: int = 40  #: stop after this many epochs without validation improvement
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: str = "runs/student"  #: run folder: config, checkpoints, history, best student
+
+
+def load_config(path: Optional[str], overrides: list[str] = ()) -> RunConfig:
+    """A ``RunConfig`` from a YAML file (or defaults when ``path`` is None) and dotted overrides."""
+    raw: dict = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise InputError(f"config file {path} not found")
+        try:
+            with open(path) as handle:
+                raw = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            raise InputError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from error
+        if not isinstance(raw, dict):
+            raise InputError(f"config file {path} must hold a mapping")
+    for item in overrides:
+        _apply_override(raw, item)
+    return from_dict(RunConfig, raw)
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise InputError(f"override {item!r} must look like section.key=value")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InputError(f"override {item!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def from_dict(cls, raw: dict, where: str = ""):
+    """Build dataclass ``cls`` from ``raw``, refusing unknown keys with a suggestion."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {where}{close[0]}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise InputError(f"unknown config key {where}{key}{hint}")
+        kind = fields[key].type
+        sub = _dataclass_type(kind)
+        kwargs[key] = from_dict(sub, value or {}, f"{where}{key}.") if sub is not None else value
+    return cls(**kwargs)
+
+
+def _dataclass_type(annotation):
+    for candidate in (DataConfig, ModelConfig, LossConfig, TrainConfig):
+        if annotation in (candidate, candidate.__name__):
+            return candidate
+    return None
+
+
+def save_config(config: RunConfig, path: str) -> None:
+    with open(path, "w") as handle:
+        yaml.safe_dump(dataclasses.asdict(config), handle, sort_keys=False)

@@ -1,0 +1,92 @@
+"""PaiNN (Schütt, Unke, Gastegger, ICML 2021): a small equivariant message-passing student.
+
+Energy only. Forces, stress and Hessian rows come from ``ffdistill.derivatives``, so the student is
+conservative by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ffdistill.graph import AtomicGraph, edge_vectors
+from ffdistill.students.base import EnergyStudent
+
+
+class BesselBasis(nn.Module):
+    """sin(n pi r / rc) / r, n = 1..n_basis: a smooth radial basis with trainable frequencies."""
+
+    def __init__(self, cutoff: float, n_basis: int):
+        super().__init__()
+        self.cutoff = cutoff
+        self.freq = nn.Parameter(torch.arange(1, n_basis + 1, dtype=torch.float32) * math.pi / cutoff)
+
+    def forward(self, r: Tensor) -> Tensor:
+        return torch.sin(self.freq * r[:, None]) / r[:, None]
+
+
+def cosine_cutoff(r: Tensor, cutoff: float) -> Tensor:
+    return 0.5 * (torch.cos(math.pi * r / cutoff) + 1.0) * (r < cutoff)
+
+
+class Message(nn.Module):
+    def __init__(self, F: int, n_basis: int):
+        super().__init__()
+        self.phi = nn.Sequential(nn.Linear(F, F), nn.SiLU(), nn.Linear(F, 3 * F))
+        self.filter = nn.Linear(n_basis, 3 * F)
+
+    def forward(self, s: Tensor, v: Tensor, edges: Tensor, rbf: Tensor, fc: Tensor, unit: Tensor):
+        i, j = edges
+        x = self.phi(s)[j] * self.filter(rbf) * fc[:, None]
+        x_s, x_vv, x_vs = x.chunk(3, dim=-1)
+        dv = x_vv[:, None, :] * v[j] + x_vs[:, None, :] * unit[:, :, None]
+        ds_total = torch.zeros_like(s).index_add(0, i, x_s)
+        dv_total = torch.zeros_like(v).index_add(0, i, dv)
+        return s + ds_total, v + dv_total
+
+
+class Update(nn.Module):
+    def __init__(self, F: int):
+        super().__init__()
+        self.U = nn.Linear(F, F, bias=False)
+        self.V = nn.Linear(F, F, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * F, F), nn.SiLU(), nn.Linear(F, 3 * F))
+
+    def forward(self, s: Tensor, v: Tensor):
+        Uv, Vv = self.U(v), self.V(v)
+        Vv_norm = torch.sqrt((Vv**2).sum(dim=1) + 1e-8)  # epsilon keeps the second derivative finite at 0
+        a_vv, a_sv, a_ss = self.mlp(torch.cat([s, Vv_norm], dim=-1)).chunk(3, dim=-1)
+        return s + a_ss + a_sv * (Uv * Vv).sum(dim=1), v + a_vv[:, None, :] * Uv
+
+
+class PaiNN(EnergyStudent):
+    """PaiNN with ``layers`` interaction blocks of ``channels`` features and a per-atom energy read-out."""
+
+    arch = "painn"
+
+    def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 2, n_basis: int = 16, cutoff: float = 5.0):
+        super().__init__(elements=elements, cutoff=cutoff)
+        self.hparams = {"channels": channels, "layers": layers, "n_basis": n_basis}
+        self.embedding = nn.Embedding(len(self.elements), channels)
+        self.rbf = BesselBasis(cutoff, n_basis)
+        self.messages = nn.ModuleList(Message(channels, n_basis) for _ in range(layers))
+        self.updates = nn.ModuleList(Update(channels) for _ in range(layers))
+        self.readout = nn.Sequential(nn.Linear(channels, channels // 2), nn.SiLU(), nn.Linear(channels // 2, 1))
+
+    def node_features(self, graph: AtomicGraph) -> Tensor:
+        """(N, channels) scalar features after the last interaction block."""
+        vec = edge_vectors(graph)
+        r = vec.norm(dim=-1)
+        unit, rbf, fc = vec / r[:, None], self.rbf(r), cosine_cutoff(r, self.cutoff)
+        s = self.embedding(self.species(graph.Z))
+        v = s.new_zeros(s.shape[0], 3, s.shape[1])
+        for message, update in zip(self.messages, self.updates):
+            s, v = message(s, v, graph.edge_index, rbf, fc, unit)
+            s, v = update(s, v)
+        return s
+
+    def atomic_energies(self, graph: AtomicGraph) -> Tensor:
+        return self.readout(self.node_features(graph)).squeeze(-1)

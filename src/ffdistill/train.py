@@ -1,0 +1,181 @@
+"""Training a student: one step function, one loop, plain-dict checkpoints.
+
+Every epoch ends with a validation pass on the EMA weights, a checkpoint (``checkpoint.pt``, written
+atomically) and, when validation improves, the best student (``best.pt``, student file format).
+``resume=True`` continues from the last checkpoint; shuffling and row sampling are seeded by epoch,
+so a resumed run repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from ffdistill.calculator import save_student
+from ffdistill.config import RunConfig, save_config
+from ffdistill.data import iterate_batches, load_graphs, split_indices
+from ffdistill.errors import InputError
+from ffdistill.evaluate import accuracy
+from ffdistill.graph import AtomicGraph
+from ffdistill.labels import LabelStore
+from ffdistill.loss import DistillationLoss, build_loss, student_output
+from ffdistill.students import build_student
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  #: epochs completed
+    step: int = 0  #: optimiser steps taken
+    best_force_mae: float = math.inf  #: best validation force MAE, eV/Å
+    bad_epochs: int = 0  #: epochs since the best
+    hessian_weight: float = 0.0  #: current λH (halved once, see LossConfig)
+    hessian_halved: bool = False
+    history: list = field(default_factory=list)  #: one dict of metrics per epoch
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    best_path: str
+    best_force_mae: float  #: eV/Å
+    history: list
+
+
+def lr_at(step: int, total: int, cfg) -> float:
+    """Linear warm-up then cosine decay to ``lr * min_lr_factor``: a pure function of the step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_step(model, batch: AtomicGraph, loss: DistillationLoss, optimizer, grad_clip: float) -> dict[str, float]:
+    optimizer.zero_grad(set_to_none=True)
+    out = student_output(model, batch, hessian=loss.needs_hessian, training=True)
+    total, terms = loss(out, batch)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return {"total": float(total.detach()), **terms}
+
+
+def train_from_config(config: RunConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Split the store, build the student, fit its energy references and train it."""
+    store = LabelStore(config.data.store)
+    d = config.data
+    train_idx, val_idx, _ = split_indices(len(store), d.val_fraction, d.test_fraction, d.split_seed)
+    train_idx = train_idx[: d.n_train] if d.n_train else train_idx
+    train_graphs = load_graphs(store, train_idx, config.model.cutoff, d.use_reference)
+    val_graphs = load_graphs(store, val_idx, config.model.cutoff, d.use_reference)
+    elements = sorted({int(z) for g in train_graphs for z in g.Z})
+    model = build_student(config.model.student, elements, config.model.cutoff, **config.model.hparams)
+    model.fit_references(train_graphs)
+    return train(model, train_graphs, val_graphs, config, resume=resume, progress=progress, teacher_force_mae=teacher_force_error(store, val_idx))
+
+
+def teacher_force_error(store: LabelStore, indices: Sequence[int]) -> Optional[float]:
+    """The teacher's force MAE against the input's own labels (eV/Å), or None if there are none."""
+    errors = []
+    for i in indices:
+        _, labels = store.frame(i)
+        if not torch.isfinite(torch.as_tensor(labels["ref_forces"])).all():
+            return None
+        errors.append(abs(labels["forces"] - labels["ref_forces"]).mean())
+    return float(sum(errors) / len(errors)) if errors else None
+
+
+def train(
+    model, train_graphs: Sequence[AtomicGraph], val_graphs: Sequence[AtomicGraph], config: RunConfig,
+    resume: bool = False, progress: bool = True, teacher_force_mae: Optional[float] = None,
+) -> TrainResult:
+    """The training loop. Writes config.yaml, checkpoint.pt, best.pt and history.json to ``config.output``."""
+    t, run_dir = config.train, config.output
+    os.makedirs(run_dir, exist_ok=True)
+    save_config(config, os.path.join(run_dir, "config.yaml"))
+    torch.manual_seed(t.seed)
+    loss = build_loss(config.loss.energy, config.loss.forces, config.loss.hessian)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+    state = TrainState(hessian_weight=config.loss.hessian)
+    checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
+    if resume:
+        state = _load_checkpoint(checkpoint_path, model, ema, optimizer)
+    steps_per_epoch = math.ceil(len(train_graphs) / config.data.batch_size)
+    total_steps = t.epochs * steps_per_epoch
+    bar = tqdm(total=t.epochs, initial=state.epoch, desc=os.path.basename(run_dir), unit="epoch", disable=not progress)
+    while state.epoch < t.epochs and state.bad_epochs < t.patience:
+        loss.term("hessian").weight = state.hessian_weight
+        generator = torch.Generator().manual_seed(t.seed * 100_003 + state.epoch)
+        sums: dict[str, float] = {}
+        for batch in iterate_batches(train_graphs, config.data.batch_size, config.data.rows_per_structure, generator, row_temperature=config.data.row_temperature):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(state.step, total_steps, t)
+            for name, value in train_step(model, batch, loss, optimizer, t.grad_clip).items():
+                sums[name] = sums.get(name, 0.0) + value / steps_per_epoch
+            ema.update_parameters(model)
+            state.step += 1
+        state.epoch += 1
+        val = accuracy(ema.module, val_graphs, config.data.batch_size)
+        _end_of_epoch(state, val, sums, teacher_force_mae, config)
+        if val["force_mae_meV_per_A"] / 1000 < state.best_force_mae:
+            state.best_force_mae, state.bad_epochs = val["force_mae_meV_per_A"] / 1000, 0
+            save_student(ema.module, best_path, epoch=state.epoch, val=val)
+        else:
+            state.bad_epochs += 1
+        _save_checkpoint(checkpoint_path, model, ema, optimizer, state, config)
+        _write_json(os.path.join(run_dir, "history.json"), state.history)
+        bar.update(1)
+        bar.set_postfix(loss=f"{sums.get('total', 0):.3g}", F=f"{sums.get('forces', 0):.3f}", H=f"{sums.get('hessian', 0):.3f}", val_F=f"{val['force_mae_meV_per_A']:.1f}meV/Å")
+    bar.close()
+    return TrainResult(run_dir, best_path, state.best_force_mae, state.history)
+
+
+def _end_of_epoch(state: TrainState, val: dict, train_terms: dict, teacher_force_mae: Optional[float], config: RunConfig) -> None:
+    """Record the epoch and apply the paper's rule: halve λH once, near the teacher's force error."""
+    within = config.loss.halve_hessian_within
+    if teacher_force_mae is not None and within is not None and not state.hessian_halved:
+        if val["force_mae_meV_per_A"] / 1000 <= (1 + within) * teacher_force_mae:
+            state.hessian_weight /= 2
+            state.hessian_halved = True
+    state.history.append({"epoch": state.epoch, "step": state.step, "hessian_weight": state.hessian_weight, "train": train_terms, "val": val})
+
+
+def _save_checkpoint(path: str, model, ema, optimizer, state: TrainState, config: RunConfig) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": dataclasses.asdict(state),
+        "config": dataclasses.asdict(config),
+    }
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: str, model, ema, optimizer) -> TrainState:
+    if not os.path.isfile(path):
+        raise InputError(f"nothing to resume: no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(payload["model"])
+        ema.load_state_dict(payload["ema"])
+        optimizer.load_state_dict(payload["optimizer"])
+        return TrainState(**payload["state"])
+    except Exception as error:
+        raise InputError(f"checkpoint {path} is corrupt or from another model ({type(error).__name__}); delete it to start over") from error
+
+
+def _write_json(path: str, data) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(tmp, path)
