@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
@@ -53,8 +54,11 @@ ARRAYS = {
     "hessian": ((3,), "float32", 262144),
     "ref_energy": ((), "float64", 4096),
     "ref_forces": ((3,), "float64", 65536),
+    "checksum": ((), "int64", 4096),
 }
-FRAME_ARRAYS = ("n_atoms", "n_rows", "energy", "cell", "pbc", "stress", "ref_energy")
+FRAME_ARRAYS = ("n_atoms", "n_rows", "energy", "cell", "pbc", "stress", "ref_energy", "checksum")
+#: Arrays whose bytes each frame's checksum covers (a lost or damaged chunk reads back as fill values).
+CHECKED = ("energy", "cell", "positions", "forces", "row_index", "hessian")
 ATOM_ARRAYS = ("numbers", "positions", "forces", "ref_forces")
 
 
@@ -186,8 +190,16 @@ def _append_frame(group, atoms: ase.Atoms, labels: TeacherLabels) -> None:
         "ref_energy": np.array([ref_energy]),
         "ref_forces": ref_forces,
     }
+    values["checksum"] = np.array([frame_checksum({k: np.asarray(values[k], dtype=ARRAYS[k][1]) for k in CHECKED})])
     for name, value in values.items():
         group[name].append(np.asarray(value, dtype=ARRAYS[name][1]), axis=0)
+
+
+def frame_checksum(arrays: dict[str, np.ndarray]) -> int:
+    crc = 0
+    for name in CHECKED:
+        crc = zlib.crc32(np.ascontiguousarray(arrays[name]).tobytes(), crc)
+    return crc
 
 
 def _reference_labels(atoms: ase.Atoms) -> tuple[float, np.ndarray]:
@@ -241,19 +253,23 @@ class LabelStore:
         g, a0, a1 = self.group, self.atom_start[i], self.atom_start[i + 1]
         r0, r1, h0, h1 = self.row_start[i], self.row_start[i + 1], self.hess_start[i], self.hess_start[i + 1]
         try:
-            atoms = ase.Atoms(numbers=g["numbers"][a0:a1], positions=g["positions"][a0:a1], cell=g["cell"][i], pbc=g["pbc"][i])
+            raw = {"energy": g["energy"][i : i + 1], "cell": g["cell"][i : i + 1], "positions": g["positions"][a0:a1], "forces": g["forces"][a0:a1], "row_index": g["row_index"][r0:r1], "hessian": g["hessian"][h0:h1]}
+            intact = frame_checksum(raw) == int(g["checksum"][i])
+            atoms = ase.Atoms(numbers=g["numbers"][a0:a1], positions=raw["positions"], cell=raw["cell"][0], pbc=g["pbc"][i])
             stress = g["stress"][i]
             labels = {
                 "energy": float(g["energy"][i]),
-                "forces": g["forces"][a0:a1],
+                "forces": raw["forces"],
                 "stress": None if np.isnan(stress).any() else stress,
-                "row_index": g["row_index"][r0:r1],
-                "hessian_rows": g["hessian"][h0:h1].reshape(r1 - r0, a1 - a0, 3),
+                "row_index": raw["row_index"],
+                "hessian_rows": raw["hessian"].reshape(r1 - r0, a1 - a0, 3),
                 "ref_energy": float(g["ref_energy"][i]),
                 "ref_forces": g["ref_forces"][a0:a1],
             }
         except Exception as error:
             raise StoreError(f"{self.path} is corrupt: cannot read frame {i} ({type(error).__name__}: {error})") from error
+        if not intact:
+            raise StoreError(f"{self.path} is corrupt: frame {i} fails its checksum (a damaged or missing chunk)")
         return atoms, labels
 
     def graph(self, i: int, cutoff: float, dtype: torch.dtype = torch.float32, reference: bool = True) -> AtomicGraph:

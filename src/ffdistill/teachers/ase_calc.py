@@ -20,8 +20,8 @@ class ASETeacher(Teacher):
     dtype = torch.float64
     cutoff = 1.0  # the graph is not used by the calculator; keep its neighbour list cheap
 
-    def __init__(self, calculator, spec: str, version: str = "unknown", elements=None):
-        self.calc = calculator
+    def __init__(self, calculator, spec: str, version: str = "unknown", elements=None, factory=None):
+        self.calc, self.factory = calculator, factory
         self.spec, self.version = spec, version
         self.elements = None if elements is None else frozenset(elements)
 
@@ -37,7 +37,14 @@ class ASETeacher(Teacher):
             raise TeacherError(f"cannot load ASE calculator {target}: {error}") from error
         version = getattr(importlib.import_module(module_name.split(".")[0]), "__version__", "unknown")
         elements = _emt_elements() if target == "ase.calculators.emt:EMT" else None
-        return cls(factory(), spec=f"ase:{target}", version=f"{module_name.split('.')[0]} {version}", elements=elements)
+        return cls(factory(), spec=f"ase:{target}", version=f"{module_name.split('.')[0]} {version}", elements=elements, factory=factory)
+
+    def label(self, atoms, rows=()):
+        if self.factory is not None:
+            # A fresh calculator per structure: cached neighbour lists otherwise make the last bits
+            # of a result depend on which structures came before (and so on where a resume began).
+            self.calc = self.factory()
+        return super().label(atoms, rows)
 
     def as_calculator(self):
         return self.calc

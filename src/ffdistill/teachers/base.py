@@ -45,6 +45,9 @@ class Teacher(ABC):
     cutoff: float = 5.0
     #: Hessian rows by autograd (True) or by central differences of forces (False).
     has_autograd: bool = True
+    #: Compute a frame's Hessian rows in one vmapped call (True) or one by one. vmap pays on GPUs;
+    #: for some models on CPU the loop is faster (see benchmarks/hessian_labelling.py).
+    vectorize_rows: bool = True
 
     def check_elements(self, numbers: Sequence[int]) -> None:
         if self.elements is None:
@@ -80,7 +83,7 @@ class Teacher(ABC):
         if not self.has_autograd:
             return self._compute_fd(graph, rows, periodic)
         pred = derivatives.predict(self.energy, graph, stress=periodic, create_graph=len(rows) > 0)
-        hess = derivatives.hessian_rows(pred.forces, pred.positions, rows)
+        hess = derivatives.hessian_rows(pred.forces, pred.positions, rows, vectorize=self.vectorize_rows)
         stress = None if pred.stress is None else pred.stress[0]
         return pred.energy.sum().detach(), pred.forces.detach(), _detach(stress), hess.detach()
 

@@ -1,0 +1,147 @@
+"""``ffdistill demo``: SevenNet-0 distilled into a fast PaiNN student on a 64-atom silicon cell.
+
+Steps (each skipped when its output already exists, so an interrupted demo resumes):
+
+1. sample frames with teacher Langevin MD at 300/600/900 K plus rattled and strained copies;
+2. label them with energies, forces, stress and K = 4 random Hessian rows per frame;
+3. train an undistilled (λH = 0) and a Hessian-distilled student with identical settings and seeds;
+4. evaluate teacher and students on held-out frames, time them on the same structure, print the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from ffdistill.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
+from ffdistill.data import load_graphs, split_indices
+from ffdistill.evaluate import accuracy, seconds_per_force_call
+from ffdistill.labels import LabelStore, label_file
+from ffdistill.sampling import sample_to_file
+from ffdistill.train import train_from_config
+
+TEACHER = "sevenn"
+STRUCTURE = "Si"  # 64-atom diamond silicon
+ROWS_PER_FRAME = 4
+
+
+@dataclasses.dataclass
+class DemoPlan:
+    n_frames: int = 36  #: 24 train, 4 validation, 8 test
+    test_fraction: float = 8 / 36
+    val_fraction: float = 4 / 36
+    epochs: int = 150
+    temperatures: tuple = (300.0, 600.0, 900.0)
+
+
+QUICK = DemoPlan(n_frames=12, test_fraction=3 / 12, val_fraction=2 / 12, epochs=5, temperatures=(300.0, 600.0))
+
+
+def run_demo(output: str = "demo_out", quick: bool = False, progress: bool = True, teacher_spec: str = TEACHER) -> dict:
+    from ffdistill.teachers import load_teacher
+
+    plan = QUICK if quick else DemoPlan()
+    os.makedirs(output, exist_ok=True)
+    started = time.perf_counter()
+    teacher = load_teacher(teacher_spec)
+    frames, store_path = os.path.join(output, "frames.extxyz"), os.path.join(output, "labels.zarr")
+    timings = {}
+    if not os.path.exists(frames):
+        _say(f"[1/4] sampling {plan.n_frames} frames of 64-atom Si with {teacher.spec} ({teacher.version})")
+        t0 = time.perf_counter()
+        sample_to_file(teacher, STRUCTURE, frames, n_frames=plan.n_frames, temperatures=plan.temperatures, progress=progress)
+        timings["sampling_s"] = time.perf_counter() - t0
+    if not os.path.exists(store_path):
+        _say(f"[2/4] labelling: energy, forces, stress and {ROWS_PER_FRAME} Hessian rows per frame")
+        t0 = time.perf_counter()
+        label_file(teacher, frames, store_path, rows=ROWS_PER_FRAME, seed=0, progress=progress)
+        timings["labelling_s"] = time.perf_counter() - t0
+    store = LabelStore(store_path)
+    runs = {}
+    for name, weight in (("undistilled", 0.0), ("distilled", 100.0)):
+        _say(f"[3/4] training the {name} student (λH = {weight:g})")
+        config = _config(plan, store_path, os.path.join(output, name), weight)
+        resume = os.path.exists(os.path.join(config.output, "checkpoint.pt"))
+        runs[name] = train_from_config(config, resume=resume, progress=progress)
+    _say("[4/4] evaluating on held-out frames")
+    metrics = _evaluate(teacher, store, runs, plan)
+    metrics["wall_time_s"] = {**timings, "total_s": time.perf_counter() - started}
+    metrics["teacher_cost"] = _teacher_cost(store, plan)
+    _write_outputs(output, metrics, runs)
+    _parity(store, runs, plan, os.path.join(output, "force_parity.png"))
+    print(format_table(metrics))
+    return metrics
+
+
+def _config(plan: DemoPlan, store: str, output: str, hessian: float) -> RunConfig:
+    return RunConfig(
+        data=DataConfig(store=store, val_fraction=plan.val_fraction, test_fraction=plan.test_fraction, batch_size=4),
+        model=ModelConfig(student="painn-small", cutoff=5.0),
+        loss=LossConfig(energy=5.0, forces=100.0, hessian=hessian),
+        train=TrainConfig(epochs=plan.epochs, lr=3e-3, patience=plan.epochs, seed=0),
+        output=output,
+    )
+
+
+def _evaluate(teacher, store: LabelStore, runs: dict, plan: DemoPlan) -> dict:
+    from ffdistill.calculator import load_student
+
+    _, _, test_idx = split_indices(len(store), plan.val_fraction, plan.test_fraction, 0)
+    test = load_graphs(store, test_idx, cutoff=5.0)
+    timing_graph = teacher.graph(store.frame(test_idx[0])[0])
+    t_teacher = seconds_per_force_call(teacher.energy, timing_graph, repeats=3)
+    models = {"teacher": {"energy_mae_meV_per_atom": 0.0, "force_mae_meV_per_A": 0.0, "force_cosine": 1.0, "hessian_row_mae": 0.0, "seconds_per_force_call": t_teacher, "speedup_vs_teacher": 1.0, "parameters": sum(p.numel() for p in teacher.model.parameters()) if hasattr(teacher, "model") else None}}
+    for name, run in runs.items():
+        student = load_student(run.best_path)
+        t_student = seconds_per_force_call(student, timing_graph, repeats=10)
+        models[name] = {**accuracy(student, test), "seconds_per_force_call": t_student, "speedup_vs_teacher": t_teacher / t_student, "parameters": student.n_parameters()}
+    ratio = models["distilled"]["force_mae_meV_per_A"] / models["undistilled"]["force_mae_meV_per_A"]
+    return {"models": models, "distilled_vs_undistilled_force_mae": ratio, "test_frames": len(test), "structure": "Si, 64 atoms", "teacher": f"{teacher.spec} ({teacher.version})"}
+
+
+def _teacher_cost(store: LabelStore, plan: DemoPlan) -> dict:
+    train_val = len(store) - int(round(len(store) * plan.test_fraction))
+    rows = int(store.n_rows.sum() * train_val / len(store))
+    return {"frames_for_training": train_val, "undistilled_teacher_force_calls": train_val, "distilled_teacher_force_calls": train_val, "distilled_extra_hessian_row_vjps": rows}
+
+
+def format_table(metrics: dict) -> str:
+    header = "| model | energy MAE (meV/atom) | force MAE (meV/Å) | Hessian-row MAE (eV/Å²) | time per force call (ms) | speed-up |"
+    lines = [header, "|---|---|---|---|---|---|"]
+    for name, m in metrics["models"].items():
+        lines.append(f"| {name} | {m['energy_mae_meV_per_atom']:.2f} | {m['force_mae_meV_per_A']:.1f} | {m['hessian_row_mae']:.3f} | {1000 * m['seconds_per_force_call']:.1f} | {m['speedup_vs_teacher']:.1f}× |")
+    lines.append(f"\ndistilled / undistilled force MAE: {metrics['distilled_vs_undistilled_force_mae']:.2f}  ({metrics['test_frames']} held-out frames, errors against teacher labels)")
+    return "\n".join(lines)
+
+
+def _write_outputs(output: str, metrics: dict, runs: dict) -> None:
+    with open(os.path.join(output, "metrics.json"), "w") as handle:
+        json.dump(metrics, handle, indent=2)
+    with open(os.path.join(output, "report.md"), "w") as handle:
+        handle.write("# ffdistill demo\n\n" + format_table(metrics) + "\n")
+    from ffdistill.plots import learning_curves
+
+    learning_curves({name: run.history for name, run in runs.items()}, os.path.join(output, "learning_curves.png"))
+
+
+def _parity(store: LabelStore, runs: dict, plan: DemoPlan, path: str) -> None:
+    import numpy as np
+
+    from ffdistill import derivatives
+    from ffdistill.calculator import load_student
+    from ffdistill.plots import force_parity
+
+    _, _, test_idx = split_indices(len(store), plan.val_fraction, plan.test_fraction, 0)
+    test = load_graphs(store, test_idx, cutoff=5.0)
+    reference = np.concatenate([g.forces.numpy() for g in test])
+    predictions = {}
+    for name, run in runs.items():
+        student = load_student(run.best_path)
+        predictions[name] = np.concatenate([derivatives.predict(student, g).forces.numpy() for g in test])
+    force_parity(reference, predictions, path)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)

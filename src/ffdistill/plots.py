@@ -1,0 +1,35 @@
+"""Figures written beside results (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(histories: dict[str, list], path: str) -> None:
+    """Validation force MAE per epoch, one line per run."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, history in histories.items():
+        ax.plot([h["epoch"] for h in history], [h["val"]["force_mae_meV_per_A"] for h in history], label=name)
+    ax.set(xlabel="epoch", ylabel="validation force MAE (meV/Å)", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def force_parity(reference: np.ndarray, predictions: dict[str, np.ndarray], path: str) -> None:
+    """Predicted against reference force components, one panel per model."""
+    fig, axes = plt.subplots(1, len(predictions), figsize=(3.6 * len(predictions), 3.6), squeeze=False)
+    lim = float(np.abs(reference).max()) * 1.05
+    for ax, (name, pred) in zip(axes[0], predictions.items()):
+        ax.scatter(reference.ravel(), pred.ravel(), s=2, alpha=0.4)
+        ax.plot([-lim, lim], [-lim, lim], color="k", lw=0.8)
+        mae = 1000 * np.abs(pred - reference).mean()
+        ax.set(title=f"{name}: {mae:.0f} meV/Å", xlabel="reference force (eV/Å)", ylabel="predicted (eV/Å)", xlim=(-lim, lim), ylim=(-lim, lim))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

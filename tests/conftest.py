@@ -1,0 +1,69 @@
+"""Tiny seeded fixtures: EMT and a torch Morse potential stand in for foundation models."""
+
+from __future__ import annotations
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+
+from ffdistill.teachers import load_teacher
+
+torch.set_num_threads(2)
+
+
+def rattled_cu(seed: int = 0, reps=(1, 1, 1), amount: float = 0.05):
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * reps
+    atoms.rattle(amount, seed=seed)
+    return atoms
+
+
+@pytest.fixture
+def cu_atoms():
+    return rattled_cu(0)
+
+
+@pytest.fixture
+def cluster():
+    """A non-periodic structure."""
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.02, seed=1)
+    return atoms
+
+
+@pytest.fixture(scope="session")
+def emt_teacher():
+    return load_teacher("ase:ase.calculators.emt:EMT")
+
+
+@pytest.fixture(scope="session")
+def morse_teacher():
+    return load_teacher("morse")
+
+
+def write_frames(path, n: int = 6, seed: int = 0, reps=(1, 1, 1)) -> str:
+    ase.io.write(path, [rattled_cu(seed + k, reps) for k in range(n)], format="extxyz")
+    return str(path)
+
+
+@pytest.fixture
+def cu_frames(tmp_path):
+    return write_frames(tmp_path / "cu.extxyz")
+
+
+@pytest.fixture(scope="session")
+def emt_store(tmp_path_factory):
+    """16 labelled Cu frames (8 atoms), 6 Hessian rows each, from EMT."""
+    from ffdistill.labels import label_file
+
+    folder = tmp_path_factory.mktemp("store")
+    frames = write_frames(folder / "cu16.extxyz", n=16, reps=(1, 1, 1))
+    label_file(load_teacher("ase:ase.calculators.emt:EMT"), frames, str(folder / "cu16.zarr"), rows=6, progress=False)
+    return str(folder / "cu16.zarr")
+
+
+def assert_close(a, b, atol, rtol=0.0, what=""):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    err = np.abs(a - b).max()
+    assert np.allclose(a, b, atol=atol, rtol=rtol), f"{what}: max abs difference {err:.3g} (atol {atol})"
