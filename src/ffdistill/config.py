@@ -109,8 +109,30 @@ def from_dict(cls, raw: dict, where: str = ""):
             raise InputError(f"unknown config key {where}{key}{hint}")
         kind = fields[key].type
         sub = _dataclass_type(kind)
-        kwargs[key] = from_dict(sub, value or {}, f"{where}{key}.") if sub is not None else value
+        kwargs[key] = from_dict(sub, value or {}, f"{where}{key}.") if sub is not None else _coerce(value, kind, where + key)
     return cls(**kwargs)
+
+
+_SCALARS = {"float": float, "int": int, "bool": bool, "str": str, "dict": dict}
+
+
+def _coerce(value, annotation: str, key: str):
+    """Check a value against its field's type, accepting what YAML reads loosely ('5e-3' as a string)."""
+    optional = annotation.startswith("Optional[")
+    name = annotation[len("Optional[") : -1] if optional else annotation
+    if value is None and optional:
+        return None
+    kind = _SCALARS.get(name)
+    if kind is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    try:
+        if kind is float and not isinstance(value, bool):
+            return float(value)
+        if kind is int and str(value).lstrip("-").isdigit():
+            return int(value)
+    except (TypeError, ValueError):
+        pass
+    raise InputError(f"config key {key} must be {name}, got {value!r}")
 
 
 def _dataclass_type(annotation):

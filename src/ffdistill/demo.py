@@ -29,10 +29,10 @@ ROWS_PER_FRAME = 4
 
 @dataclasses.dataclass
 class DemoPlan:
-    n_frames: int = 36  #: 24 train, 4 validation, 8 test
-    test_fraction: float = 8 / 36
-    val_fraction: float = 4 / 36
-    epochs: int = 150
+    n_frames: int = 32  #: 20 train, 4 validation, 8 test
+    test_fraction: float = 8 / 32
+    val_fraction: float = 4 / 32
+    epochs: int = 100
     temperatures: tuple = (300.0, 600.0, 900.0)
 
 

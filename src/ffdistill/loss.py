@@ -3,7 +3,7 @@
 =========  =====================================================  ========
 term       value                                                  paper λ
 =========  =====================================================  ========
-energy     mean over structures of |E - E_ref| / N  (eV/atom)      5
+energy     mean over structures of |E - E_ref|  (eV)               5
 forces     mean over atoms of ||F - F_ref||_2  (eV/Å)              100
 hessian    mean over sampled rows r of sum over atoms               200-400
            ||H_student[r] - H_teacher[r]||_2  (eV/Å²)
@@ -49,7 +49,8 @@ class EnergyTerm:
     needs_hessian: bool = False
 
     def __call__(self, out: StudentOutput, batch: AtomicGraph) -> Tensor:
-        return ((out.energy - batch.energy).abs() / batch.atoms_per_structure).mean()
+        # Total, not per atom (as in the paper): per-atom errors let forces swamp the energy term.
+        return (out.energy - batch.energy).abs().mean()
 
 
 @dataclass

@@ -75,6 +75,9 @@ class PaiNN(EnergyStudent):
         self.messages = nn.ModuleList(Message(channels, n_basis) for _ in range(layers))
         self.updates = nn.ModuleList(Update(channels) for _ in range(layers))
         self.readout = nn.Sequential(nn.Linear(channels, channels // 2), nn.SiLU(), nn.Linear(channels // 2, 1))
+        # Start from E = sum of fitted element references: an untrained network adds nothing.
+        nn.init.zeros_(self.readout[-1].weight)
+        nn.init.zeros_(self.readout[-1].bias)
 
     def node_features(self, graph: AtomicGraph) -> Tensor:
         """(N, channels) scalar features after the last interaction block."""

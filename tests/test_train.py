@@ -1,0 +1,86 @@
+"""Training: every term falls, resume repeats an uninterrupted run, configs are strict."""
+
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+import ffdistill.train as train_module
+from ffdistill.config import load_config
+from ffdistill.errors import InputError
+from ffdistill.train import lr_at, train_from_config
+
+
+def _config(store, out, **extra):
+    overrides = [f"data.store={store}", f"output={out}", "model.student=painn-tiny", "model.cutoff=4.0", "train.epochs=6", "train.lr=5e-3", "train.warmup_steps=2", "data.batch_size=4", "data.rows_per_structure=2", "loss.hessian=1.0"]
+    return load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])
+
+
+def test_a_few_epochs_lower_every_loss_term(emt_store, tmp_path):
+    config = _config(emt_store, tmp_path / "run", **{"train.epochs": 15, "train.lr": 3e-3, "data.batch_size": 2})
+    result = train_from_config(config, progress=False)
+    first, last = result.history[0]["train"], result.history[-1]["train"]
+    for term in ("energy", "forces", "hessian", "total"):
+        assert last[term] < first[term], f"{term}: {first[term]:.4g} -> {last[term]:.4g}"
+    saved = yaml.safe_load(open(tmp_path / "run" / "config.yaml"))
+    assert saved["loss"]["hessian"] == 1.0 and saved["model"]["student"] == "painn-tiny"
+    assert os.path.isfile(result.best_path) and len(json.load(open(tmp_path / "run" / "history.json"))) == 15
+
+
+def test_undistilled_run_never_computes_hessian_rows(emt_store, tmp_path, monkeypatch):
+    calls = []
+    original = train_module.student_output
+    monkeypatch.setattr(train_module, "student_output", lambda m, b, hessian, training: calls.append(hessian) or original(m, b, hessian, training))
+    train_from_config(_config(emt_store, tmp_path / "run", **{"loss.hessian": 0, "train.epochs": 1}), progress=False)
+    assert calls and not any(calls)
+
+
+def test_resume_repeats_the_uninterrupted_run(emt_store, tmp_path, monkeypatch):
+    straight = train_from_config(_config(emt_store, tmp_path / "a"), progress=False)
+    original = train_module._save_checkpoint
+
+    def crash_after_third_epoch(path, model, ema, optimizer, state, config):
+        original(path, model, ema, optimizer, state, config)
+        if state.epoch == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", crash_after_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_from_config(_config(emt_store, tmp_path / "b"), progress=False)
+    monkeypatch.setattr(train_module, "_save_checkpoint", original)
+    resumed = train_from_config(_config(emt_store, tmp_path / "b"), resume=True, progress=False)
+    assert [h["step"] for h in resumed.history] == [h["step"] for h in straight.history]
+    for a, b in zip(straight.history, resumed.history):
+        assert b["val"]["force_mae_meV_per_A"] == pytest.approx(a["val"]["force_mae_meV_per_A"], rel=1e-5)
+
+
+def test_resume_without_checkpoint_or_with_corrupt_one_fails_clearly(emt_store, tmp_path):
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_from_config(_config(emt_store, tmp_path / "c"), resume=True, progress=False)
+    os.makedirs(tmp_path / "d")
+    (tmp_path / "d" / "checkpoint.pt").write_bytes(b"truncated")
+    with pytest.raises(InputError, match="corrupt"):
+        train_from_config(_config(emt_store, tmp_path / "d"), resume=True, progress=False)
+
+
+def test_config_rejects_unknown_keys_with_the_nearest_name(tmp_path):
+    with pytest.raises(InputError, match="did you mean loss.hessian"):
+        load_config(None, ["loss.hesian=3"])
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epocs: 3\n")
+    with pytest.raises(InputError, match="did you mean train.epochs"):
+        load_config(str(path))
+    config = load_config(None, ["train.epochs=7", "data.row_temperature=0.5"])
+    assert config.train.epochs == 7 and config.data.row_temperature == 0.5
+    with pytest.raises(InputError, match="section.key=value"):
+        load_config(None, ["nonsense"])
+
+
+def test_learning_rate_schedule_is_a_pure_function_of_the_step():
+    cfg = load_config(None, ["train.lr=1.0", "train.warmup_steps=10", "train.min_lr_factor=0.1"]).train
+    assert lr_at(0, 100, cfg) == pytest.approx(0.1)
+    assert lr_at(10, 100, cfg) == pytest.approx(1.0)
+    assert lr_at(100, 100, cfg) == pytest.approx(0.1)
+    assert lr_at(55, 100, cfg) == pytest.approx(lr_at(55, 100, cfg))
