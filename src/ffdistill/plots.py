@@ -33,3 +33,27 @@ def force_parity(reference: np.ndarray, predictions: dict[str, np.ndarray], path
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def nve_traces(traces: dict[str, tuple], path: str) -> None:
+    """Total energy (meV/atom, relative to the start) against time in NVE, one line per model."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, (t, e) in traces.items():
+        ax.plot(t, e, label=name)
+    ax.set(xlabel="time (ps)", ylabel="E_total - E_0 (meV/atom)", title="NVE energy conservation")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def spectra(frequencies: dict[str, np.ndarray], path: str) -> None:
+    """Sorted harmonic frequencies of each model (cm⁻¹), mode by mode."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, f in frequencies.items():
+        ax.plot(np.arange(len(f)), np.sort(f), marker="o", ms=3, lw=1, label=name)
+    ax.set(xlabel="mode", ylabel="frequency (cm⁻¹)", title="Vibrational spectrum")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from ffdistill.calculator import save_student
@@ -55,6 +55,17 @@ def lr_at(step: int, total: int, cfg) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.lr * (cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def ema_update(decay: float):
+    """EMA with the usual warm-up: the decay grows as (1 + n) / (10 + n) until it reaches ``decay``,
+    so early averages are not dominated by the untrained initial weights."""
+
+    def average(averaged, current, n):
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return d * averaged + (1.0 - d) * current
+
+    return average
 
 
 def train_step(model, batch: AtomicGraph, loss: DistillationLoss, optimizer, grad_clip: float) -> dict[str, float]:
@@ -103,7 +114,7 @@ def train(
     torch.manual_seed(t.seed)
     loss = build_loss(config.loss.energy, config.loss.forces, config.loss.hessian)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay), use_buffers=True)
+    ema = AveragedModel(model, avg_fn=ema_update(t.ema_decay), use_buffers=True)
     state = TrainState(hessian_weight=config.loss.hessian)
     checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
     if resume:
