@@ -11,13 +11,11 @@ Steps (each skipped when its output already exists, so an interrupted demo resum
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
 from ffdistill.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
 from ffdistill.data import load_graphs, split_indices
-from ffdistill.evaluate import accuracy, seconds_per_force_call
 from ffdistill.labels import LabelStore, label_file
 from ffdistill.sampling import sample_to_file
 from ffdistill.train import train_from_config
@@ -34,9 +32,12 @@ class DemoPlan:
     val_fraction: float = 4 / 32
     epochs: int = 100
     temperatures: tuple = (300.0, 600.0, 900.0)
+    md_runs: int = 3  #: NVT stability runs per student
+    md_steps: int = 500  #: steps (1 fs) per student stability / NVE run
+    teacher_md_steps: int = 40  #: the teacher costs ~0.4 s a step on 2 cores: short runs only
 
 
-QUICK = DemoPlan(n_frames=12, test_fraction=3 / 12, val_fraction=2 / 12, epochs=5, temperatures=(300.0, 600.0))
+QUICK = DemoPlan(n_frames=12, test_fraction=3 / 12, val_fraction=2 / 12, epochs=5, temperatures=(300.0, 600.0), md_runs=1, md_steps=50, teacher_md_steps=5)
 
 
 def run_demo(output: str = "demo_out", quick: bool = False, progress: bool = True, teacher_spec: str = TEACHER) -> dict:
@@ -72,6 +73,7 @@ def run_demo(output: str = "demo_out", quick: bool = False, progress: bool = Tru
     _write_outputs(output, metrics, runs)
     _parity(store, runs, plan, os.path.join(output, "force_parity.png"))
     print(format_table(metrics))
+    print(f"\nreport, metrics.json and plots in {output}/ ({metrics['wall_time_s']['total_s']:.0f} s)")
     return metrics
 
 
@@ -87,16 +89,18 @@ def _config(plan: DemoPlan, store: str, output: str, hessian: float) -> RunConfi
 
 def _evaluate(teacher, store: LabelStore, runs: dict, plan: DemoPlan) -> dict:
     from ffdistill.calculator import load_student
+    from ffdistill.report import Candidate, EvalPlan, evaluate_models
 
     _, _, test_idx = split_indices(len(store), plan.val_fraction, plan.test_fraction, 0)
     test = load_graphs(store, test_idx, cutoff=5.0)
-    timing_graph = teacher.graph(store.frame(test_idx[0])[0])
-    t_teacher = seconds_per_force_call(teacher.energy, timing_graph, repeats=3)
-    models = {"teacher": {"energy_mae_meV_per_atom": 0.0, "force_mae_meV_per_A": 0.0, "force_cosine": 1.0, "hessian_row_mae": 0.0, "seconds_per_force_call": t_teacher, "speedup_vs_teacher": 1.0, "parameters": sum(p.numel() for p in teacher.model.parameters()) if hasattr(teacher, "model") else None}}
+    candidates = [Candidate("teacher", teacher.energy, teacher.cutoff, teacher.dtype, is_teacher=True)]
     for name, run in runs.items():
         student = load_student(run.best_path)
-        t_student = seconds_per_force_call(student, timing_graph, repeats=10)
-        models[name] = {**accuracy(student, test), "seconds_per_force_call": t_student, "speedup_vs_teacher": t_teacher / t_student, "parameters": student.n_parameters()}
+        for p in student.parameters():
+            p.requires_grad_(False)
+        candidates.append(Candidate(name, student, student.cutoff))
+    eval_plan = EvalPlan(md_runs=plan.md_runs, md_steps=plan.md_steps, nve_steps=plan.md_steps, teacher_md_steps=plan.teacher_md_steps)
+    models = evaluate_models(candidates, test, eval_plan)
     ratio = models["distilled"]["force_mae_meV_per_A"] / models["undistilled"]["force_mae_meV_per_A"]
     return {"models": models, "distilled_vs_undistilled_force_mae": ratio, "test_frames": len(test), "structure": "Si, 64 atoms", "teacher": f"{teacher.spec} ({teacher.version})"}
 
@@ -108,20 +112,24 @@ def _teacher_cost(store: LabelStore, plan: DemoPlan) -> dict:
 
 
 def format_table(metrics: dict) -> str:
-    header = "| model | energy MAE (meV/atom) | force MAE (meV/Å) | Hessian-row MAE (eV/Å²) | time per force call (ms) | speed-up |"
-    lines = [header, "|---|---|---|---|---|---|"]
-    for name, m in metrics["models"].items():
-        lines.append(f"| {name} | {m['energy_mae_meV_per_atom']:.2f} | {m['force_mae_meV_per_A']:.1f} | {m['hessian_row_mae']:.3f} | {1000 * m['seconds_per_force_call']:.1f} | {m['speedup_vs_teacher']:.1f}× |")
-    lines.append(f"\ndistilled / undistilled force MAE: {metrics['distilled_vs_undistilled_force_mae']:.2f}  ({metrics['test_frames']} held-out frames, errors against teacher labels)")
-    return "\n".join(lines)
+    from ffdistill.report import markdown_tables
+
+    cost = metrics["teacher_cost"]
+    return (
+        markdown_tables(metrics["models"])
+        + f"\n\ndistilled / undistilled force MAE: {metrics['distilled_vs_undistilled_force_mae']:.2f}"
+        + f"  ({metrics['test_frames']} held-out frames, errors against the teacher's labels)"
+        + f"\nteacher cost of the training labels: {cost['undistilled_teacher_force_calls']} force calls (undistilled);"
+        + f" the same plus {cost['distilled_extra_hessian_row_vjps']} Hessian-row VJPs (distilled)"
+    )
 
 
 def _write_outputs(output: str, metrics: dict, runs: dict) -> None:
-    with open(os.path.join(output, "metrics.json"), "w") as handle:
-        json.dump(metrics, handle, indent=2)
-    with open(os.path.join(output, "report.md"), "w") as handle:
-        handle.write("# ffdistill demo\n\n" + format_table(metrics) + "\n")
     from ffdistill.plots import learning_curves
+    from ffdistill.report import write_report
+
+    extra = {k: v for k, v in metrics.items() if k != "models"}
+    write_report(output, metrics["models"], extra, title="ffdistill demo: SevenNet-0 → painn-small on 64-atom Si")
 
     learning_curves({name: run.history for name, run in runs.items()}, os.path.join(output, "learning_curves.png"))
 

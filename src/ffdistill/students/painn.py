@@ -57,7 +57,9 @@ class Update(nn.Module):
 
     def forward(self, s: Tensor, v: Tensor):
         Uv, Vv = self.U(v), self.V(v)
-        Vv_norm = torch.sqrt((Vv**2).sum(dim=1) + 1e-8)  # epsilon keeps the second derivative finite at 0
+        # A plain norm has unbounded curvature at v = 0, where vector features vanish by symmetry (perfect
+        # crystals): with a tiny epsilon the Hessian there explodes. 1e-2 keeps it smooth.
+        Vv_norm = torch.sqrt((Vv**2).sum(dim=1) + 1e-2)
         a_vv, a_sv, a_ss = self.mlp(torch.cat([s, Vv_norm], dim=-1)).chunk(3, dim=-1)
         return s + a_ss + a_sv * (Uv * Vv).sum(dim=1), v + a_vv[:, None, :] * Uv
 
