@@ -74,6 +74,26 @@ def cmd_demo(args) -> None:
     run_demo(args.output, quick=args.quick, progress=not args.quiet)
 
 
+def cmd_evaluate(args) -> None:
+    from ffdistill.report import evaluate_from_paths
+
+    models = evaluate_from_paths(args.models, args.data, args.teacher, args.output, md_steps=args.md_steps, md_runs=args.md_runs, teacher_md_steps=args.teacher_md_steps, trust=args.trust_teacher)
+    from ffdistill.report import markdown_tables
+
+    print(markdown_tables(models))
+    print(f"report, metrics.json and plots in {args.output}/")
+
+
+def cmd_md(args) -> None:
+    from ffdistill import load_calculator
+    from ffdistill.sampling import load_structure
+    from ffdistill.simulate import run_md
+
+    atoms = load_structure(args.structure)
+    run_md(load_calculator(args.model), atoms, args.ensemble, args.temperature, args.steps, args.output, timestep_fs=args.timestep, interval=args.interval, resume=args.resume, progress=not args.quiet)
+    print(f"{args.steps} steps done: trajectory {args.output}, energies {args.output}.log")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffdistill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -114,6 +134,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="demo_out")
     p.add_argument("--quick", action="store_true", help="a smaller run for smoke tests")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="accuracy, MD stability, NVE drift, relaxation, frequencies and speed, with a report")
+    p.add_argument("models", nargs="+", help="student files (best.pt)")
+    p.add_argument("--data", required=True, help="held-out label store, or a structure file to label with the teacher")
+    p.add_argument("--teacher", default="sevenn")
+    p.add_argument("--md-steps", type=int, default=1000, help="steps (1 fs) per NVT stability run and for NVE drift")
+    p.add_argument("--md-runs", type=int, default=3)
+    p.add_argument("--teacher-md-steps", type=int, default=None, help="shorter MD for an expensive teacher")
+    p.add_argument("--trust-teacher", action="store_true")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("md", help="molecular dynamics with a saved student through ASE")
+    p.add_argument("model")
+    p.add_argument("structure", help="a structure file or a named structure")
+    p.add_argument("--ensemble", choices=["nve", "nvt"], default="nvt")
+    p.add_argument("--temperature", type=float, default=300.0)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--timestep", type=float, default=1.0, help="fs")
+    p.add_argument("--interval", type=int, default=10, help="steps between saved frames and stability checks")
+    p.add_argument("--resume", action="store_true", help="continue from the trajectory's last frame")
+    p.add_argument("-o", "--output", required=True, help="trajectory file (.traj)")
+    p.set_defaults(func=cmd_md)
 
     for p in sub.choices.values():
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

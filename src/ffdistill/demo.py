@@ -14,6 +14,8 @@ import dataclasses
 import os
 import time
 
+from ase.build import bulk
+
 from ffdistill.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
 from ffdistill.data import load_graphs, split_indices
 from ffdistill.labels import LabelStore, label_file
@@ -93,13 +95,16 @@ def _evaluate(teacher, store: LabelStore, runs: dict, plan: DemoPlan) -> dict:
 
     _, _, test_idx = split_indices(len(store), plan.val_fraction, plan.test_fraction, 0)
     test = load_graphs(store, test_idx, cutoff=5.0)
-    candidates = [Candidate("teacher", teacher.energy, teacher.cutoff, teacher.dtype, is_teacher=True)]
+    candidates = [Candidate.of_teacher(teacher)]
     for name, run in runs.items():
         student = load_student(run.best_path)
         for p in student.parameters():
             p.requires_grad_(False)
         candidates.append(Candidate(name, student, student.cutoff))
-    eval_plan = EvalPlan(md_runs=plan.md_runs, md_steps=plan.md_steps, nve_steps=plan.md_steps, teacher_md_steps=plan.teacher_md_steps)
+    # Frequencies on the 8-atom cell (an equilibrium by symmetry): the teacher's full Hessian of the
+    # 64-atom cell would cost ~2 minutes here.
+    crystal = bulk("Si", "diamond", a=5.43, cubic=True)
+    eval_plan = EvalPlan(md_runs=plan.md_runs, md_steps=plan.md_steps, nve_steps=plan.md_steps, teacher_md_steps=plan.teacher_md_steps, vib_structure=crystal)
     models = evaluate_models(candidates, test, eval_plan)
     ratio = models["distilled"]["force_mae_meV_per_A"] / models["undistilled"]["force_mae_meV_per_A"]
     return {"models": models, "distilled_vs_undistilled_force_mae": ratio, "test_frames": len(test), "structure": "Si, 64 atoms", "teacher": f"{teacher.spec} ({teacher.version})"}

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import ase
 import numpy as np
 import torch
-from ase.build import bulk
 
 from ffdistill import derivatives
 from ffdistill.calculator import EnergyModelCalculator
@@ -22,19 +22,49 @@ from ffdistill.simulate import frequencies_cm1, md_stability, md_throughput, nve
 
 @dataclass
 class Candidate:
-    """A model under evaluation: an energy function, its graph radius and dtype."""
+    """A model under evaluation: a student (energy function) or a teacher (any ``Teacher``)."""
 
     name: str
-    energy_fn: Callable[[AtomicGraph], torch.Tensor]
+    energy_fn: Optional[Callable[[AtomicGraph], torch.Tensor]]
     cutoff: float
     dtype: torch.dtype = torch.float32
-    is_teacher: bool = False
+    teacher: Optional[object] = None
+
+    @classmethod
+    def of_teacher(cls, teacher) -> "Candidate":
+        energy_fn = teacher.energy if teacher.has_autograd else None
+        return cls("teacher", energy_fn, teacher.cutoff, teacher.dtype, teacher=teacher)
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.teacher is not None
 
     def calculator(self):
+        if self.teacher is not None:
+            return self.teacher.as_calculator()
         return EnergyModelCalculator(self.energy_fn, self.cutoff, dtype=self.dtype)
 
     def graph(self, atoms: ase.Atoms) -> AtomicGraph:
         return from_ase(atoms, self.cutoff, dtype=self.dtype, labels=False)
+
+    def hessian(self, atoms: ase.Atoms) -> np.ndarray:
+        """Full (3N, 3N) Hessian: autograd rows, or the teacher's own (finite-difference) rows."""
+        if self.energy_fn is None:
+            rows = self.teacher.label(atoms, rows=range(3 * len(atoms))).hessian_rows
+            return rows.reshape(3 * len(atoms), 3 * len(atoms))
+        return derivatives.full_hessian(self.energy_fn, self.graph(atoms), vectorize=False).detach().double().numpy()
+
+    def seconds_per_force_call(self, atoms: ase.Atoms, repeats: int) -> float:
+        if self.energy_fn is not None:
+            return seconds_per_force_call(self.energy_fn, self.graph(atoms), repeats=repeats)
+        calc, probe = self.calculator(), atoms.copy()
+        times = []
+        for k in range(repeats + 1):
+            probe.positions[0, 0] += 1e-4  # a new structure each call, so nothing is cached
+            start = time.perf_counter()
+            calc.get_forces(probe)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times[1:]))
 
 
 @dataclass
@@ -44,7 +74,7 @@ class EvalPlan:
     nve_steps: int = 300  #: velocity Verlet steps for the drift
     teacher_md_steps: Optional[int] = None  #: shorter runs for an expensive teacher (None: same)
     temperature: float = 300.0
-    vib_structure: Optional[ase.Atoms] = None  #: relaxed structure for frequencies (default: 8-atom Si)
+    vib_structure: Optional[ase.Atoms] = None  #: equilibrium structure for frequencies (default: the teacher-relaxed first test frame)
 
 
 def evaluate_models(candidates: Sequence[Candidate], test: Sequence[AtomicGraph], plan: EvalPlan, teacher_is_reference: bool = True) -> dict:
@@ -52,8 +82,9 @@ def evaluate_models(candidates: Sequence[Candidate], test: Sequence[AtomicGraph]
     teacher = next(c for c in candidates if c.is_teacher)
     starts = [to_ase(g)[0] for g in test]
     teacher_relaxed = relax(teacher.calculator(), starts[0])
-    teacher_freqs = _frequencies(teacher, plan)
-    t_teacher = seconds_per_force_call(teacher.energy_fn, teacher.graph(starts[0]), repeats=3)
+    vib = plan.vib_structure if plan.vib_structure is not None else teacher_relaxed["atoms"]
+    teacher_freqs = _frequencies(teacher, vib)
+    t_teacher = teacher.seconds_per_force_call(starts[0], repeats=3)
     out = {}
     for c in candidates:
         expensive = c.is_teacher and plan.teacher_md_steps is not None
@@ -66,7 +97,7 @@ def evaluate_models(candidates: Sequence[Candidate], test: Sequence[AtomicGraph]
         m["nve_fluctuation_meV_per_atom"] = nve["fluctuation_meV_per_atom"]
         m["_nve_trace"] = (nve["time_ps"], nve["energy_meV_per_atom"])
         m.update(_relaxation(c, starts[0], teacher_relaxed))
-        freqs = _frequencies(c, plan) if not c.is_teacher else teacher_freqs
+        freqs = _frequencies(c, vib) if not c.is_teacher else teacher_freqs
         m["frequency_mae_cm1"] = float(np.abs(freqs[3:] - teacher_freqs[3:]).mean())
         m["_frequencies_cm1"] = freqs.tolist()
         m.update(_speed(c, starts[0], t_teacher, md_steps=3 if c.is_teacher else 20))
@@ -77,8 +108,26 @@ def evaluate_models(candidates: Sequence[Candidate], test: Sequence[AtomicGraph]
 def _accuracy(c: Candidate, test: Sequence[AtomicGraph], teacher_is_reference: bool) -> dict:
     if c.is_teacher and teacher_is_reference:
         return {"energy_mae_meV_per_atom": 0.0, "force_mae_meV_per_A": 0.0, "force_cosine": 1.0, "hessian_row_mae": 0.0}
-    graphs = [g.to("cpu", dtype=c.dtype) for g in test]
+    if c.energy_fn is None:
+        return _teacher_accuracy(c.teacher, test)
+    # Rebuild each graph at this model's radius; labels stay as they are.
+    graphs = [c.graph(to_ase(g)[0])._replace(**_labels(g, c.dtype)) for g in test]
     return accuracy(c.energy_fn, graphs, hessian=not c.is_teacher)
+
+
+def _teacher_accuracy(teacher, test: Sequence[AtomicGraph]) -> dict:
+    """A force-only teacher against reference labels (energies and forces)."""
+    e_err, f_err = [], []
+    for g in test:
+        labels = teacher.label(to_ase(g)[0])
+        e_err.append(abs(labels.energy - float(g.energy)) / g.n_atoms)
+        f_err.append(np.abs(labels.forces - g.forces.double().numpy()).mean())
+    return {"energy_mae_meV_per_atom": 1000 * float(np.mean(e_err)), "force_mae_meV_per_A": 1000 * float(np.mean(f_err)), "force_cosine": float("nan"), "hessian_row_mae": float("nan")}
+
+
+def _labels(g: AtomicGraph, dtype: torch.dtype) -> dict:
+    cast = lambda x: None if x is None else x.to(dtype) if x.is_floating_point() else x  # noqa: E731
+    return {k: cast(getattr(g, k)) for k in ("energy", "forces", "stress", "hessian_rows", "row_index")}
 
 
 def _stability(c: Candidate, starts, runs: int, steps: int, temperature: float) -> dict:
@@ -103,17 +152,13 @@ def _relaxation(c: Candidate, start: ase.Atoms, teacher_relaxed: dict) -> dict:
     }
 
 
-def _frequencies(c: Candidate, plan: EvalPlan) -> np.ndarray:
-    atoms = plan.vib_structure if plan.vib_structure is not None else bulk("Si", "diamond", a=5.43, cubic=True)
-    graph = c.graph(atoms)
-    H = derivatives.full_hessian(c.energy_fn, graph, vectorize=False).detach().double().numpy()
-    return frequencies_cm1(H, atoms.get_masses())
+def _frequencies(c: Candidate, atoms: ase.Atoms) -> np.ndarray:
+    return frequencies_cm1(c.hessian(atoms), atoms.get_masses())
 
 
 def _speed(c: Candidate, atoms: ase.Atoms, t_teacher: float, md_steps: int) -> dict:
-    t = t_teacher if c.is_teacher else seconds_per_force_call(c.energy_fn, c.graph(atoms), repeats=10)
-    big = atoms * (2, 2, 2)
-    t_big = seconds_per_force_call(c.energy_fn, c.graph(big), repeats=1 if c.is_teacher else 3)
+    t = t_teacher if c.is_teacher else c.seconds_per_force_call(atoms, repeats=10)
+    t_big = c.seconds_per_force_call(atoms * (2, 2, 2), repeats=1 if c.is_teacher else 3)
     return {
         "seconds_per_force_call": t,
         "speedup_vs_teacher": t_teacher / t,
@@ -147,6 +192,23 @@ def verdict(models: dict) -> str:
     return "\n".join(lines)
 
 
+def test_graphs(data: str, teacher, trust: bool = False) -> tuple[list[AtomicGraph], bool]:
+    """Held-out graphs from a label store (all its frames), or from a structure file labelled by the
+    teacher (energies and forces only). Also says whether the teacher is the reference."""
+    from ffdistill.io import iter_structures
+    from ffdistill.labels import LabelStore
+
+    if os.path.isdir(data):
+        store = LabelStore(data)
+        return [store.graph(i, teacher.cutoff) for i in range(len(store))], not store.summary()["reference_labels"]
+    graphs = []
+    for atoms in iter_structures(data):
+        labels = teacher.label(atoms)
+        cast = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
+        graphs.append(from_ase(atoms, teacher.cutoff)._replace(energy=cast([labels.energy]), forces=cast(labels.forces)))
+    return graphs, True
+
+
 def write_report(output: str, models: dict, extra: dict, title: str = "ffdistill evaluation") -> None:
     """report.md, metrics.json and the plots in ``output``."""
     from ffdistill.plots import nve_traces, spectra
@@ -159,3 +221,32 @@ def write_report(output: str, models: dict, extra: dict, title: str = "ffdistill
     with open(os.path.join(output, "report.md"), "w") as handle:
         handle.write(f"# {title}\n\n{markdown_tables(models)}\n\n## Verdict\n\n{verdict(models)}\n\n")
         handle.write("Plots: `force_parity.png`, `learning_curves.png`, `nve_energy.png`, `frequencies.png`.\n")
+
+
+def evaluate_from_paths(
+    model_paths: Sequence[str], data: str, teacher_spec: str, output: str, md_steps: int = 1000, md_runs: int = 3,
+    teacher_md_steps: Optional[int] = None, trust: bool = False,
+) -> dict:
+    """What ``ffdistill evaluate`` does: load everything, evaluate, write the report."""
+    from ffdistill.calculator import load_student
+    from ffdistill.teachers import load_teacher
+
+    teacher = load_teacher(teacher_spec, trust=trust)
+    test, teacher_is_reference = test_graphs(data, teacher)
+    candidates = [Candidate.of_teacher(teacher)]
+    for path in model_paths:
+        student = load_student(path)
+        for p in student.parameters():
+            p.requires_grad_(False)
+        candidates.append(Candidate(_model_name(path, candidates), student, student.cutoff))
+    plan = EvalPlan(md_runs=md_runs, md_steps=md_steps, nve_steps=md_steps, teacher_md_steps=teacher_md_steps)
+    models = evaluate_models(candidates, test, plan, teacher_is_reference=teacher_is_reference)
+    write_report(output, models, {"data": data, "teacher": f"{teacher.spec} ({teacher.version})", "test_frames": len(test)})
+    return models
+
+
+def _model_name(path: str, taken: Sequence[Candidate]) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = os.path.basename(os.path.dirname(os.path.abspath(path))) if stem == "best" else stem
+    names = {c.name for c in taken}
+    return name if name not in names else f"{name}_{len(names)}"

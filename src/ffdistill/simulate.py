@@ -3,9 +3,8 @@ optimisation and vibrational frequencies, all through ASE and the project's calc
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
 
 import ase
 import numpy as np
@@ -16,6 +15,8 @@ from ase.md.verlet import VelocityVerlet
 from ase.neighborlist import neighbor_list
 from ase.optimize import BFGS
 
+from ffdistill.errors import FFDistillError
+
 #: A bonded pair whose length changes by more than this (Å) from the start marks an unstable run.
 BOND_TOLERANCE = 0.5
 #: Forces beyond this (eV/Å) mark a run that blew up.
@@ -24,7 +25,7 @@ MAX_FORCE = 50.0
 EV_AMU_A2_TO_CM1 = np.sqrt(units._e / units._amu) * 1e10 / (2 * np.pi * units._c * 100)
 
 
-class Blowup(Exception):
+class Blowup(FFDistillError):
     """An MD run left the physical regime; carries the step and the reason."""
 
     def __init__(self, step: int, reason: str):
@@ -137,36 +138,49 @@ def md_throughput(calc, atoms: ase.Atoms, steps: int = 20, timestep_fs: float = 
     return {"md_steps_per_second": rate, "ns_per_day": rate * timestep_fs * 86400 / 1e6}
 
 
-@dataclass
-class MDLog:
-    """Per-step energies of a production run, for ``ffdistill md``."""
-
-    step: int
-    time_ps: float
-    potential_eV: float
-    kinetic_eV: float
-    temperature_K: float
-
-
 def run_md(
-    calc, atoms: ase.Atoms, ensemble: str, temperature: float, steps: int, timestep_fs: float = 1.0,
-    trajectory: Optional[str] = None, log: Optional[Callable[[MDLog], None]] = None, interval: int = 10, seed: int = 0,
+    calc, atoms: ase.Atoms, ensemble: str, temperature: float, steps: int, trajectory: str,
+    timestep_fs: float = 1.0, interval: int = 10, seed: int = 0, resume: bool = False, progress: bool = True,
 ) -> int:
-    """MD through ASE; raises ``Blowup`` (with the step and max force) if the run leaves physics."""
-    from ase.io.trajectory import Trajectory
+    """MD through ASE, writing ``trajectory`` and ``<trajectory>.log`` every ``interval`` steps.
 
+    Raises ``Blowup`` (step and reason) if the run leaves physics. With ``resume``, continues from the
+    last frame of ``trajectory`` (positions and momenta), so an interrupted run loses at most
+    ``interval`` steps. Returns the number of steps run now.
+    """
+    from ase.io import read
+    from ase.io.trajectory import Trajectory
+    from ase.md import MDLogger
+    from tqdm.auto import tqdm
+
+    done = 0
+    if resume and os.path.isfile(trajectory):
+        frames = read(trajectory, ":")
+        atoms, done = frames[-1], (len(frames) - 1) * interval
+    else:
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+        Stationary(atoms)
     atoms.calc = calc
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
-    Stationary(atoms)
     if ensemble == "nvt":
-        dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature, friction=0.01 / units.fs, rng=np.random.default_rng(seed + 1))
+        dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature, friction=0.01 / units.fs, rng=np.random.default_rng(seed + done))
     else:
         dyn = VelocityVerlet(atoms, timestep_fs * units.fs)
     monitor = StabilityMonitor(atoms, interval=interval)
+    monitor.step = done
     dyn.attach(monitor, interval=interval)
-    if trajectory:
-        dyn.attach(Trajectory(trajectory, "w", atoms), interval=interval)
-    if log:
-        dyn.attach(lambda: log(MDLog(dyn.nsteps, dyn.nsteps * timestep_fs / 1000, atoms.get_potential_energy(), atoms.get_kinetic_energy(), atoms.get_temperature())), interval=interval)
-    dyn.run(steps)
-    return steps
+    traj = Trajectory(trajectory, "a" if done else "w", atoms)
+    logger = MDLogger(dyn, atoms, trajectory + ".log", header=not done, mode="a" if done else "w")
+    bar = tqdm(total=steps, initial=done, desc=f"MD {ensemble}", unit="step", disable=not progress)
+
+    def record():
+        if dyn.nsteps == 0 and done:
+            return  # ASE calls observers before the first step: that frame is already on disk
+        traj.write()
+        logger()
+        bar.update(interval if dyn.nsteps else 0)
+
+    dyn.attach(record, interval=interval)
+    remaining = max(0, steps - done)
+    dyn.run(remaining)
+    bar.close()
+    return remaining
