@@ -33,12 +33,16 @@ class Blowup(FFDistillError):
         self.step, self.reason = step, reason
 
 
-def bonded_pairs(atoms: ase.Atoms, factor: float = 1.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs closer than ``factor`` × each atom's nearest-neighbour distance, with their shifts."""
+def bonded_pairs(atoms: ase.Atoms, factor: float = 1.15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs closer than ``factor`` × the median nearest-neighbour distance, with their shifts.
+
+    The median, not each atom's own nearest distance: in a rattled start an atom whose neighbour is
+    unusually close would otherwise count loosely bound second-shell pairs as bonds.
+    """
     i, j, d, S = neighbor_list("ijdS", atoms, 4.0)
     nearest = np.full(len(atoms), np.inf)
     np.minimum.at(nearest, i, d)
-    keep = d < factor * nearest[i]
+    keep = d < factor * np.median(nearest[np.isfinite(nearest)])
     return i[keep], j[keep], S[keep]
 
 
