@@ -70,19 +70,27 @@ def test_resume_after_interruption_gives_identical_store(emt_teacher, tmp_path):
     assert len(reference) == 7 and stores_equal(reference.path, out)
 
 
-def test_resume_after_sigkill_gives_identical_store(tmp_path):
+#: Kills at random moments of one labelling job, each followed by a resume.
+RANDOM_KILLS = 3
+
+
+def test_resume_after_random_sigkills_gives_identical_store(tmp_path):
     frames = write_frames(tmp_path / "f.extxyz", n=40, reps=(2, 1, 1))
     command = [sys.executable, "-m", "ffdistill.cli", "label", frames, "--teacher", "ase:ase.calculators.emt:EMT", "--hessian-rows", "6", "-q"]
     subprocess.run(command + ["-o", str(tmp_path / "ref.zarr")], check=True, capture_output=True)
     out = str(tmp_path / "out.zarr")
-    process = subprocess.Popen(command + ["-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and not _frames_done(out + ".partial"):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_at = _frames_done(out + ".partial")
-    assert 0 < killed_at < 40, f"the kill landed at {killed_at} frames"
+    rng = np.random.default_rng(0)
+    progress = [0]
+    for _ in range(RANDOM_KILLS):
+        process = subprocess.Popen(command + ["-o", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline and _frames_done(out + ".partial") <= progress[-1]:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))  # somewhere inside a frame, a write or a commit
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        progress.append(_frames_done(out + ".partial"))
+    assert progress[1] > 0 and progress[-1] < 40 and progress == sorted(progress), progress
     subprocess.run(command + ["-o", out], check=True, capture_output=True)
     assert stores_equal(str(tmp_path / "ref.zarr"), out)
 
@@ -169,3 +177,33 @@ def test_inspect_cli(emt_store, capsys):
     import json
 
     assert json.loads(capsys.readouterr().out)["hessian_rows_per_frame"]["setting"] == "6"
+
+
+def test_shards_merge_into_the_unsharded_store(emt_teacher, tmp_path):
+    from ffdistill.labels import merge_stores
+
+    frames = write_frames(tmp_path / "f.extxyz", n=7)
+    whole = label_file(emt_teacher, frames, str(tmp_path / "whole.zarr"), rows=3, seed=2, progress=False)
+    shards = [str(tmp_path / f"s{i}.zarr") for i in range(3)]
+    for i, path in enumerate(shards):
+        assert len(label_file(emt_teacher, frames, path, rows=3, seed=2, progress=False, shard=(i, 3))) == len(range(i, 7, 3))
+    with pytest.raises(StoreError, match="exactly once"):
+        merge_stores(shards[:2], str(tmp_path / "bad.zarr"), progress=False)
+    merged = merge_stores(shards[::-1], str(tmp_path / "merged.zarr"), progress=False)
+    assert stores_equal(whole.path, merged.path)
+    other = label_file(emt_teacher, frames, str(tmp_path / "o.zarr"), rows=4, seed=2, progress=False, shard=(1, 3))
+    with pytest.raises(StoreError, match="hessian_rows differs"):
+        merge_stores([shards[0], other.path, shards[2]], str(tmp_path / "bad2.zarr"), progress=False)
+
+
+def test_unwritable_or_full_output_fails_before_any_work(emt_teacher, cu_frames, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    with pytest.raises(StoreError, match="does not exist"):
+        label_file(emt_teacher, cu_frames, str(tmp_path / "no" / "such" / "dir" / "s.zarr"), progress=False)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1024))
+    with pytest.raises(StoreError, match="free"):
+        label_file(emt_teacher, cu_frames, str(tmp_path / "s.zarr"), progress=False)
+    assert not (tmp_path / "s.zarr.partial").exists()

@@ -8,7 +8,7 @@ from ffdistill import derivatives, load_calculator
 from ffdistill.calculator import load_student, save_student
 from ffdistill.errors import InputError
 from ffdistill.graph import batch_graphs, from_ase
-from ffdistill.loss import HessianRowTerm, StudentOutput, student_output
+from ffdistill.loss import DistillationLoss, HessianRowTerm, StudentOutput, student_output
 from ffdistill.students import PRESETS, build_student
 from ffdistill.teachers.toy import MorsePotential
 
@@ -73,13 +73,13 @@ def _labelled(potential, atoms, rows):
 def test_hessian_loss_is_zero_for_the_teacher_itself_and_positive_otherwise(cu_atoms):
     teacher = MorsePotential()
     batch = batch_graphs([_labelled(teacher, cu_atoms, [2, 7]), _labelled(teacher, rattled_cu(5), [0])])
-    term = HessianRowTerm(weight=1.0)
-    same = term(student_output(teacher, batch, hessian=True), batch)
-    assert float(same.detach()) < 1e-10
-    other = term(student_output(MorsePotential(D=1.2, a=1.4), batch, hessian=True), batch)
-    assert float(other.detach()) > 1e-2
+    loss = DistillationLoss([HessianRowTerm(weight=1.0)])
+    _, same = loss(student_output(teacher, batch, hessian=True), batch)
+    assert same["hessian"] < 1e-10
+    _, other = loss(student_output(MorsePotential(D=1.2, a=1.4), batch, hessian=True), batch)
+    assert other["hessian"] > 1e-2
     out = student_output(teacher, batch, hessian=True)
-    assert float(term(StudentOutput(out.energy, out.forces, out.hessian_rows * 1.01), batch).detach()) > 0
+    assert loss(StudentOutput(out.energy, out.forces, out.hessian_rows * 1.01), batch)[1]["hessian"] > 0
 
 
 def test_saved_student_loads_as_plain_data_and_as_calculator(student, tmp_path, cu_atoms):

@@ -14,6 +14,9 @@ from ffdistill.teachers.ase_calc import ASETeacher
 from conftest import assert_close
 
 
+SEVENNET_FD_ATOL = 5e-3  # eV/Å²
+
+
 class BrokenCalculator(Calculator):
     """Returns whatever it is told to: NaN, absurd forces."""
 
@@ -79,12 +82,9 @@ def test_sevennet_matches_its_calculator_and_finite_differences():
     assert labels.energy == pytest.approx(atoms.get_potential_energy(), abs=1e-4)
     assert_close(labels.forces, atoms.get_forces(), 1e-4, what="forces vs SevenNetCalculator")
     assert_close(labels.stress.ravel()[[0, 4, 8]], atoms.get_stress()[:3], 1e-5, what="stress")
-    graph = teacher.graph(atoms).to("cpu", dtype=torch.float64)
-    teacher.model.double()
-    try:
-        force_fn = lambda g: derivatives.predict(teacher.energy, g).forces  # noqa: E731
-        fd = derivatives.fd_hessian_rows(force_fn, graph, rows, h=1e-3)
-    finally:
-        teacher.model.float()
-    assert_close(labels.hessian_rows, fd.numpy(), 2e-3, what="SevenNet-0 Hessian rows vs finite differences")
+    force_fn = lambda g: derivatives.predict(teacher.energy, g).forces  # noqa: E731
+    # float32 (e3nn kernels will not run in float64): h = 3e-3 Å balances rounding and truncation;
+    # seen here: max difference 5e-4 eV/Å² on entries up to 12 eV/Å².
+    fd = derivatives.fd_hessian_rows(force_fn, teacher.graph(atoms), rows, h=3e-3)
+    assert_close(labels.hessian_rows, fd.numpy(), SEVENNET_FD_ATOL, what="SevenNet-0 Hessian rows vs finite differences")
     assert np.abs(labels.hessian_rows).max() > 1.0  # a real, non-trivial Hessian

@@ -84,3 +84,18 @@ def test_learning_rate_schedule_is_a_pure_function_of_the_step():
     assert lr_at(10, 100, cfg) == pytest.approx(1.0)
     assert lr_at(100, 100, cfg) == pytest.approx(0.1)
     assert lr_at(55, 100, cfg) == pytest.approx(lr_at(55, 100, cfg))
+
+
+#: Two gloo ranks vs one process on the same global batch: equal up to float32 reduction order.
+DDP_RELATIVE_TOLERANCE = 1e-4
+
+
+def test_two_process_ddp_matches_single_process(emt_store, tmp_path):
+    common = {"train.epochs": 2, "data.batch_size": 4, "data.rows_per_structure": 1}
+    single = train_from_config(_config(emt_store, tmp_path / "single", **common), progress=False)
+    ddp = train_from_config(_config(emt_store, tmp_path / "ddp", **common, **{"train.devices": 2}), progress=False)
+    assert len(ddp.history) == len(single.history) == 2
+    for a, b in zip(single.history, ddp.history):
+        for key in ("force_mae_meV_per_A", "energy_mae_meV_per_atom", "hessian_row_mae"):
+            assert b["val"][key] == pytest.approx(a["val"][key], rel=DDP_RELATIVE_TOLERANCE), key
+    assert os.path.isfile(tmp_path / "ddp" / "best.pt") and os.path.isfile(tmp_path / "ddp" / "checkpoint.pt")

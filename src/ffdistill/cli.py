@@ -21,8 +21,22 @@ def cmd_label(args) -> None:
     from ffdistill.teachers import load_teacher
 
     teacher = load_teacher(args.teacher, trust=args.trust_teacher)
-    store = label_file(teacher, args.input, args.output, rows=args.hessian_rows, seed=args.seed, progress=not args.quiet)
+    store = label_file(teacher, args.input, args.output, rows=args.hessian_rows, seed=args.seed, progress=not args.quiet, shard=args.shard)
     print(f"wrote {len(store)} frames to {args.output}")
+
+
+def cmd_merge(args) -> None:
+    from ffdistill.labels import merge_stores
+
+    store = merge_stores(args.shards, args.output, progress=not args.quiet)
+    print(f"merged {len(args.shards)} shards ({len(store)} frames) into {args.output}")
+
+
+def _shard(value: str) -> tuple[int, int]:
+    i, _, n = value.partition("/")
+    if not (i.isdigit() and n.isdigit()) or not 0 <= int(i) < int(n):
+        raise argparse.ArgumentTypeError("--shard takes I/N with 0 <= I < N, e.g. 0/4")
+    return int(i), int(n)
 
 
 def cmd_inspect(args) -> None:
@@ -94,6 +108,16 @@ def cmd_md(args) -> None:
     print(f"{args.steps} steps done: trajectory {args.output}, energies {args.output}.log")
 
 
+def cmd_export(args) -> None:
+    import os
+
+    from ffdistill.export import export_student
+
+    source = os.path.join(args.run, "best.pt") if os.path.isdir(args.run) else args.run
+    calculator = export_student(source, args.output)
+    print(f"exported {source} to {args.output}; ASE calculator without ffdistill: {calculator}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffdistill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,7 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hessian-rows", type=_rows, default=4, help="'all' or K random rows per frame (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-teacher", action="store_true", help="allow loading a pickled teacher model file")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: label every N-th frame from the I-th (join with merge)")
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("merge", help="join the shards of one labelling job into one store")
+    p.add_argument("shards", nargs="+")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("inspect", help="summarise a label store")
     p.add_argument("store")
@@ -157,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the trajectory's last frame")
     p.add_argument("-o", "--output", required=True, help="trajectory file (.traj)")
     p.set_defaults(func=cmd_md)
+
+    p = sub.add_parser("export", help="TorchScript student that runs without ffdistill, plus a standalone ASE calculator")
+    p.add_argument("run", help="a run folder (uses best.pt) or a student file")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_export)
 
     for p in sub.choices.values():
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -56,6 +56,7 @@ class TrainConfig:
     patience: int = 40  #: stop after this many epochs without validation improvement
     seed: int = 0
     device: str = "cpu"
+    devices: int = 1  #: data-parallel processes on this node (gloo on CPU, NCCL on GPUs)
 
 
 @dataclass

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ffdistill.errors import InputError
-from ffdistill.graph import AtomicGraph, batch_graphs
+from ffdistill.graph import AtomicGraph
 from ffdistill.labels import LabelStore
 from ffdistill.sampling import select_rows
 
@@ -30,9 +30,9 @@ def load_graphs(store: LabelStore, indices: Sequence[int], cutoff: float, refere
 def iterate_batches(
     graphs: Sequence[AtomicGraph], batch_size: int, rows_per_structure: int, generator: torch.Generator,
     shuffle: bool = True, row_temperature: float | None = None,
-) -> Iterator[AtomicGraph]:
-    """Batches of graphs, each structure keeping ``rows_per_structure`` of its stored Hessian rows."""
+) -> Iterator[list[AtomicGraph]]:
+    """Global batches (lists of graphs), each structure keeping ``rows_per_structure`` of its stored
+    Hessian rows. Every data-parallel rank draws the same batches and keeps its own slice."""
     order = torch.randperm(len(graphs), generator=generator).tolist() if shuffle else list(range(len(graphs)))
     for start in range(0, len(order), batch_size):
-        picked = [select_rows(graphs[i], rows_per_structure, generator, row_temperature) for i in order[start : start + batch_size]]
-        yield batch_graphs(picked)
+        yield [select_rows(graphs[i], rows_per_structure, generator, row_temperature) for i in order[start : start + batch_size]]

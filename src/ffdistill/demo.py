@@ -32,10 +32,10 @@ class DemoPlan:
     n_frames: int = 32  #: 20 train, 4 validation, 8 test
     test_fraction: float = 8 / 32
     val_fraction: float = 4 / 32
-    epochs: int = 100
+    epochs: int = 90
     temperatures: tuple = (300.0, 600.0, 900.0)
     md_runs: int = 3  #: NVT stability runs per student
-    md_steps: int = 500  #: steps (1 fs) per student stability / NVE run
+    md_steps: int = 300  #: steps (1 fs) per student stability / NVE run
     teacher_md_steps: int = 40  #: the teacher costs ~0.4 s a step on 2 cores: short runs only
 
 

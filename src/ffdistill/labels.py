@@ -8,6 +8,8 @@ Layout (F frames, A atoms in all, K rows in all, and ``HA = sum over rows of tha
     row_index (K,) int64  flat coordinate index within its frame (3 * atom + axis)
     hessian (HA, 3) f32   rows of d2E/dR2 in eV/Å², each row one (N_frame, 3) block
     ref_energy (F,), ref_forces (A, 3)   the input file's own labels (e.g. DFT), NaN where it has none
+    frame_index (F,)      position of each frame in the input file (shards hold every N-th frame)
+    checksum (F,)         CRC32 of the frame's labels: a lost or damaged chunk is detected on read
 
 Crash safety: each frame is appended to every array, then the group attribute ``frames_done`` is
 rewritten (zarr writes each file atomically). Everything past ``frames_done`` is discarded on resume.
@@ -55,8 +57,9 @@ ARRAYS = {
     "ref_energy": ((), "float64", 4096),
     "ref_forces": ((3,), "float64", 65536),
     "checksum": ((), "int64", 4096),
+    "frame_index": ((), "int64", 4096),
 }
-FRAME_ARRAYS = ("n_atoms", "n_rows", "energy", "cell", "pbc", "stress", "ref_energy", "checksum")
+FRAME_ARRAYS = ("n_atoms", "n_rows", "energy", "cell", "pbc", "stress", "ref_energy", "checksum", "frame_index")
 #: Arrays whose bytes each frame's checksum covers (a lost or damaged chunk reads back as fill values).
 CHECKED = ("energy", "cell", "positions", "forces", "row_index", "hessian")
 ATOM_ARRAYS = ("numbers", "positions", "forces", "ref_forces")
@@ -80,33 +83,79 @@ class LabelRequest:
     teacher_version: str
     hessian_rows: str  # "all" or a number of rows per frame
     seed: int
+    shard: list  # [i, n]: every n-th frame from the i-th
 
 
 def label_file(
-    teacher: Teacher, input_path: str, store_path: str, rows: str | int = "all", seed: int = 0, progress: bool = True
+    teacher: Teacher, input_path: str, store_path: str, rows: str | int = "all", seed: int = 0, progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> "LabelStore":
-    """Label every structure of ``input_path`` with ``teacher`` into ``store_path``; resumes if interrupted."""
+    """Label the structures of ``input_path`` with ``teacher`` into ``store_path``; resumes if interrupted.
+
+    ``shard=(i, n)`` labels only frames ``i, i + n, i + 2n, ...``: n workers write n shards that
+    ``merge_stores`` joins into the store one worker would have written.
+    """
     if os.path.exists(store_path):
         raise StoreError(f"{store_path} already exists and is complete; choose another output or delete it")
-    n_frames = scan_structures(input_path, teacher.check_elements)
-    request = LabelRequest(file_sha256(input_path), teacher.spec, teacher.version, str(rows), int(seed))
+    index_in_shard, n_shards = shard
+    if not 0 <= index_in_shard < n_shards:
+        raise StoreError(f"shard {index_in_shard}/{n_shards} does not exist: use I/N with 0 <= I < N")
+    n_total = scan_structures(input_path, teacher.check_elements)
+    mine = list(range(index_in_shard, n_total, n_shards))
+    request = LabelRequest(file_sha256(input_path), teacher.spec, teacher.version, str(rows), int(seed), [index_in_shard, n_shards])
     partial = store_path + ".partial"
-    group = _open_partial(partial, request, input_path, n_frames)
+    group = _open_partial(partial, request, input_path, len(mine))
     done = int(group.attrs["frames_done"])
-    bar = tqdm(total=n_frames, initial=done, desc="labelling", unit="frame", disable=not progress)
-    for index, atoms in enumerate(iter_structures(input_path, start=done), start=done):
+    start = mine[done] if done < len(mine) else n_total
+    bar = tqdm(total=len(mine), initial=done, desc="labelling", unit="frame", disable=not progress)
+    for index, atoms in enumerate(iter_structures(input_path, start=start), start=start):
+        if (index - index_in_shard) % n_shards:
+            continue  # another shard's frame
         picked = choose_rows(len(atoms), rows, seed, index)
         try:
             labels = teacher.label(atoms, picked)
         except FFDistillError as error:
             raise type(error)(f"{input_path}, structure {index}: {error}") from error
-        _append_frame(group, atoms, labels)
-        group.attrs["frames_done"] = index + 1  # the commit point
+        _append_values(group, frame_values(atoms, labels, index))
+        group.attrs["frames_done"] = group.attrs["frames_done"] + 1  # the commit point
         bar.update(1)
     bar.close()
+    return _finish(group, partial, store_path)
+
+
+def _finish(group, partial: str, store_path: str) -> "LabelStore":
     group.attrs["complete"] = True
     os.replace(partial, store_path)
     return LabelStore(store_path)
+
+
+def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True) -> "LabelStore":
+    """Join the shards of one labelling job into one store, frames in input order."""
+    if os.path.exists(store_path):
+        raise StoreError(f"{store_path} already exists; choose another output or delete it")
+    shards = [LabelStore(p) for p in shard_paths]
+    first = shards[0].attrs
+    for s in shards:
+        for field in ("input_sha256", "teacher_spec", "teacher_version", "hessian_rows", "seed"):
+            if s.attrs[field] != first[field]:
+                raise StoreError(f"cannot merge {s.path}: its {field} differs from {shards[0].path}'s")
+    counts = sorted(s.attrs["shard"][0] for s in shards)
+    n_shards = first["shard"][1]
+    if counts != list(range(n_shards)) or any(s.attrs["shard"][1] != n_shards for s in shards):
+        raise StoreError(f"cannot merge: need each of the {n_shards} shards exactly once, got {counts}")
+    owner = {int(f): (s, k) for s in shards for k, f in enumerate(s.group["frame_index"][:])}
+    request = LabelRequest(first["input_sha256"], first["teacher_spec"], first["teacher_version"], first["hessian_rows"], first["seed"], [0, 1])
+    partial = store_path + ".partial"
+    if os.path.exists(partial):
+        import shutil as _shutil
+
+        _shutil.rmtree(partial)  # merging is cheap: start over rather than resume
+    group = _open_partial(partial, request, first["input"], len(owner))
+    for index in tqdm(sorted(owner), desc="merging", unit="frame", disable=not progress):
+        store, k = owner[index]
+        _append_values(group, store.raw_frame(k))
+        group.attrs["frames_done"] = group.attrs["frames_done"] + 1
+    return _finish(group, partial, store_path)
 
 
 def _open_partial(partial: str, request: LabelRequest, input_path: str, n_frames: int):
@@ -171,7 +220,8 @@ def _truncate_to_committed(group) -> None:
             array.resize((length, *array.shape[1:]))
 
 
-def _append_frame(group, atoms: ase.Atoms, labels: TeacherLabels) -> None:
+def frame_values(atoms: ase.Atoms, labels: TeacherLabels, index: int) -> dict[str, np.ndarray]:
+    """One frame's entries for every array of the store."""
     n = len(atoms)
     stress = labels.stress if labels.stress is not None else np.full((3, 3), np.nan)
     ref_energy, ref_forces = _reference_labels(atoms)
@@ -189,8 +239,14 @@ def _append_frame(group, atoms: ase.Atoms, labels: TeacherLabels) -> None:
         "hessian": labels.hessian_rows.reshape(-1, 3).astype(np.float32),
         "ref_energy": np.array([ref_energy]),
         "ref_forces": ref_forces,
+        "frame_index": np.array([index]),
     }
-    values["checksum"] = np.array([frame_checksum({k: np.asarray(values[k], dtype=ARRAYS[k][1]) for k in CHECKED})])
+    values = {k: np.asarray(v, dtype=ARRAYS[k][1]) for k, v in values.items()}
+    values["checksum"] = np.array([frame_checksum(values)])
+    return values
+
+
+def _append_values(group, values: dict[str, np.ndarray]) -> None:
     for name, value in values.items():
         group[name].append(np.asarray(value, dtype=ARRAYS[name][1]), axis=0)
 
@@ -272,6 +328,14 @@ class LabelStore:
             raise StoreError(f"{self.path} is corrupt: frame {i} fails its checksum (a damaged or missing chunk)")
         return atoms, labels
 
+    def raw_frame(self, i: int) -> dict[str, np.ndarray]:
+        """Frame ``i`` exactly as stored, array by array (checksum verified)."""
+        self.frame(i)  # verifies the checksum
+        g, a = self.group, slice(self.atom_start[i], self.atom_start[i + 1])
+        r, h = slice(self.row_start[i], self.row_start[i + 1]), slice(self.hess_start[i], self.hess_start[i + 1])
+        spans = {"numbers": a, "positions": a, "forces": a, "ref_forces": a, "row_index": r, "hessian": h}
+        return {name: g[name][spans.get(name, slice(i, i + 1))] for name in ARRAYS}
+
     def graph(self, i: int, cutoff: float, dtype: torch.dtype = torch.float32, reference: bool = True) -> AtomicGraph:
         """Frame ``i`` as a labelled ``AtomicGraph`` of radius ``cutoff``.
 
@@ -306,6 +370,7 @@ class LabelStore:
             "reference_labels": bool(np.isfinite(self.group["ref_energy"][:]).any()),
             "teacher": {"spec": self.attrs["teacher_spec"], "version": self.attrs["teacher_version"]},
             "seed": self.attrs["seed"],
+            "shard": self.attrs["shard"],
             "units": self.attrs["units"],
             "input": self.attrs["input"],
             "created": self.attrs["created"],

@@ -48,9 +48,9 @@ class EnergyTerm:
     name: str = "energy"
     needs_hessian: bool = False
 
-    def __call__(self, out: StudentOutput, batch: AtomicGraph) -> Tensor:
-        # Total, not per atom (as in the paper): per-atom errors let forces swamp the energy term.
-        return (out.energy - batch.energy).abs().mean()
+    def errors(self, out: StudentOutput, batch: AtomicGraph) -> Tensor:
+        """(B,) per structure. Total, not per atom (as in the paper): per-atom errors let forces swamp it."""
+        return (out.energy - batch.energy).abs()
 
 
 @dataclass
@@ -59,8 +59,9 @@ class ForceTerm:
     name: str = "forces"
     needs_hessian: bool = False
 
-    def __call__(self, out: StudentOutput, batch: AtomicGraph) -> Tensor:
-        return (out.forces - batch.forces).norm(dim=-1).mean()
+    def errors(self, out: StudentOutput, batch: AtomicGraph) -> Tensor:
+        """(N,) per atom."""
+        return (out.forces - batch.forces).norm(dim=-1)
 
 
 @dataclass
@@ -69,15 +70,21 @@ class HessianRowTerm:
     name: str = "hessian"
     needs_hessian: bool = True
 
-    def __call__(self, out: StudentOutput, batch: AtomicGraph) -> Tensor:
+    def errors(self, out: StudentOutput, batch: AtomicGraph) -> Tensor:
+        """(K,) per row. Blocks are zero outside each row's own structure, for student and teacher alike."""
         if out.hessian_rows is None:
-            return batch.R.new_zeros(())
-        # Blocks are zero outside each row's own structure for student and teacher alike.
-        return (out.hessian_rows - batch.hessian_rows).norm(dim=-1).sum(dim=1).mean()
+            return batch.R.new_zeros(0)
+        return (out.hessian_rows - batch.hessian_rows).norm(dim=-1).sum(dim=1)
 
 
 class DistillationLoss:
-    """Sum of weighted terms; returns the total and each term's unweighted value for logging."""
+    """Sum of weighted terms, each the mean of its per-item errors.
+
+    Returns the total and each term's unweighted value for logging. Under data parallelism pass
+    ``global_counts`` (items per term summed over ranks) and ``world`` (number of ranks): each term
+    becomes ``world × sum / global count``, so that averaging gradients over ranks gives exactly the
+    gradient of the global mean, however unevenly atoms and rows fall across ranks.
+    """
 
     def __init__(self, terms):
         self.terms = list(terms)
@@ -86,8 +93,15 @@ class DistillationLoss:
     def needs_hessian(self) -> bool:
         return any(t.needs_hessian and t.weight > 0 for t in self.terms)
 
-    def __call__(self, out: StudentOutput, batch: AtomicGraph) -> tuple[Tensor, dict[str, float]]:
-        values = {t.name: t(out, batch) for t in self.terms}
+    def errors(self, out: StudentOutput, batch: AtomicGraph) -> dict[str, Tensor]:
+        return {t.name: t.errors(out, batch) for t in self.terms}
+
+    def __call__(self, out: StudentOutput, batch: AtomicGraph, global_counts: dict | None = None, world: int = 1) -> tuple[Tensor, dict[str, float]]:
+        errors = self.errors(out, batch)
+        values = {}
+        for name, e in errors.items():
+            count = len(e) if global_counts is None else global_counts[name] / world
+            values[name] = e.sum() / count if count else e.sum()
         total = sum(t.weight * values[t.name] for t in self.terms)
         return total, {name: float(v.detach()) for name, v in values.items()}
 
@@ -97,4 +111,3 @@ class DistillationLoss:
 
 def build_loss(energy: float, forces: float, hessian: float) -> DistillationLoss:
     return DistillationLoss([EnergyTerm(energy), ForceTerm(forces), HessianRowTerm(hessian)])
-

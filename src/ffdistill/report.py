@@ -54,9 +54,9 @@ class Candidate:
             return rows.reshape(3 * len(atoms), 3 * len(atoms))
         return derivatives.full_hessian(self.energy_fn, self.graph(atoms), vectorize=False).detach().double().numpy()
 
-    def seconds_per_force_call(self, atoms: ase.Atoms, repeats: int) -> float:
+    def seconds_per_force_call(self, atoms: ase.Atoms, repeats: int, warmup: int = 1) -> float:
         if self.energy_fn is not None:
-            return seconds_per_force_call(self.energy_fn, self.graph(atoms), repeats=repeats)
+            return seconds_per_force_call(self.energy_fn, self.graph(atoms), repeats=repeats, warmup=warmup)
         calc, probe = self.calculator(), atoms.copy()
         times = []
         for k in range(repeats + 1):
@@ -158,7 +158,7 @@ def _frequencies(c: Candidate, atoms: ase.Atoms) -> np.ndarray:
 
 def _speed(c: Candidate, atoms: ase.Atoms, t_teacher: float, md_steps: int) -> dict:
     t = t_teacher if c.is_teacher else c.seconds_per_force_call(atoms, repeats=10)
-    t_big = c.seconds_per_force_call(atoms * (2, 2, 2), repeats=1 if c.is_teacher else 3)
+    t_big = c.seconds_per_force_call(atoms * (2, 2, 2), repeats=1 if c.is_teacher else 3, warmup=0 if c.is_teacher else 1)
     return {
         "seconds_per_force_call": t,
         "speedup_vs_teacher": t_teacher / t,

@@ -19,12 +19,16 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from torch.nn.parallel import DistributedDataParallel
+
+from ffdistill import distributed
 from ffdistill.calculator import save_student
 from ffdistill.config import RunConfig, save_config
 from ffdistill.data import iterate_batches, load_graphs, split_indices
 from ffdistill.errors import InputError
 from ffdistill.evaluate import accuracy
-from ffdistill.graph import AtomicGraph
+from ffdistill.distributed import Ranks
+from ffdistill.graph import AtomicGraph, batch_graphs
 from ffdistill.labels import LabelStore
 from ffdistill.loss import DistillationLoss, build_loss, student_output
 from ffdistill.students import build_student
@@ -68,18 +72,28 @@ def ema_update(decay: float):
     return average
 
 
-def train_step(model, batch: AtomicGraph, loss: DistillationLoss, optimizer, grad_clip: float) -> dict[str, float]:
+def train_step(model, batch: AtomicGraph, loss: DistillationLoss, optimizer, grad_clip: float, ranks: Ranks = Ranks(), idle: bool = False) -> dict[str, float]:
+    """One optimiser step. ``idle``: this rank has no structures in the batch; it steps with zero
+    weight so the gradient all-reduce still happens."""
     optimizer.zero_grad(set_to_none=True)
     out = student_output(model, batch, hessian=loss.needs_hessian, training=True)
-    total, terms = loss(out, batch)
-    total.backward()
+    counts = {name: 0 if idle else len(e) for name, e in loss.errors(out, batch).items()}
+    total, terms = loss(out, batch, ranks.sum_counts(counts), ranks.world) if ranks.world > 1 else loss(out, batch)
+    (total * (0.0 if idle else 1.0)).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     return {"total": float(total.detach()), **terms}
 
 
 def train_from_config(config: RunConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Split the store, build the student, fit its energy references and train it."""
+    """Split the store, build the student, fit its energy references and train it.
+
+    With ``train.devices > 1`` this spawns that many data-parallel workers and returns what rank 0 wrote.
+    """
+    if config.train.devices > 1 and not distributed.from_environment():
+        LabelStore(config.data.store)  # fail here, with one clear line, before spawning anything
+        distributed.spawn(train_from_config, config.train.devices, config, resume, progress)
+        return _result_on_disk(config.output)
     store = LabelStore(config.data.store)
     d = config.data
     train_idx, val_idx, _ = split_indices(len(store), d.val_fraction, d.test_fraction, d.split_seed)
@@ -87,9 +101,17 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
     train_graphs = load_graphs(store, train_idx, config.model.cutoff, d.use_reference)
     val_graphs = load_graphs(store, val_idx, config.model.cutoff, d.use_reference)
     elements = sorted({int(z) for g in train_graphs for z in g.Z})
+    torch.manual_seed(config.train.seed)  # the same initial weights in every process and every run
     model = build_student(config.model.student, elements, config.model.cutoff, **config.model.hparams)
     model.fit_references(train_graphs)
     return train(model, train_graphs, val_graphs, config, resume=resume, progress=progress, teacher_force_mae=teacher_force_error(store, val_idx))
+
+
+def _result_on_disk(run_dir: str) -> TrainResult:
+    with open(os.path.join(run_dir, "history.json")) as handle:
+        history = json.load(handle)
+    best = min(h["val"]["force_mae_meV_per_A"] for h in history) / 1000
+    return TrainResult(run_dir, os.path.join(run_dir, "best.pt"), best, history)
 
 
 def teacher_force_error(store: LabelStore, indices: Sequence[int]) -> Optional[float]:
@@ -108,10 +130,13 @@ def train(
     resume: bool = False, progress: bool = True, teacher_force_mae: Optional[float] = None,
 ) -> TrainResult:
     """The training loop. Writes config.yaml, checkpoint.pt, best.pt and history.json to ``config.output``."""
-    t, run_dir = config.train, config.output
+    t, run_dir, ranks = config.train, config.output, distributed.current()
+    progress = progress and ranks.is_main
     os.makedirs(run_dir, exist_ok=True)
-    save_config(config, os.path.join(run_dir, "config.yaml"))
+    if ranks.is_main:
+        save_config(config, os.path.join(run_dir, "config.yaml"))
     torch.manual_seed(t.seed)
+    step_model = DistributedDataParallel(model) if ranks.world > 1 else model
     loss = build_loss(config.loss.energy, config.loss.forces, config.loss.hessian)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     ema = AveragedModel(model, avg_fn=ema_update(t.ema_decay), use_buffers=True)
@@ -126,23 +151,28 @@ def train(
         loss.term("hessian").weight = state.hessian_weight
         generator = torch.Generator().manual_seed(t.seed * 100_003 + state.epoch)
         sums: dict[str, float] = {}
-        for batch in iterate_batches(train_graphs, config.data.batch_size, config.data.rows_per_structure, generator, row_temperature=config.data.row_temperature):
+        for graphs in iterate_batches(train_graphs, config.data.batch_size, config.data.rows_per_structure, generator, row_temperature=config.data.row_temperature):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state.step, total_steps, t)
-            for name, value in train_step(model, batch, loss, optimizer, t.grad_clip).items():
+            mine = ranks.shard(graphs)
+            batch = batch_graphs(mine or graphs[:1])
+            for name, value in train_step(step_model, batch, loss, optimizer, t.grad_clip, ranks, idle=not mine).items():
                 sums[name] = sums.get(name, 0.0) + value / steps_per_epoch
             ema.update_parameters(model)
             state.step += 1
         state.epoch += 1
         val = accuracy(ema.module, val_graphs, config.data.batch_size)
         _end_of_epoch(state, val, sums, teacher_force_mae, config)
+        # Every rank validates (identical EMA weights), so early stopping agrees without messages.
         if val["force_mae_meV_per_A"] / 1000 < state.best_force_mae:
             state.best_force_mae, state.bad_epochs = val["force_mae_meV_per_A"] / 1000, 0
-            save_student(ema.module, best_path, epoch=state.epoch, val=val)
+            if ranks.is_main:
+                save_student(ema.module, best_path, epoch=state.epoch, val=val)
         else:
             state.bad_epochs += 1
-        _save_checkpoint(checkpoint_path, model, ema, optimizer, state, config)
-        _write_json(os.path.join(run_dir, "history.json"), state.history)
+        if ranks.is_main:
+            _save_checkpoint(checkpoint_path, model, ema, optimizer, state, config)
+            _write_json(os.path.join(run_dir, "history.json"), state.history)
         bar.update(1)
         bar.set_postfix(loss=f"{sums.get('total', 0):.3g}", F=f"{sums.get('forces', 0):.3f}", H=f"{sums.get('hessian', 0):.3f}", val_F=f"{val['force_mae_meV_per_A']:.1f}meV/Å")
     bar.close()

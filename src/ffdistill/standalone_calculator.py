@@ -1,0 +1,41 @@
+"""ASE calculator for a student exported by ``ffdistill export`` — needs torch, numpy and ASE only.
+
+    from standalone_calculator import ExportedStudent
+    atoms.calc = ExportedStudent("student.pt")
+"""
+
+import json
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.neighborlist import neighbor_list
+
+
+class ExportedStudent(Calculator):
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, path, **kwargs):
+        super().__init__(**kwargs)
+        extra = {"ffdistill.json": ""}
+        self.model = torch.jit.load(path, _extra_files=extra)
+        meta = json.loads(extra["ffdistill.json"])
+        self.cutoff, self.elements = meta["cutoff"], set(meta["elements"])
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        unknown = set(self.atoms.numbers.tolist()) - self.elements
+        if unknown:
+            raise ValueError(f"the exported student does not know atomic numbers {sorted(unknown)}")
+        i, j, S = neighbor_list("ijS", self.atoms, self.cutoff)
+        order = np.lexsort((j, i))
+        R = torch.tensor(self.atoms.positions, dtype=torch.float32, requires_grad=True)
+        energy = self.model(
+            torch.tensor(self.atoms.numbers, dtype=torch.long),
+            R,
+            torch.tensor(np.asarray(self.atoms.cell), dtype=torch.float32),
+            torch.tensor(np.stack([i[order], j[order]]), dtype=torch.long),
+            torch.tensor(S[order], dtype=torch.float32),
+        )
+        (grad,) = torch.autograd.grad(energy, R)
+        self.results = {"energy": float(energy), "free_energy": float(energy), "forces": -grad.double().numpy()}
