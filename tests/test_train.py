@@ -32,7 +32,7 @@ def test_a_few_epochs_lower_every_loss_term(emt_store, tmp_path):
 def test_undistilled_run_never_computes_hessian_rows(emt_store, tmp_path, monkeypatch):
     calls = []
     original = train_module.student_output
-    monkeypatch.setattr(train_module, "student_output", lambda m, b, hessian, training: calls.append(hessian) or original(m, b, hessian, training))
+    monkeypatch.setattr(train_module, "student_output", lambda m, b, hessian, training, **kw: calls.append(hessian) or original(m, b, hessian, training, **kw))
     train_from_config(_config(emt_store, tmp_path / "run", **{"loss.hessian": 0, "train.epochs": 1}), progress=False)
     assert calls and not any(calls)
 
@@ -41,8 +41,8 @@ def test_resume_repeats_the_uninterrupted_run(emt_store, tmp_path, monkeypatch):
     straight = train_from_config(_config(emt_store, tmp_path / "a"), progress=False)
     original = train_module._save_checkpoint
 
-    def crash_after_third_epoch(path, model, ema, optimizer, state, config):
-        original(path, model, ema, optimizer, state, config)
+    def crash_after_third_epoch(path, model, ema, optimizer, state, config, loss):
+        original(path, model, ema, optimizer, state, config, loss)
         if state.epoch == 3:
             raise KeyboardInterrupt
 

@@ -35,6 +35,11 @@ class EnergyModelCalculator(Calculator):
         if self.check_elements is not None:
             self.check_elements(self.atoms.numbers)
         graph = from_ase(self.atoms, self.cutoff, dtype=self.dtype, labels=False)
+        if getattr(self.energy_fn, "direct", False):  # a force head: forces are predicted, not -dE/dR
+            with torch.no_grad():
+                energy, forces, _ = self.energy_fn(graph, return_forces=True)
+            self.results = {"energy": float(energy.sum()), "free_energy": float(energy.sum()), "forces": forces.double().numpy()}
+            return
         want_stress = "stress" in properties and bool(np.all(self.atoms.pbc))
         pred = derivatives.predict(self.energy_fn, graph, stress=want_stress)
         energy = float(pred.energy.sum())

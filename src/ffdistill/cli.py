@@ -21,7 +21,7 @@ def cmd_label(args) -> None:
     from ffdistill.teachers import load_teacher
 
     teacher = load_teacher(args.teacher, trust=args.trust_teacher)
-    store = label_file(teacher, args.input, args.output, rows=args.hessian_rows, seed=args.seed, progress=not args.quiet, shard=args.shard)
+    store = label_file(teacher, args.input, args.output, rows=args.hessian_rows, seed=args.seed, progress=not args.quiet, shard=args.shard, node_features=args.node_features)
     print(f"wrote {len(store)} frames to {args.output}")
 
 
@@ -72,14 +72,19 @@ def cmd_sample(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from ffdistill.config import load_config
     from ffdistill.train import train_from_config
 
-    # The config file is optional: `ffdistill train data.store=x.zarr` runs on the defaults.
-    path, overrides = (None, [args.config, *args.overrides]) if "=" in args.config else (args.config, args.overrides)
-    config = load_config(path, overrides)
+    config = _config(args)
     result = train_from_config(config, resume=args.resume, progress=not args.quiet)
     print(f"best student saved to {result.best_path} (validation force MAE {1000 * result.best_force_mae:.1f} meV/Å)")
+
+
+def _config(args):
+    """The config file is optional: `ffdistill train data.store=x.zarr` runs on the defaults."""
+    from ffdistill.config import load_config
+
+    path, overrides = (None, [args.config, *args.overrides]) if "=" in args.config else (args.config, args.overrides)
+    return load_config(path, overrides)
 
 
 def cmd_demo(args) -> None:
@@ -118,6 +123,19 @@ def cmd_export(args) -> None:
     print(f"exported {source} to {args.output}; ASE calculator without ffdistill: {calculator}")
 
 
+def cmd_compare(args) -> None:
+    import json
+    import os
+
+    from ffdistill.compare import compare, table
+
+    config = _config(args)
+    os.makedirs(args.output, exist_ok=True)
+    results = compare(config, args.methods.split(","), args.seeds, args.output, md_steps=args.md_steps, progress=not args.quiet)
+    print(table(results))
+    print(json.dumps({"methods": results, "seeds": args.seeds}))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffdistill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hessian-rows", type=_rows, default=4, help="'all' or K random rows per frame (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-teacher", action="store_true", help="allow loading a pickled teacher model file")
+    p.add_argument("--node-features", action="store_true", help="also store the teacher's node features (n2n baseline)")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: label every N-th frame from the I-th (join with merge)")
     p.set_defaults(func=cmd_label)
 
@@ -192,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder (uses best.pt) or a student file")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("compare", help="train and evaluate the paper's methods and baselines side by side")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--methods", default="undistilled,hessian,n2n,a2a,teacher-forces")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--md-steps", type=int, default=200, help="NVT stability steps per trained student")
+    p.add_argument("-o", "--output", default="compare_out")
+    p.set_defaults(func=cmd_compare)
 
     for p in sub.choices.values():
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

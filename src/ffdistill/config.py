@@ -34,6 +34,9 @@ class ModelConfig:
     student: str = "painn-small"  #: preset (painn-tiny|small|medium) or architecture name
     cutoff: float = 5.0  #: graph radius, Å
     hparams: dict = field(default_factory=dict)  #: overrides of the preset's hyper-parameters
+    jacobian: str = "autograd"  #: direct-force students: force-Jacobian rows by "autograd" or "fd"
+    fd_step: float = 1e-4  #: forward-difference step (Å) when jacobian = "fd"
+    a2a: bool = False  #: a2a baseline: initialise element embeddings from a projection of the teacher's
 
 
 @dataclass
@@ -42,6 +45,8 @@ class LossConfig:
     forces: float = 100.0  #: λF
     hessian: float = 100.0  #: λH; 0 trains the undistilled baseline
     halve_hessian_within: Optional[float] = 0.05  #: halve λH once val force MAE ≤ (1 + this) × teacher's
+    consistency: float = 0.0  #: direct-force students: weight tying -dE/dR of the energy head to the forces
+    n2n: float = 0.0  #: n2n baseline: weight of the projected node-feature MSE (needs label --node-features)
 
 
 @dataclass

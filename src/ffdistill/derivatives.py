@@ -111,6 +111,44 @@ def hessian_rows(
     return products[waves] * mask
 
 
+def force_jacobian_columns(forces: Tensor, positions: Tensor, rows: Tensor | Sequence[int], batch: Tensor, *, create_graph: bool = False) -> Tensor:
+    """``-dF/dR_r`` (K, N, 3) for forces that need not be a gradient (direct-force heads).
+
+    For a conservative model this equals ``hessian_rows``; for a force head the force Jacobian is
+    not symmetric and this is the column (what finite differences of forces give), obtained as a
+    Jacobian-vector product by two VJPs: J e = d/du <J^T u, e>. Rows of different structures share
+    one product, as in ``hessian_rows``.
+    """
+    rows = torch.as_tensor(rows, dtype=torch.long, device=forces.device)
+    if len(rows) == 0:
+        return forces.new_zeros(0, *forces.shape)
+    u = torch.zeros_like(forces, requires_grad=True)
+    (jt_u,) = torch.autograd.grad(forces, positions, grad_outputs=u, create_graph=True)
+    waves = _pack_rows(rows, batch)
+    columns = []
+    for e in _wave_vectors(rows, waves, forces):
+        (column,) = torch.autograd.grad(jt_u, u, grad_outputs=e, retain_graph=True, create_graph=create_graph)
+        columns.append(-column)
+    owner = batch[rows // 3]
+    mask = (batch[None, :] == owner[:, None]).to(forces.dtype)[:, :, None]
+    return torch.stack(columns)[waves] * mask
+
+
+def fd_force_jacobian_columns(force_fn: ForceFn, graph: AtomicGraph, rows: Tensor | Sequence[int], h: float = 1e-4) -> Tensor:
+    """``-dF/dR_r`` (K, N, 3) of a one-structure graph by forward differences, all K displaced copies
+    and the undisplaced one evaluated in a single batched forward pass."""
+    from ffdistill.graph import batch_graphs
+
+    rows = torch.as_tensor(rows, dtype=torch.long).tolist()
+    copies = [graph]
+    for r in rows:
+        step = torch.zeros_like(graph.R).view(-1)
+        step[r] = h
+        copies.append(graph._replace(R=graph.R + step.view_as(graph.R)))
+    forces = force_fn(batch_graphs(copies)).view(len(copies), graph.n_atoms, 3)
+    return -(forces[1:] - forces[:1]) / h
+
+
 def _pack_rows(rows: Tensor, batch: Tensor) -> Tensor:
     """Wave of each row: its rank among the rows of its own structure."""
     owner = batch[rows // 3]

@@ -40,6 +40,7 @@ class AtomicGraph(NamedTuple):
     stress: Optional[Tensor] = None  #: (B, 3, 3) eV/Å³ (NaN when not periodic)
     hessian_rows: Optional[Tensor] = None  #: (K, N, 3) rows of d2E/dR2, eV/Å²
     row_index: Optional[Tensor] = None  #: (K,) flat index into the 3N coordinates
+    node_features: Optional[Tensor] = None  #: (N, D) teacher node features (n2n baseline)
 
     @property
     def n_atoms(self) -> int:
@@ -181,6 +182,7 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
         energy=_cat_optional([g.energy for g in graphs]),
         forces=_cat_optional([g.forces for g in graphs]),
         stress=_cat_optional([g.stress for g in graphs]),
+        node_features=_cat_optional([g.node_features for g in graphs]),
         **_batch_rows(graphs, starts),
     )
 

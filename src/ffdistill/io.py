@@ -29,10 +29,12 @@ def iter_structures(path: str, start: int = 0) -> Iterator[ase.Atoms]:
         raise InputError(f"cannot read {path}: malformed file ({detail})") from error
 
 
-def scan_structures(path: str, elements_check=None) -> int:
-    """Validate every structure of ``path`` before any work is spent; return how many there are."""
-    count = 0
+def scan_structures(path: str, elements_check=None) -> tuple[int, set[int]]:
+    """Validate every structure of ``path`` before any work is spent; return how many there are and
+    the atomic numbers they contain."""
+    count, elements = 0, set()
     for count, atoms in enumerate(iter_structures(path), start=1):
+        elements.update(int(z) for z in atoms.numbers)
         try:
             check_structure(atoms)
             if elements_check is not None:
@@ -41,7 +43,7 @@ def scan_structures(path: str, elements_check=None) -> int:
             raise type(error)(f"{path}, structure {count - 1}: {error}") from error
     if count == 0:
         raise InputError(f"cannot read {path}: it holds no structures")
-    return count
+    return count, elements
 
 
 def file_sha256(path: str) -> str:

@@ -84,11 +84,12 @@ class LabelRequest:
     hessian_rows: str  # "all" or a number of rows per frame
     seed: int
     shard: list  # [i, n]: every n-th frame from the i-th
+    node_features: bool = False  # teacher node features stored too (n2n baseline)
 
 
 def label_file(
     teacher: Teacher, input_path: str, store_path: str, rows: str | int = "all", seed: int = 0, progress: bool = True,
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int] = (0, 1), node_features: bool = False,
 ) -> "LabelStore":
     """Label the structures of ``input_path`` with ``teacher`` into ``store_path``; resumes if interrupted.
 
@@ -100,11 +101,16 @@ def label_file(
     index_in_shard, n_shards = shard
     if not 0 <= index_in_shard < n_shards:
         raise StoreError(f"shard {index_in_shard}/{n_shards} does not exist: use I/N with 0 <= I < N")
-    n_total = scan_structures(input_path, teacher.check_elements)
+    if node_features and type(teacher).node_features is Teacher.node_features:
+        raise StoreError(f"teacher {teacher.spec} does not expose node features (n2n needs sevenn or mace)")
+    n_total, elements = scan_structures(input_path, teacher.check_elements)
     mine = list(range(index_in_shard, n_total, n_shards))
-    request = LabelRequest(file_sha256(input_path), teacher.spec, teacher.version, str(rows), int(seed), [index_in_shard, n_shards])
+    request = LabelRequest(file_sha256(input_path), teacher.spec, teacher.version, str(rows), int(seed), [index_in_shard, n_shards], node_features)
     partial = store_path + ".partial"
     group = _open_partial(partial, request, input_path, len(mine))
+    embeddings = teacher.element_embeddings()
+    if embeddings is not None and "element_embeddings" not in group.attrs:
+        group.attrs["element_embeddings"] = {str(z): embeddings[z].tolist() for z in sorted(elements)}
     done = int(group.attrs["frames_done"])
     start = mine[done] if done < len(mine) else n_total
     bar = tqdm(total=len(mine), initial=done, desc="labelling", unit="frame", disable=not progress)
@@ -116,7 +122,10 @@ def label_file(
             labels = teacher.label(atoms, picked)
         except FFDistillError as error:
             raise type(error)(f"{input_path}, structure {index}: {error}") from error
-        _append_values(group, frame_values(atoms, labels, index))
+        values = frame_values(atoms, labels, index)
+        if node_features:
+            values["node_features"] = teacher.node_features(teacher.graph(atoms)).detach().float().numpy()
+        _append_values(group, values)
         group.attrs["frames_done"] = group.attrs["frames_done"] + 1  # the commit point
         bar.update(1)
     bar.close()
@@ -144,7 +153,7 @@ def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True)
     if counts != list(range(n_shards)) or any(s.attrs["shard"][1] != n_shards for s in shards):
         raise StoreError(f"cannot merge: need each of the {n_shards} shards exactly once, got {counts}")
     owner = {int(f): (s, k) for s in shards for k, f in enumerate(s.group["frame_index"][:])}
-    request = LabelRequest(first["input_sha256"], first["teacher_spec"], first["teacher_version"], first["hessian_rows"], first["seed"], [0, 1])
+    request = LabelRequest(first["input_sha256"], first["teacher_spec"], first["teacher_version"], first["hessian_rows"], first["seed"], [0, 1], first.get("node_features", False))
     partial = store_path + ".partial"
     if os.path.exists(partial):
         import shutil as _shutil
@@ -211,7 +220,7 @@ def _truncate_to_committed(group) -> None:
     n_atoms = group["n_atoms"][:done]
     n_rows = group["n_rows"][:done]
     lengths = {name: done for name in FRAME_ARRAYS}
-    lengths.update({name: int(n_atoms.sum()) for name in ATOM_ARRAYS})
+    lengths.update({name: int(n_atoms.sum()) for name in ATOM_ARRAYS + ("node_features",) if name in group})
     lengths["row_index"] = int(n_rows.sum())
     lengths["hessian"] = int((n_rows * n_atoms).sum())
     for name, length in lengths.items():
@@ -248,7 +257,9 @@ def frame_values(atoms: ase.Atoms, labels: TeacherLabels, index: int) -> dict[st
 
 def _append_values(group, values: dict[str, np.ndarray]) -> None:
     for name, value in values.items():
-        group[name].append(np.asarray(value, dtype=ARRAYS[name][1]), axis=0)
+        if name not in group:  # node_features: its width is known only once the teacher has run
+            group.create_array(name, shape=(0, value.shape[1]), dtype="float32", chunks=(65536, value.shape[1]))
+        group[name].append(np.asarray(value, dtype=ARRAYS.get(name, (None, "float32"))[1]), axis=0)
 
 
 def frame_checksum(arrays: dict[str, np.ndarray]) -> int:
@@ -333,8 +344,11 @@ class LabelStore:
         self.frame(i)  # verifies the checksum
         g, a = self.group, slice(self.atom_start[i], self.atom_start[i + 1])
         r, h = slice(self.row_start[i], self.row_start[i + 1]), slice(self.hess_start[i], self.hess_start[i + 1])
-        spans = {"numbers": a, "positions": a, "forces": a, "ref_forces": a, "row_index": r, "hessian": h}
-        return {name: g[name][spans.get(name, slice(i, i + 1))] for name in ARRAYS}
+        spans = {"numbers": a, "positions": a, "forces": a, "ref_forces": a, "node_features": a, "row_index": r, "hessian": h}
+        return {name: g[name][spans.get(name, slice(i, i + 1))] for name in self.array_names()}
+
+    def array_names(self) -> list[str]:
+        return list(ARRAYS) + (["node_features"] if "node_features" in self.group else [])
 
     def graph(self, i: int, cutoff: float, dtype: torch.dtype = torch.float32, reference: bool = True) -> AtomicGraph:
         """Frame ``i`` as a labelled ``AtomicGraph`` of radius ``cutoff``.
@@ -352,7 +366,13 @@ class LabelStore:
             stress=None if labels["stress"] is None else as_t(labels["stress"])[None],
             hessian_rows=as_t(labels["hessian_rows"]),
             row_index=torch.as_tensor(labels["row_index"], dtype=torch.long),
+            node_features=self._node_features(i, dtype),
         )
+
+    def _node_features(self, i: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        if "node_features" not in self.group:
+            return None
+        return torch.as_tensor(self.group["node_features"][self.atom_start[i] : self.atom_start[i + 1]], dtype=dtype)
 
     def summary(self) -> dict:
         numbers = self.group["numbers"][:]
@@ -371,6 +391,8 @@ class LabelStore:
             "teacher": {"spec": self.attrs["teacher_spec"], "version": self.attrs["teacher_version"]},
             "seed": self.attrs["seed"],
             "shard": self.attrs["shard"],
+            "node_features": "node_features" in self.group,
+            "element_embeddings": "element_embeddings" in self.attrs,
             "units": self.attrs["units"],
             "input": self.attrs["input"],
             "created": self.attrs["created"],
@@ -381,4 +403,6 @@ class LabelStore:
 def stores_equal(a: str, b: str) -> bool:
     """True when two stores hold identical arrays (used to check that resuming changes nothing)."""
     sa, sb = LabelStore(a), LabelStore(b)
-    return all(np.array_equal(sa.group[n][:], sb.group[n][:], equal_nan=sa.group[n].dtype.kind == "f") for n in ARRAYS)
+    if sa.array_names() != sb.array_names():
+        return False
+    return all(np.array_equal(sa.group[n][:], sb.group[n][:], equal_nan=sa.group[n].dtype.kind == "f") for n in sa.array_names())

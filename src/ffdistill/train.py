@@ -32,6 +32,7 @@ from ffdistill.graph import AtomicGraph, batch_graphs
 from ffdistill.labels import LabelStore
 from ffdistill.loss import DistillationLoss, build_loss, student_output
 from ffdistill.students import build_student
+from ffdistill.students.base import init_embeddings_from_teacher
 
 
 @dataclass
@@ -76,7 +77,7 @@ def train_step(model, batch: AtomicGraph, loss: DistillationLoss, optimizer, gra
     """One optimiser step. ``idle``: this rank has no structures in the batch; it steps with zero
     weight so the gradient all-reduce still happens."""
     optimizer.zero_grad(set_to_none=True)
-    out = student_output(model, batch, hessian=loss.needs_hessian, training=True)
+    out = student_output(model, batch, hessian=loss.needs_hessian, training=True, features=loss.needs_features, conservative=loss.needs_conservative_forces)
     counts = {name: 0 if idle else len(e) for name, e in loss.errors(out, batch).items()}
     total, terms = loss(out, batch, ranks.sum_counts(counts), ranks.world) if ranks.world > 1 else loss(out, batch)
     (total * (0.0 if idle else 1.0)).backward()
@@ -103,7 +104,13 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
     elements = sorted({int(z) for g in train_graphs for z in g.Z})
     torch.manual_seed(config.train.seed)  # the same initial weights in every process and every run
     model = build_student(config.model.student, elements, config.model.cutoff, **config.model.hparams)
+    model.jacobian, model.fd_step = config.model.jacobian, config.model.fd_step
     model.fit_references(train_graphs)
+    if config.model.a2a:
+        embeddings = store.attrs.get("element_embeddings")
+        if not embeddings:
+            raise InputError(f"a2a needs teacher element embeddings, and {config.data.store} has none (label with a teacher that has them, e.g. sevenn)")
+        init_embeddings_from_teacher(model, {int(z): v for z, v in embeddings.items()}, seed=config.train.seed)
     return train(model, train_graphs, val_graphs, config, resume=resume, progress=progress, teacher_force_mae=teacher_force_error(store, val_idx))
 
 
@@ -137,13 +144,13 @@ def train(
         save_config(config, os.path.join(run_dir, "config.yaml"))
     torch.manual_seed(t.seed)
     step_model = DistributedDataParallel(model) if ranks.world > 1 else model
-    loss = build_loss(config.loss.energy, config.loss.forces, config.loss.hessian)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    loss = _loss(config, model, train_graphs)
+    optimizer = torch.optim.AdamW([*model.parameters(), *loss.parameters()], lr=t.lr, weight_decay=t.weight_decay)
     ema = AveragedModel(model, avg_fn=ema_update(t.ema_decay), use_buffers=True)
     state = TrainState(hessian_weight=config.loss.hessian)
     checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
     if resume:
-        state = _load_checkpoint(checkpoint_path, model, ema, optimizer)
+        state = _load_checkpoint(checkpoint_path, model, ema, optimizer, loss)
     steps_per_epoch = math.ceil(len(train_graphs) / config.data.batch_size)
     total_steps = t.epochs * steps_per_epoch
     bar = tqdm(total=t.epochs, initial=state.epoch, desc=os.path.basename(run_dir), unit="epoch", disable=not progress)
@@ -171,12 +178,24 @@ def train(
         else:
             state.bad_epochs += 1
         if ranks.is_main:
-            _save_checkpoint(checkpoint_path, model, ema, optimizer, state, config)
+            _save_checkpoint(checkpoint_path, model, ema, optimizer, state, config, loss)
             _write_json(os.path.join(run_dir, "history.json"), state.history)
         bar.update(1)
         bar.set_postfix(loss=f"{sums.get('total', 0):.3g}", F=f"{sums.get('forces', 0):.3f}", H=f"{sums.get('hessian', 0):.3f}", val_F=f"{val['force_mae_meV_per_A']:.1f}meV/Å")
     bar.close()
     return TrainResult(run_dir, best_path, state.best_force_mae, state.history)
+
+
+def _loss(config: RunConfig, model, train_graphs: Sequence[AtomicGraph]) -> DistillationLoss:
+    c = config.loss
+    channels = None
+    if c.n2n:
+        if train_graphs[0].node_features is None:
+            raise InputError("loss.n2n needs teacher node features: label with --node-features")
+        channels = (model.hparams["channels"], train_graphs[0].node_features.shape[1])
+    if c.consistency and not model.direct:
+        raise InputError("loss.consistency is for direct-force students (e.g. painn-direct-small)")
+    return build_loss(c.energy, c.forces, c.hessian, consistency=c.consistency, n2n=c.n2n, channels=channels)
 
 
 def _end_of_epoch(state: TrainState, val: dict, train_terms: dict, teacher_force_mae: Optional[float], config: RunConfig) -> None:
@@ -189,11 +208,12 @@ def _end_of_epoch(state: TrainState, val: dict, train_terms: dict, teacher_force
     state.history.append({"epoch": state.epoch, "step": state.step, "hessian_weight": state.hessian_weight, "train": train_terms, "val": val})
 
 
-def _save_checkpoint(path: str, model, ema, optimizer, state: TrainState, config: RunConfig) -> None:
+def _save_checkpoint(path: str, model, ema, optimizer, state: TrainState, config: RunConfig, loss: DistillationLoss) -> None:
     payload = {
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "loss": [t.state_dict() for t in loss.terms if isinstance(t, torch.nn.Module)],
         "state": dataclasses.asdict(state),
         "config": dataclasses.asdict(config),
     }
@@ -202,7 +222,7 @@ def _save_checkpoint(path: str, model, ema, optimizer, state: TrainState, config
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: str, model, ema, optimizer) -> TrainState:
+def _load_checkpoint(path: str, model, ema, optimizer, loss: DistillationLoss) -> TrainState:
     if not os.path.isfile(path):
         raise InputError(f"nothing to resume: no checkpoint at {path}")
     try:
@@ -210,6 +230,8 @@ def _load_checkpoint(path: str, model, ema, optimizer) -> TrainState:
         model.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])
         optimizer.load_state_dict(payload["optimizer"])
+        for term, saved in zip([t for t in loss.terms if isinstance(t, torch.nn.Module)], payload.get("loss", [])):
+            term.load_state_dict(saved)
         return TrainState(**payload["state"])
     except Exception as error:
         raise InputError(f"checkpoint {path} is corrupt or from another model ({type(error).__name__}); delete it to start over") from error

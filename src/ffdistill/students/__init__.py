@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from ffdistill.errors import InputError
 from ffdistill.students.base import EnergyStudent
-from ffdistill.students.painn import PaiNN
+from ffdistill.students.painn import DirectForcePaiNN, PaiNN
+from ffdistill.students.schnet import SchNet
 
-ARCHITECTURES = {"painn": PaiNN}
+ARCHITECTURES = {"painn": PaiNN, "painn-direct": DirectForcePaiNN, "schnet": SchNet}
 
 #: name -> (architecture, hyper-parameters)
 PRESETS = {
     "painn-tiny": ("painn", {"channels": 16, "layers": 2, "n_basis": 8}),
     "painn-small": ("painn", {"channels": 32, "layers": 3, "n_basis": 16}),
     "painn-medium": ("painn", {"channels": 64, "layers": 3, "n_basis": 20}),
+    "painn-direct-small": ("painn-direct", {"channels": 32, "layers": 3, "n_basis": 16}),
+    "schnet-tiny": ("schnet", {"channels": 16, "layers": 2, "n_basis": 12}),
+    "schnet-small": ("schnet", {"channels": 48, "layers": 3, "n_basis": 20}),
 }
 
-__all__ = ["ARCHITECTURES", "PRESETS", "EnergyStudent", "PaiNN", "build_student"]
+__all__ = ["ARCHITECTURES", "PRESETS", "DirectForcePaiNN", "EnergyStudent", "PaiNN", "SchNet", "build_student"]
 
 
 def build_student(name: str, elements, cutoff: float = 5.0, **overrides) -> EnergyStudent:

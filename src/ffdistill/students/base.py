@@ -14,10 +14,14 @@ from ffdistill.graph import AtomicGraph
 
 
 class EnergyStudent(nn.Module):
-    """E = sum_atoms (scale * e_theta(atom) + e_ref[Z]) with e_ref fitted to the training energies.
+    """E = sum_atoms (scale * readout(h_atom) + e_ref[Z]) with e_ref fitted to the training energies.
 
-    Subclasses implement ``atomic_energies(graph) -> (N,)`` and may expose ``node_features``.
+    Subclasses build ``self.embedding`` (an ``nn.Embedding`` over ``self.elements``) and implement
+    ``node_features(graph) -> (N, channels)``; ``make_readout`` gives the shared energy read-out.
     """
+
+    #: True for students with a force head (forces are not -dE/dR); see ``DirectForcePaiNN``.
+    direct: bool = False
 
     arch: str = "base"
 
@@ -41,13 +45,40 @@ class EnergyStudent(nn.Module):
             known = " ".join(ase.data.chemical_symbols[z] for z in self.elements)
             raise InputError(f"the student was not trained on {' '.join(ase.data.chemical_symbols[z] for z in unknown)} (knows {known})")
 
-    def atomic_energies(self, graph: AtomicGraph) -> Tensor:
+    @staticmethod
+    def make_readout(channels: int) -> nn.Module:
+        readout = nn.Sequential(nn.Linear(channels, max(1, channels // 2)), nn.SiLU(), nn.Linear(max(1, channels // 2), 1))
+        # Start from E = sum of fitted element references: an untrained network adds nothing.
+        nn.init.zeros_(readout[-1].weight)
+        nn.init.zeros_(readout[-1].bias)
+        return readout
+
+    def node_features(self, graph: AtomicGraph) -> Tensor:
         raise NotImplementedError
 
-    def forward(self, graph: AtomicGraph) -> Tensor:
-        """(B,) total energies in eV."""
-        per_atom = self.energy_scale * self.atomic_energies(graph) + self.energy_ref[self.species(graph.Z)]
+    def energy_from_features(self, graph: AtomicGraph, features: Tensor) -> Tensor:
+        per_atom = self.energy_scale * self.readout(features).squeeze(-1) + self.energy_ref[self.species(graph.Z)]
         return per_atom.new_zeros(graph.n_structures).index_add(0, graph.batch, per_atom)
+
+    def energy_and_features(self, graph: AtomicGraph) -> tuple[Tensor, Tensor]:
+        """(B,) energies and the (N, channels) features they were read from, in one pass."""
+        features = self.node_features(graph)
+        return self.energy_from_features(graph, features), features
+
+    def forward(self, graph: AtomicGraph, return_features: bool = False, return_forces: bool = False):
+        """(B,) total energies in eV; with a flag, the tuple (energies, direct forces or None, features or None).
+
+        One module call serves every output, so wrappers such as DistributedDataParallel see a single forward.
+        """
+        if return_forces and not self.direct:
+            raise TypeError(f"{self.arch} has no force head: its forces are -dE/dR")
+        if return_forces:
+            energy, forces, features = self.energy_forces_features(graph)
+        else:
+            (energy, features), forces = self.energy_and_features(graph), None
+        if not (return_features or return_forces):
+            return energy
+        return energy, forces, features if return_features else None
 
     @torch.no_grad()
     def fit_references(self, graphs: Sequence[AtomicGraph]) -> None:
@@ -64,3 +95,24 @@ class EnergyStudent(nn.Module):
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+@torch.no_grad()
+def init_embeddings_from_teacher(student: EnergyStudent, embeddings: dict, seed: int = 0) -> tuple[Tensor, float]:
+    """a2a: the student's embedding of element z becomes ``scale * P @ e_teacher[z]``.
+
+    P (channels x D) is a fixed random projection with orthonormal rows (or columns, when the student
+    is wider), so angles between teacher embeddings are kept as far as the width allows; ``scale``
+    matches the spread of the student's default initialisation. Returns (P, scale).
+    """
+    missing = [z for z in student.elements if z not in embeddings]
+    if missing:
+        raise InputError(f"the teacher has no embedding for atomic numbers {missing}")
+    table = torch.stack([torch.as_tensor(np.asarray(embeddings[z]), dtype=torch.float32) for z in student.elements])
+    width, depth = student.embedding.embedding_dim, table.shape[1]
+    square, _ = torch.linalg.qr(torch.randn(max(width, depth), max(width, depth), generator=torch.Generator().manual_seed(seed)))
+    P = square[:width, :depth]
+    projected = table @ P.T
+    scale = float(student.embedding.weight.std() / projected.std().clamp_min(1e-12)) if projected.numel() > 1 else 1.0
+    student.embedding.weight.copy_(scale * projected)
+    return P, scale

@@ -76,13 +76,14 @@ class PaiNN(EnergyStudent):
         self.rbf = BesselBasis(cutoff, n_basis)
         self.messages = nn.ModuleList(Message(channels, n_basis) for _ in range(layers))
         self.updates = nn.ModuleList(Update(channels) for _ in range(layers))
-        self.readout = nn.Sequential(nn.Linear(channels, channels // 2), nn.SiLU(), nn.Linear(channels // 2, 1))
-        # Start from E = sum of fitted element references: an untrained network adds nothing.
-        nn.init.zeros_(self.readout[-1].weight)
-        nn.init.zeros_(self.readout[-1].bias)
+        self.readout = self.make_readout(channels)
 
     def node_features(self, graph: AtomicGraph) -> Tensor:
         """(N, channels) scalar features after the last interaction block."""
+        return self.scalar_and_vector_features(graph)[0]
+
+    def scalar_and_vector_features(self, graph: AtomicGraph) -> tuple[Tensor, Tensor]:
+        """(N, channels) scalars and (N, 3, channels) vectors after the last interaction block."""
         vec = edge_vectors(graph)
         r = vec.norm(dim=-1)
         unit, rbf, fc = vec / r[:, None], self.rbf(r), cosine_cutoff(r, self.cutoff)
@@ -91,7 +92,21 @@ class PaiNN(EnergyStudent):
         for message, update in zip(self.messages, self.updates):
             s, v = message(s, v, graph.edge_index, rbf, fc, unit)
             s, v = update(s, v)
-        return s
+        return s, v
 
-    def atomic_energies(self, graph: AtomicGraph) -> Tensor:
-        return self.readout(self.node_features(graph)).squeeze(-1)
+
+class DirectForcePaiNN(PaiNN):
+    """PaiNN with a force head: F_i = W v_i, a linear map of the vector features (equivariant,
+    not conservative). The energy head is kept for energies and the optional consistency term."""
+
+    arch = "painn-direct"
+    direct = True
+
+    def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 2, n_basis: int = 16, cutoff: float = 5.0):
+        super().__init__(elements, channels, layers, n_basis, cutoff)
+        self.force_head = nn.Linear(channels, 1, bias=False)
+
+    def energy_forces_features(self, graph: AtomicGraph) -> tuple[Tensor, Tensor, Tensor]:
+        """(B,) energies, (N, 3) direct forces (eV/Å) and (N, channels) features, in one pass."""
+        s, v = self.scalar_and_vector_features(graph)
+        return self.energy_from_features(graph, s), self.energy_scale * self.force_head(v).squeeze(-1), s

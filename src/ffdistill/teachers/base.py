@@ -113,6 +113,10 @@ class Teacher(ABC):
         """(N, D) per-atom features for feature-distillation baselines, when the teacher exposes them."""
         return None
 
+    def element_embeddings(self) -> Optional[dict[int, np.ndarray]]:
+        """Atomic number -> the teacher's learned element embedding (a2a baseline), when it has one."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, version={self.version!r})"
 

@@ -72,6 +72,12 @@ class SevenNetTeacher(Teacher):
         energies = [self.model(self._data(graph, b))[self.KEY.PRED_TOTAL_ENERGY].reshape(()) for b in range(graph.n_structures)]
         return torch.stack(energies)
 
+    def element_embeddings(self) -> dict:
+        """Rows of SevenNet's one-hot -> feature linear map: one learned vector per element."""
+        type_map = {int(z): int(i) for z, i in self.model.type_map.items()}
+        weight = self.model._modules["onehot_to_feature_x"].linear.weight.detach().view(len(type_map), -1)
+        return {z: weight[i].double().numpy() for z, i in type_map.items()}
+
     def node_features(self, graph: AtomicGraph) -> Tensor:
         """Scalar node features entering SevenNet's energy read-out (input of ``reduce_input_to_hidden``)."""
         features = []

@@ -17,12 +17,15 @@ class MorsePotential(nn.Module):
         self.D, self.a, self.r0, self.cutoff = D, a, r0, cutoff
 
     def forward(self, graph: AtomicGraph) -> Tensor:
+        atom_energy = self.atomic_energies(graph)
+        return atom_energy.new_zeros(graph.n_structures).index_add(0, graph.batch, atom_energy)
+
+    def atomic_energies(self, graph: AtomicGraph) -> Tensor:
         r = edge_vectors(graph).norm(dim=-1)
         pair = self.D * (1 - torch.exp(-self.a * (r - self.r0))) ** 2 - self.D
         smooth = 0.5 * (torch.cos(torch.pi * r / self.cutoff) + 1) * (r < self.cutoff)
         per_edge = 0.5 * pair * smooth  # each pair appears twice in a full list
-        atom_energy = torch.zeros_like(graph.R[:, 0]).index_add(0, graph.edge_index[0], per_edge)
-        return torch.zeros(graph.n_structures, dtype=r.dtype, device=r.device).index_add(0, graph.batch, atom_energy)
+        return torch.zeros_like(graph.R[:, 0]).index_add(0, graph.edge_index[0], per_edge)
 
 
 class TorchModelTeacher(Teacher):
@@ -34,6 +37,55 @@ class TorchModelTeacher(Teacher):
     def energy(self, graph: AtomicGraph) -> Tensor:
         return self.model(graph)
 
+    def node_features(self, graph: AtomicGraph) -> Tensor:
+        """(N, 2): each atom's Morse energy and its neighbour count (stand-ins for learned features)."""
+        with torch.no_grad():
+            count = torch.zeros_like(graph.R[:, 0]).index_add(0, graph.edge_index[0], torch.ones_like(graph.edge_index[0], dtype=graph.R.dtype))
+            return torch.stack([self.model.atomic_energies(graph), count], dim=1)
+
+    def element_embeddings(self) -> dict:
+        """A fixed vector per element (plumbing for the a2a baseline, not learned)."""
+        import numpy as np
+
+        return {z: np.array([1.0, z / 10, (z / 10) ** 2, np.sin(z)]) for z in range(1, 95)}
+
 
 def morse_teacher() -> TorchModelTeacher:
     return TorchModelTeacher(MorsePotential(), spec="morse", cutoff=5.0)
+
+
+class CurlTeacher(Teacher):
+    """A deliberately non-conservative teacher: Morse forces plus a rotational field c (z x (r - r0)),
+    which no energy produces. Its NVE runs gain energy; a conservative student trained on it cannot."""
+
+    has_autograd = False
+    dtype = torch.float64
+    spec, version, cutoff = "curl", "ffdistill", 5.0
+
+    def __init__(self, strength: float = 0.3):
+        self.morse, self.strength = MorsePotential(), strength
+
+    def energy_forces_stress(self, graph: AtomicGraph, stress: bool):
+        from ffdistill import derivatives
+
+        pred = derivatives.predict(self.morse, graph, stress=stress)
+        offset = graph.R - graph.R.mean(dim=0)
+        curl = self.strength * torch.stack([-offset[:, 1], offset[:, 0], torch.zeros_like(offset[:, 0])], dim=1)
+        return pred.energy.sum(), pred.forces + curl, None if pred.stress is None else pred.stress[0]
+
+    def as_calculator(self):
+        from ase.calculators.calculator import Calculator, all_changes
+
+        from ffdistill.graph import from_ase
+
+        teacher = self
+
+        class CurlCalculator(Calculator):
+            implemented_properties = ["energy", "forces"]
+
+            def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+                super().calculate(atoms, properties, system_changes)
+                energy, forces, _ = teacher.energy_forces_stress(from_ase(self.atoms, teacher.cutoff, dtype=torch.float64), False)
+                self.results = {"energy": float(energy), "forces": forces.numpy()}
+
+        return CurlCalculator()

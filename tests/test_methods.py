@@ -1,0 +1,143 @@
+"""The paper's method menu: direct-force students, SchNet, baselines, compare."""
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+
+from ffdistill import derivatives
+from ffdistill.graph import batch_graphs, from_ase
+from ffdistill.loss import DistillationLoss, ConsistencyTerm, NodeFeatureTerm, StudentOutput, student_output
+from ffdistill.students import build_student
+from ffdistill.students.base import init_embeddings_from_teacher
+
+from conftest import assert_close, rattled_cu, write_frames
+
+#: Direct-force Jacobian columns, autograd vs forward differences (h = 1e-6 Å, float64).
+JACOBIAN_ATOL = 1e-4
+
+
+@pytest.fixture
+def direct_student():
+    torch.manual_seed(0)
+    model = build_student("painn-direct", [29], cutoff=4.0, channels=8, layers=2, n_basis=8).double()
+    for p in model.parameters():  # leave the zero-initialised read-out behind: a non-trivial model
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+def test_direct_force_jacobian_by_autograd_equals_finite_differences(direct_student):
+    graph = from_ase(rattled_cu(0), 4.0, dtype=torch.float64)
+    rows = torch.tensor([0, 5, 11])
+    R = graph.R.detach().requires_grad_(True)
+    _, forces, _ = direct_student(graph._replace(R=R), return_forces=True)
+    autograd = derivatives.force_jacobian_columns(forces, R, rows, graph.batch)
+    fd = derivatives.fd_force_jacobian_columns(lambda g: direct_student(g, return_forces=True)[1], graph, rows, h=1e-6)
+    assert_close(autograd.detach(), fd.detach(), JACOBIAN_ATOL, what="direct-force Jacobian")
+    assert autograd.abs().max() > 1e-2
+    # the force head is not conservative: its Jacobian is not symmetric
+    J = derivatives.fd_force_jacobian_columns(lambda g: direct_student(g, return_forces=True)[1], graph, range(12), h=1e-6).reshape(12, 12)
+    assert (J - J.T).abs().max() > 1e-3 * J.abs().max()
+
+
+@pytest.mark.parametrize("jacobian", ["autograd", "fd"])
+def test_direct_student_output_matches_between_jacobian_modes(direct_student, jacobian):
+    graphs = [from_ase(rattled_cu(k), 4.0, dtype=torch.float64)._replace(row_index=torch.tensor([1, 7])) for k in range(2)]
+    batch = batch_graphs([g._replace(hessian_rows=torch.zeros(2, 4, 3, dtype=torch.float64)) for g in graphs])
+    direct_student.jacobian, direct_student.fd_step = "autograd", 1e-6
+    reference = student_output(direct_student, batch, hessian=True, training=False).hessian_rows
+    direct_student.jacobian = jacobian
+    out = student_output(direct_student, batch, hessian=True, training=False, conservative=True)
+    assert_close(out.hessian_rows, reference, JACOBIAN_ATOL, what=f"{jacobian} rows")
+    assert out.conservative_forces is not None and not torch.allclose(out.conservative_forces, out.forces)
+
+
+@pytest.mark.parametrize("name", ["schnet-tiny", "painn-tiny"])
+def test_second_family_passes_the_conformance_checks(name, cu_atoms):
+    torch.manual_seed(0)
+    model = build_student(name, [29], cutoff=4.0).double()
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    graph = from_ase(cu_atoms, 4.0, dtype=torch.float64)
+    assert_close(derivatives.predict(model, graph).forces, derivatives.fd_forces(model, graph), 1e-6, what=f"{name} forces")
+    pred = derivatives.predict(model, graph, create_graph=True)
+    rows = derivatives.hessian_rows(pred.forces, pred.positions, [0, 9])
+    fd = derivatives.fd_hessian_rows(lambda g: derivatives.predict(model, g).forces, graph, [0, 9], h=1e-4)
+    assert_close(rows, fd, 1e-5, what=f"{name} Hessian rows")
+    batch = batch_graphs([graph, from_ase(rattled_cu(2, (2, 1, 1)), 4.0, dtype=torch.float64)])
+    assert_close(model(batch).detach()[:1], model(graph).detach(), 1e-10, what="batched == single")
+
+
+def test_n2n_term_is_zero_at_its_optimum_and_its_gradient_reaches_the_projection():
+    torch.manual_seed(0)
+    term = NodeFeatureTerm(weight=1.0, student_channels=4, teacher_channels=3)
+    graph = from_ase(rattled_cu(0), 3.0)
+    student_features = torch.randn(graph.n_atoms, 4)
+    target = term.projection(student_features).detach()
+    out = StudentOutput(torch.zeros(1), torch.zeros(graph.n_atoms, 3), None, student_features)
+    loss = DistillationLoss([term])
+    total, values = loss(out, graph._replace(node_features=target))
+    assert values["n2n"] < 1e-12
+    total, values = loss(out, graph._replace(node_features=target + 0.1))
+    total.backward()
+    assert values["n2n"] > 0 and term.projection.weight.grad.abs().sum() > 0
+
+
+def test_consistency_term_is_zero_when_the_energy_head_agrees(direct_student):
+    graph = from_ase(rattled_cu(0), 4.0, dtype=torch.float64)
+    out = student_output(direct_student, graph, hessian=False, training=True, conservative=True)
+    loss = DistillationLoss([ConsistencyTerm(1.0)])
+    assert loss(out, graph._replace(forces=out.conservative_forces.detach()))[1]["consistency"] < 1e-12
+    total, values = loss(out, graph._replace(forces=out.forces.detach()))
+    total.backward()
+    assert values["consistency"] > 0
+    assert direct_student.readout[0].weight.grad.abs().sum() > 0  # reaches the energy head
+
+
+def test_a2a_initialisation_copies_the_projected_teacher_embeddings():
+    student = build_student("painn-tiny", [1, 6, 8])
+    teacher = {1: np.array([1.0, 0.0, 0.5, 2.0]), 6: np.array([0.0, 1.0, -1.0, 0.0]), 8: np.array([3.0, 1.0, 0.0, 1.0])}
+    P, scale = init_embeddings_from_teacher(student, teacher, seed=3)
+    expected = torch.stack([scale * P @ torch.as_tensor(teacher[z], dtype=torch.float32) for z in (1, 6, 8)])
+    assert_close(student.embedding.weight.detach(), expected, 1e-6, what="a2a embeddings")
+    gram = lambda x: x @ x.T  # noqa: E731
+    table = torch.stack([torch.as_tensor(teacher[z], dtype=torch.float32) for z in (1, 6, 8)])
+    # a width-16 student keeps the 4-d teacher geometry exactly, up to the scale
+    assert_close(gram(student.embedding.weight.detach()), scale**2 * gram(table), 1e-4, what="angles kept")
+
+
+def test_nonconservative_teacher_still_gives_a_conservative_student(tmp_path):
+    from ffdistill.config import load_config
+    from ffdistill.labels import label_file
+    from ffdistill.calculator import load_calculator
+    from ffdistill.simulate import nve_energy_drift
+    from ffdistill.teachers.toy import CurlTeacher
+    from ffdistill.train import train_from_config
+
+    teacher = CurlTeacher(strength=0.5)
+    frames = write_frames(tmp_path / "f.extxyz", n=8, reps=(2, 1, 1))
+    label_file(teacher, frames, str(tmp_path / "s.zarr"), rows=2, progress=False)
+    config = load_config(None, [f"data.store={tmp_path / 's.zarr'}", f"output={tmp_path / 'run'}", "model.student=painn-tiny", "model.cutoff=4.0", "train.epochs=3", "loss.hessian=1"])
+    student = load_calculator(train_from_config(config, progress=False).best_path)
+    start = rattled_cu(1, (2, 2, 2))
+    student_drift = nve_energy_drift(student, start, steps=200, temperature=300)["drift_meV_per_atom_per_ps"]
+    teacher_drift = nve_energy_drift(teacher.as_calculator(), start, steps=200, temperature=300)["drift_meV_per_atom_per_ps"]
+    assert abs(student_drift) < 1.0, student_drift
+    assert abs(teacher_drift) > 10 * max(abs(student_drift), 0.1), (teacher_drift, student_drift)
+
+
+def test_compare_trains_every_method_on_the_same_split(tmp_path, capsys):
+    from ffdistill.cli import main
+
+    frames = write_frames(tmp_path / "f.extxyz", n=10)
+    store = tmp_path / "s.zarr"
+    assert main(["label", str(frames), "--teacher", "morse", "--hessian-rows", "3", "--node-features", "-o", str(store), "-q"]) == 0
+    argv = ["compare", f"data.store={store}", "data.test_fraction=0.2", "model.student=painn-tiny", "model.cutoff=4.0", "train.epochs=2", "--seeds", "2", "--md-steps", "20", "-o", str(tmp_path / "cmp"), "-q"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])["methods"]
+    assert set(result) == {"undistilled", "hessian", "n2n", "a2a", "teacher-forces"}
+    assert all(len(v["force_mae_meV_per_A"]) == 2 for v in result.values())
+    assert "| hessian |" in out and "±" in out
