@@ -99,3 +99,10 @@ def test_two_process_ddp_matches_single_process(emt_store, tmp_path):
         for key in ("force_mae_meV_per_A", "energy_mae_meV_per_atom", "hessian_row_mae"):
             assert b["val"][key] == pytest.approx(a["val"][key], rel=DDP_RELATIVE_TOLERANCE), key
     assert os.path.isfile(tmp_path / "ddp" / "best.pt") and os.path.isfile(tmp_path / "ddp" / "checkpoint.pt")
+
+
+def test_unwritable_run_folder_fails_before_training(emt_store, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run folder should go")
+    with pytest.raises(InputError, match="cannot write the run folder"):
+        train_from_config(_config(emt_store, blocker / "run"), progress=False)

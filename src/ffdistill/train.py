@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -114,6 +115,20 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
     return train(model, train_graphs, val_graphs, config, resume=resume, progress=progress, teacher_force_mae=teacher_force_error(store, val_idx))
 
 
+def _prepare_run_dir(run_dir: str) -> None:
+    """Fail with one line before any training if the run folder cannot be written."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w") as handle:
+            handle.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise InputError(f"cannot write the run folder {run_dir}: {error.strerror or error}") from error
+    if shutil.disk_usage(run_dir).free < 50 * 2**20:
+        raise InputError(f"less than 50 MiB free for the run folder {run_dir}")
+
+
 def _result_on_disk(run_dir: str) -> TrainResult:
     with open(os.path.join(run_dir, "history.json")) as handle:
         history = json.load(handle)
@@ -139,7 +154,7 @@ def train(
     """The training loop. Writes config.yaml, checkpoint.pt, best.pt and history.json to ``config.output``."""
     t, run_dir, ranks = config.train, config.output, distributed.current()
     progress = progress and ranks.is_main
-    os.makedirs(run_dir, exist_ok=True)
+    _prepare_run_dir(run_dir)
     if ranks.is_main:
         save_config(config, os.path.join(run_dir, "config.yaml"))
     torch.manual_seed(t.seed)
