@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ffdistill import derivatives
-from ffdistill.graph import batch_graphs, from_ase
+from ffdistill.graph import batch_graphs
 
 from conftest import assert_close, rattled_cu
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 

@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-import torch
 import yaml
 
 import ffdistill.train as train_module

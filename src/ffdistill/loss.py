@@ -80,7 +80,6 @@ def _direct_output(model, core, batch: AtomicGraph, hessian: bool, training: boo
 
 def _fd_columns(model, graph: AtomicGraph, batch: AtomicGraph) -> Tensor:
     """Forward differences, one batched forward pass per structure, laid out like ``batch.hessian_rows``."""
-    from ffdistill.graph import batch_graphs
 
     force_fn = lambda g: model(g, return_forces=True)[1]  # noqa: E731
     out = batch.R.new_zeros(len(batch.row_index), batch.n_atoms, 3)
