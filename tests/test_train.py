@@ -105,3 +105,18 @@ def test_unwritable_run_folder_fails_before_training(emt_store, tmp_path):
     blocker.write_text("a file where the run folder should go")
     with pytest.raises(InputError, match="cannot write the run folder"):
         train_from_config(_config(emt_store, blocker / "run"), progress=False)
+
+
+def test_hessian_weight_is_halved_once_near_the_teacher_error():
+    from ffdistill.train import TrainState, _end_of_epoch
+
+    config = load_config(None, ["loss.hessian=200", "loss.halve_hessian_within=0.05"])
+    state = TrainState(hessian_weight=200.0)
+    _end_of_epoch(state, {"force_mae_meV_per_A": 60.0}, {}, teacher_force_mae=0.050, config=config)
+    assert state.hessian_weight == 200.0  # 60 > 1.05 * 50 meV/Å
+    _end_of_epoch(state, {"force_mae_meV_per_A": 52.0}, {}, teacher_force_mae=0.050, config=config)
+    _end_of_epoch(state, {"force_mae_meV_per_A": 51.0}, {}, teacher_force_mae=0.050, config=config)
+    assert state.hessian_weight == 100.0 and state.hessian_halved  # halved once, not twice
+    unknown = TrainState(hessian_weight=200.0)
+    _end_of_epoch(unknown, {"force_mae_meV_per_A": 1.0}, {}, teacher_force_mae=None, config=config)
+    assert unknown.hessian_weight == 200.0  # teacher error unknown: no halving
