@@ -207,3 +207,26 @@ def test_unwritable_or_full_output_fails_before_any_work(emt_teacher, cu_frames,
     with pytest.raises(StoreError, match="free"):
         label_file(emt_teacher, cu_frames, str(tmp_path / "s.zarr"), progress=False)
     assert not (tmp_path / "s.zarr.partial").exists()
+
+
+def test_input_labels_become_the_reference_and_the_teacher_error_is_known(morse_teacher, tmp_path):
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from conftest import rattled_cu
+    from ffdistill.train import teacher_force_error
+
+    frames = []
+    for k in range(3):
+        atoms = rattled_cu(k)
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        frames.append(atoms)
+    ase.io.write(tmp_path / "dft.extxyz", frames)
+    store = label_file(morse_teacher, str(tmp_path / "dft.extxyz"), str(tmp_path / "s.zarr"), rows=2, progress=False)
+    assert store.summary()["reference_labels"]
+    graph = store.graph(1, 4.0)
+    np.testing.assert_allclose(graph.forces.numpy(), frames[1].get_forces(), atol=1e-6)  # the file's labels
+    teacher_graph = store.graph(1, 4.0, reference=False)
+    assert not np.allclose(teacher_graph.forces.numpy(), graph.forces.numpy())  # Morse is not EMT
+    assert teacher_force_error(store, [0, 1, 2]) > 0
