@@ -106,9 +106,7 @@ def hessian_rows(
         return _rows(forces, positions, one_hot_rows(rows, forces.shape[0], forces), create_graph, vectorize)
     waves = _pack_rows(rows, batch)
     products = _rows(forces, positions, _wave_vectors(rows, waves, forces), create_graph, vectorize)
-    owner = batch[rows // 3]  # structure of each row
-    mask = (batch[None, :] == owner[:, None]).to(forces.dtype)[:, :, None]
-    return products[waves] * mask
+    return products[waves] * _own_structure_mask(rows, batch, forces)
 
 
 def force_jacobian_columns(forces: Tensor, positions: Tensor, rows: Tensor | Sequence[int], batch: Tensor, *, create_graph: bool = False) -> Tensor:
@@ -129,9 +127,7 @@ def force_jacobian_columns(forces: Tensor, positions: Tensor, rows: Tensor | Seq
     for e in _wave_vectors(rows, waves, forces):
         (column,) = torch.autograd.grad(jt_u, u, grad_outputs=e, retain_graph=True, create_graph=create_graph)
         columns.append(-column)
-    owner = batch[rows // 3]
-    mask = (batch[None, :] == owner[:, None]).to(forces.dtype)[:, :, None]
-    return torch.stack(columns)[waves] * mask
+    return torch.stack(columns)[waves] * _own_structure_mask(rows, batch, forces)
 
 
 def fd_force_jacobian_columns(force_fn: ForceFn, graph: AtomicGraph, rows: Tensor | Sequence[int], h: float = 1e-4) -> Tensor:
@@ -147,6 +143,12 @@ def fd_force_jacobian_columns(force_fn: ForceFn, graph: AtomicGraph, rows: Tenso
         copies.append(graph._replace(R=graph.R + step.view_as(graph.R)))
     forces = force_fn(batch_graphs(copies)).view(len(copies), graph.n_atoms, 3)
     return -(forces[1:] - forces[:1]) / h
+
+
+def _own_structure_mask(rows: Tensor, batch: Tensor, like: Tensor) -> Tensor:
+    """(K, N, 1): 1 on the atoms of the structure each row belongs to, 0 elsewhere."""
+    owner = batch[rows // 3]
+    return (batch[None, :] == owner[:, None]).to(like.dtype)[:, :, None]
 
 
 def _pack_rows(rows: Tensor, batch: Tensor) -> Tensor:

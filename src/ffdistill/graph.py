@@ -187,6 +187,17 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
     )
 
 
+def structure(graph: AtomicGraph, b: int) -> AtomicGraph:
+    """Structure ``b`` of a batch as a one-structure graph (no labels), atom indices from 0."""
+    lo, hi = int(graph.ptr[b]), int(graph.ptr[b + 1])
+    edges = (graph.batch[graph.edge_index[0]] == b).nonzero().squeeze(1)
+    return AtomicGraph(
+        Z=graph.Z[lo:hi], R=graph.R[lo:hi], cell=graph.cell[b : b + 1], pbc=graph.pbc[b : b + 1],
+        edge_index=graph.edge_index[:, edges] - lo, shifts=graph.shifts[edges],
+        batch=torch.zeros(hi - lo, dtype=torch.long, device=graph.Z.device), ptr=torch.tensor([0, hi - lo]), cutoff=graph.cutoff,
+    )
+
+
 def _cat_optional(parts: list[Optional[Tensor]]) -> Optional[Tensor]:
     return None if any(p is None for p in parts) else torch.cat(parts)
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ffdistill import derivatives
-from ffdistill.graph import AtomicGraph
+from ffdistill.graph import AtomicGraph, structure
 
 
 class StudentOutput(NamedTuple):
@@ -88,19 +88,10 @@ def _fd_columns(model, graph: AtomicGraph, batch: AtomicGraph) -> Tensor:
         lo, hi = int(batch.ptr[b]), int(batch.ptr[b + 1])
         picked = (owner == b).nonzero().squeeze(1)
         if len(picked):
-            single = _structure(graph, b)
+            single = structure(graph, b)
             out[picked, lo:hi] = derivatives.fd_force_jacobian_columns(force_fn, single, batch.row_index[picked] - 3 * lo, h=getattr(model, "fd_step", 1e-4))
     return out
 
-
-def _structure(graph: AtomicGraph, b: int) -> AtomicGraph:
-    lo, hi = int(graph.ptr[b]), int(graph.ptr[b + 1])
-    edges = (graph.batch[graph.edge_index[0]] == b).nonzero().squeeze(1)
-    return AtomicGraph(
-        Z=graph.Z[lo:hi], R=graph.R[lo:hi], cell=graph.cell[b : b + 1], pbc=graph.pbc[b : b + 1],
-        edge_index=graph.edge_index[:, edges] - lo, shifts=graph.shifts[edges],
-        batch=torch.zeros(hi - lo, dtype=torch.long), ptr=torch.tensor([0, hi - lo]), cutoff=graph.cutoff,
-    )
 
 
 @dataclass

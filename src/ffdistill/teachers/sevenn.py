@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ffdistill.errors import TeacherError
-from ffdistill.graph import AtomicGraph, edge_vectors
+from ffdistill.graph import AtomicGraph, edge_vectors, structure
 from ffdistill.teachers.base import Teacher
 
 #: Names of checkpoints bundled in the sevenn wheel, resolved to files without network access.
@@ -49,19 +49,16 @@ class SevenNetTeacher(Teacher):
 
     def _data(self, graph: AtomicGraph, b: int) -> dict:
         K = self.KEY
-        lo, hi = int(graph.ptr[b]), int(graph.ptr[b + 1])
-        edges = (graph.batch[graph.edge_index[0]] == b).nonzero().squeeze(1)
-        sub = graph._replace(edge_index=graph.edge_index[:, edges], shifts=graph.shifts[edges])
-        vec = edge_vectors(sub)
+        sub = structure(graph, b)
         data = {
-            K.NODE_FEATURE: graph.Z[lo:hi],
-            K.ATOMIC_NUMBERS: graph.Z[lo:hi],
-            K.POS: graph.R[lo:hi],
-            K.EDGE_IDX: sub.edge_index - lo,
-            K.EDGE_VEC: vec,
-            K.CELL_VOLUME: torch.linalg.det(graph.cell[b]).abs(),
-            K.NUM_ATOMS: torch.tensor(hi - lo),
-            K.BATCH: torch.zeros(hi - lo, dtype=torch.long),
+            K.NODE_FEATURE: sub.Z,
+            K.ATOMIC_NUMBERS: sub.Z,
+            K.POS: sub.R,
+            K.EDGE_IDX: sub.edge_index,
+            K.EDGE_VEC: edge_vectors(sub),
+            K.CELL_VOLUME: torch.linalg.det(sub.cell[0]).abs(),
+            K.NUM_ATOMS: torch.tensor(sub.n_atoms),
+            K.BATCH: sub.batch,
         }
         if self.modal:
             data[K.DATA_MODALITY] = self.modal
