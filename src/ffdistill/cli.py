@@ -21,7 +21,11 @@ def cmd_label(args) -> None:
     from ffdistill.teachers import load_teacher
 
     teacher = load_teacher(args.teacher, trust=args.trust_teacher)
-    store = label_file(teacher, args.input, args.output, rows=args.hessian_rows, seed=args.seed, progress=not args.quiet, shard=args.shard, node_features=args.node_features)
+    store = label_file(
+        teacher, args.input, args.output, rows=args.hessian_rows, seed=args.seed, progress=not args.quiet,
+        shard=args.shard, node_features=args.node_features, probes=args.hessian_probes, group_by=args.group_by,
+        group_size=args.group_size,
+    )
     print(f"wrote {len(store)} frames to {args.output}")
 
 
@@ -53,10 +57,17 @@ def cmd_inspect(args) -> None:
         f"elements       {' '.join(summary['elements'])}",
         f"labels         {', '.join(summary['labels'])}",
         f"hessian rows   {rows['setting']} per frame ({rows['min']}-{rows['max']}){'  [full Hessian]' if summary['full_hessian'] else ''}",
+        f"H·v probes     {summary['hessian_probes_per_frame']['max']} per frame",
+        f"groups         {summary['groups']['count']} ({_describe_rule(summary['groups']['rule'])})",
         f"teacher        {summary['teacher']['spec']} ({summary['teacher']['version']})",
         f"created        {summary['created']} by ffdistill {summary['ffdistill_version']}",
     ]
     print("\n".join(lines))
+
+
+def _describe_rule(rule: str) -> str:
+    kind, _, arg = rule.partition(":")
+    return f"from each input frame's info[{arg!r}]" if kind == "info" else f"blocks of {arg} consecutive input frames"
 
 
 def cmd_sample(args) -> None:
@@ -66,7 +77,7 @@ def cmd_sample(args) -> None:
     teacher = load_teacher(args.teacher, trust=args.trust_teacher)
     n = sample_to_file(
         teacher, args.structure, args.output, n_frames=args.n, temperatures=args.temperature,
-        md_fraction=args.md_fraction, interval=args.interval, seed=args.seed, progress=not args.quiet,
+        md_fraction=args.md_fraction, interval=args.interval, seed=args.seed, progress=not args.quiet, runs=args.runs,
     )
     print(f"wrote {n} frames to {args.output}")
 
@@ -136,6 +147,19 @@ def cmd_compare(args) -> None:
     print(json.dumps({"methods": results, "seeds": args.seeds}))
 
 
+def cmd_select(args) -> None:
+    from ffdistill.select import FrameFilter, parse_composition, parse_elements, parse_where, select_frames, student_descriptor
+
+    rules = FrameFilter(
+        elements=parse_elements(args.elements), require=parse_elements(args.require) or frozenset(), max_atoms=args.max_atoms,
+        composition=parse_composition(args.composition) if args.composition else None,
+        energy_window=tuple(args.energy_window) if args.energy_window else None, where=parse_where(args.where),
+    )
+    describe = student_descriptor(args.descriptor_model) if args.descriptor_model else None
+    summary = select_frames(args.inputs, args.output, rules, pick=args.pick, by=args.by, describe=describe, seed=args.seed)
+    print("\n".join(summary.lines() + [f"wrote {summary.written} frames to {args.output}"]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffdistill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-teacher", action="store_true", help="allow loading a pickled teacher model file")
     p.add_argument("--node-features", action="store_true", help="also store the teacher's node features (n2n baseline)")
     p.add_argument("--shard", type=_shard, default=(0, 1), help="I/N: label every N-th frame from the I-th (join with merge)")
+    p.add_argument("--hessian-probes", type=int, default=0, help="K random unit probes v per frame, stored with H·v")
+    p.add_argument("--group-by", default=None, help="info key naming each frame's group (default: 'group' when present)")
+    p.add_argument("--group-size", type=int, default=10, help="without group ids: blocks of this many consecutive frames")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("merge", help="join the shards of one labelling job into one store")
@@ -168,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, nargs="+", default=[300.0, 600.0])
     p.add_argument("--md-fraction", type=float, default=0.5, help="share of frames from MD (the rest rattled/strained)")
     p.add_argument("--interval", type=int, default=5, help="MD steps between kept frames")
+    p.add_argument("--runs", type=int, default=1, help="independent MD runs per temperature (each its own groups)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-teacher", action="store_true")
     p.add_argument("-o", "--output", required=True)
@@ -220,6 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--md-steps", type=int, default=200, help="NVT stability steps per trained student")
     p.add_argument("-o", "--output", default="compare_out")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("select", help="keep the frames of structure files or ASE databases that match rules; pick a diverse subset")
+    p.add_argument("inputs", nargs="+", help="ASE-readable files or ASE databases (.db)")
+    p.add_argument("-o", "--output", required=True, help="extxyz file, or an ASE database if it ends in .db")
+    p.add_argument("--elements", nargs="+", help="keep frames made only of these elements")
+    p.add_argument("--require", nargs="+", default=[], help="keep frames that contain all of these elements")
+    p.add_argument("--max-atoms", type=int)
+    p.add_argument("--composition", help="a formula (SiO2) or ratios (Si:O=1:2) the frame must have")
+    p.add_argument("--energy-window", type=float, nargs=2, metavar=("LO", "HI"), help="eV/atom; frames without an energy are dropped")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="atoms.info (or database key) must equal VALUE (repeatable)")
+    p.add_argument("--pick", type=int, help="write only N of the kept frames (whole groups)")
+    p.add_argument("--by", choices=["fps", "random"], default="fps", help="farthest-point sampling (default) or random")
+    p.add_argument("--descriptor-model", help="student file: FPS on its mean node features (default: per-element-pair RDF)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --by random")
+    p.set_defaults(func=cmd_select)
 
     for p in sub.choices.values():
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
