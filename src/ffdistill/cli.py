@@ -130,8 +130,11 @@ def cmd_export(args) -> None:
     from ffdistill.export import export_student
 
     source = os.path.join(args.run, "best.pt") if os.path.isdir(args.run) else args.run
-    calculator = export_student(source, args.output)
-    print(f"exported {source} to {args.output}; ASE calculator without ffdistill: {calculator}")
+    after = export_student(source, args.output, format=args.format)
+    if args.format == "mliap":
+        print(f"exported {source} to {args.output} (ML-IAP unified); in LAMMPS:\n{after}")
+    else:
+        print(f"exported {source} to {args.output}; ASE calculator without ffdistill: {after}")
 
 
 def cmd_compare(args) -> None:
@@ -158,6 +161,25 @@ def cmd_select(args) -> None:
     describe = student_descriptor(args.descriptor_model) if args.descriptor_model else None
     summary = select_frames(args.inputs, args.output, rules, pick=args.pick, by=args.by, describe=describe, seed=args.seed)
     print("\n".join(summary.lines() + [f"wrote {summary.written} frames to {args.output}"]))
+
+
+def cmd_lammps(args) -> None:
+    from ffdistill.lammps import run_lammps_md
+    from ffdistill.sampling import load_structure
+
+    atoms = load_structure(args.structure)
+    run = run_lammps_md(args.model, atoms, args.ensemble, args.temperature, args.steps, args.output, timestep_fs=args.timestep, interval=args.interval)
+    print(f"{args.steps} LAMMPS steps done (final T {run.thermo['temp'][-1]:.0f} K): trajectory {args.output}, thermo {args.output}.log")
+
+
+def cmd_serve(args) -> None:
+    from ffdistill import load_calculator
+    from ffdistill.serve import load_template, serve
+
+    calc = load_calculator(args.model)
+    template = load_template(args.structure, calc.energy_fn.elements)
+    answered = serve(calc, template, unix=args.unix, port=args.port, host=args.host)
+    print(f"served {answered} force requests; the server closed the connection")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="TorchScript student that runs without ffdistill, plus a standalone ASE calculator")
     p.add_argument("run", help="a run folder (uses best.pt) or a student file")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--format", choices=["torchscript", "mliap"], default="torchscript",
+                   help="torchscript (default; runs without ffdistill) or mliap (pair_style mliap unified in LAMMPS)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("compare", help="train and evaluate the paper's methods and baselines side by side")
@@ -263,6 +287,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--descriptor-model", help="student file: FPS on its mean node features (default: per-element-pair RDF)")
     p.add_argument("--seed", type=int, default=0, help="seed of --by random")
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("lammps", help="molecular dynamics with a saved student inside LAMMPS (fix external; one MPI rank)")
+    p.add_argument("model")
+    p.add_argument("structure", help="a structure file or a named structure")
+    p.add_argument("--ensemble", choices=["nve", "nvt"], default="nvt")
+    p.add_argument("--temperature", type=float, default=300.0, help="K: start velocities and the NVT thermostat")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--timestep", type=float, default=1.0, help="fs")
+    p.add_argument("--interval", type=int, default=10, help="steps between saved frames and thermo lines")
+    p.add_argument("-o", "--output", required=True, help="trajectory file (.traj); thermo goes to OUTPUT.log")
+    p.set_defaults(func=cmd_lammps)
+
+    p = sub.add_parser("serve", help="the student as an i-PI client: i-PI or ASE's SocketIOCalculator drives it")
+    p.add_argument("model")
+    p.add_argument("--structure", required=True, help="atoms in the server's order (the protocol sends no elements)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--unix", help="unix socket name (i-PI's address; /tmp/ipi_NAME)")
+    where.add_argument("--port", type=int, help="TCP port of the server")
+    p.add_argument("--host", default="localhost", help="server host for --port")
+    p.set_defaults(func=cmd_serve)
 
     for p in sub.choices.values():
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

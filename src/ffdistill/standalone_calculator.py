@@ -21,6 +21,8 @@ class ExportedStudent(Calculator):
         self.model = torch.jit.load(path, _extra_files=extra)
         meta = json.loads(extra["ffdistill.json"])
         self.cutoff, self.elements = meta["cutoff"], set(meta["elements"])
+        # A direct-force student returns (E, F) from its force head; others return E, forces by autograd.
+        self.direct = meta.get("forces") == "direct"
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -29,13 +31,18 @@ class ExportedStudent(Calculator):
             raise ValueError(f"the exported student does not know atomic numbers {sorted(unknown)}")
         i, j, S = neighbor_list("ijS", self.atoms, self.cutoff)
         order = np.lexsort((j, i))
-        R = torch.tensor(self.atoms.positions, dtype=torch.float32, requires_grad=True)
-        energy = self.model(
+        R = torch.tensor(self.atoms.positions, dtype=torch.float32, requires_grad=not self.direct)
+        inputs = (
             torch.tensor(self.atoms.numbers, dtype=torch.long),
             R,
             torch.tensor(np.asarray(self.atoms.cell), dtype=torch.float32),
             torch.tensor(np.stack([i[order], j[order]]), dtype=torch.long),
             torch.tensor(S[order], dtype=torch.float32),
         )
-        (grad,) = torch.autograd.grad(energy, R)
-        self.results = {"energy": float(energy), "free_energy": float(energy), "forces": -grad.double().numpy()}
+        if self.direct:
+            with torch.no_grad():
+                energy, forces = self.model(*inputs)
+        else:
+            energy = self.model(*inputs)
+            forces = -torch.autograd.grad(energy, R)[0]
+        self.results = {"energy": float(energy), "free_energy": float(energy), "forces": forces.double().numpy()}
