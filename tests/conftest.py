@@ -43,7 +43,11 @@ def morse_teacher():
 
 
 def write_frames(path, n: int = 6, seed: int = 0, reps=(1, 1, 1)) -> str:
-    ase.io.write(path, [rattled_cu(seed + k, reps) for k in range(n)], format="extxyz")
+    """Independently rattled frames, each its own group (``info["group"]``)."""
+    frames = [rattled_cu(seed + k, reps) for k in range(n)]
+    for k, atoms in enumerate(frames):
+        atoms.info["group"] = k
+    ase.io.write(path, frames, format="extxyz")
     return str(path)
 
 

@@ -51,11 +51,11 @@ class InterruptingTeacher(Teacher):
         self.inner, self.budget = inner, budget
         self.spec, self.version, self.elements = inner.spec, inner.version, inner.elements
 
-    def label(self, atoms, rows=()):
+    def label(self, atoms, rows=(), probes=None):
         if self.budget == 0:
             raise KeyboardInterrupt
         self.budget -= 1
-        return self.inner.label(atoms, rows)
+        return self.inner.label(atoms, rows, probes)
 
 
 def test_resume_after_interruption_gives_identical_store(emt_teacher, tmp_path):

@@ -2,6 +2,8 @@
 
 import json
 
+import ase.io
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from ffdistill import derivatives
 from ffdistill.graph import batch_graphs, from_ase
 from ffdistill.loss import DistillationLoss, ConsistencyTerm, NodeFeatureTerm, StudentOutput, student_output
 from ffdistill.students import build_student
-from ffdistill.students.base import init_embeddings_from_teacher
+from ffdistill.students.base import teacher_embedding_table
 
 from conftest import assert_close, rattled_cu, write_frames
 
@@ -95,16 +97,28 @@ def test_consistency_term_is_zero_when_the_energy_head_agrees(direct_student):
     assert direct_student.readout[0].weight.grad.abs().sum() > 0  # reaches the energy head
 
 
-def test_a2a_initialisation_copies_the_projected_teacher_embeddings():
-    student = build_student("painn-tiny", [1, 6, 8])
+def test_a2a_keeps_the_teacher_table_frozen_and_learns_its_map(tmp_path):
+    from ase.build import molecule
+
+    from ffdistill.calculator import load_student, save_student
+
     teacher = {1: np.array([1.0, 0.0, 0.5, 2.0]), 6: np.array([0.0, 1.0, -1.0, 0.0]), 8: np.array([3.0, 1.0, 0.0, 1.0])}
-    P, scale = init_embeddings_from_teacher(student, teacher, seed=3)
-    expected = torch.stack([scale * P @ torch.as_tensor(teacher[z], dtype=torch.float32) for z in (1, 6, 8)])
-    assert_close(student.embedding.weight.detach(), expected, 1e-6, what="a2a embeddings")
-    gram = lambda x: x @ x.T  # noqa: E731
-    table = torch.stack([torch.as_tensor(teacher[z], dtype=torch.float32) for z in (1, 6, 8)])
-    # a width-16 student keeps the 4-d teacher geometry exactly, up to the scale
-    assert_close(gram(student.embedding.weight.detach()), scale**2 * gram(table), 1e-4, what="angles kept")
+    torch.manual_seed(0)
+    student = build_student("painn-tiny", [1, 6, 8], cutoff=4.0, teacher_embedding_dim=4)
+    student.set_teacher_embeddings(teacher_embedding_table(student, teacher))
+    assert all(p is not student.teacher_embeddings for p in student.parameters())
+    graph = from_ase(molecule("CH3OH"), 4.0)
+    # every forward maps the frozen table: the embedding of atom i is W e_teacher[Z_i] + b, by hand
+    W, b = student.teacher_map.weight.detach(), student.teacher_map.bias.detach()
+    by_hand = torch.stack([W @ torch.as_tensor(teacher[int(z)], dtype=torch.float32) + b for z in graph.Z])
+    assert_close(student.embed(graph.Z).detach(), by_hand, 1e-6, what="a2a input features")
+    torch.nn.init.normal_(student.readout[-1].weight, std=0.3)  # a read-out that depends on the embeddings
+    derivatives.predict(student, graph, create_graph=True).forces.pow(2).sum().backward()
+    assert student.teacher_map.weight.grad.abs().sum() > 0
+    assert student.teacher_embeddings.grad is None and not student.teacher_embeddings.requires_grad
+    save_student(student, str(tmp_path / "a2a.pt"))
+    again = load_student(str(tmp_path / "a2a.pt"))
+    assert_close(again(graph).detach(), student(graph).detach(), 1e-6, what="a2a student after save/load")
 
 
 def test_nonconservative_teacher_still_gives_a_conservative_student(tmp_path):
@@ -130,7 +144,18 @@ def test_nonconservative_teacher_still_gives_a_conservative_student(tmp_path):
 def test_compare_trains_every_method_on_the_same_split(tmp_path, capsys):
     from ffdistill.cli import main
 
-    frames = write_frames(tmp_path / "f.extxyz", n=10)
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for k in range(10):  # EMT energies and forces play the reference (DFT) labels; Morse is the teacher
+        atoms = rattled_cu(k)
+        atoms.info["group"] = k
+        atoms.calc = EMT()
+        atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        frames.append(atoms)
+    ase.io.write(tmp_path / "f.extxyz", frames)
+    frames = tmp_path / "f.extxyz"
     store = tmp_path / "s.zarr"
     assert main(["label", str(frames), "--teacher", "morse", "--hessian-rows", "3", "--node-features", "-o", str(store), "-q"]) == 0
     argv = ["compare", f"data.store={store}", "data.test_fraction=0.2", "model.student=painn-tiny", "model.cutoff=4.0", "train.epochs=2", "--seeds", "2", "--md-steps", "20", "-o", str(tmp_path / "cmp"), "-q"]

@@ -105,19 +105,36 @@ def cmd_demo(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from ffdistill.report import evaluate_from_paths
+    import dataclasses
 
-    models = evaluate_from_paths(args.models, args.data, args.teacher, args.output, md_steps=args.md_steps, md_runs=args.md_runs, teacher_md_steps=args.teacher_md_steps, trust=args.trust_teacher)
-    from ffdistill.report import markdown_tables
+    from ffdistill.evaluate.report import PROFILES, evaluate_from_paths, markdown_tables
 
+    profile = PROFILES[args.profile]
+    lengths = {"nvt_steps": args.md_steps, "nve_steps": args.md_steps, "nvt_runs": args.md_runs}
+    profile = dataclasses.replace(profile, **{k: v for k, v in lengths.items() if v is not None})
+    phonon_cell = None
+    if args.phonons:
+        from ffdistill.sampling import load_structure
+
+        phonon_cell = load_structure(args.phonons)
+    models = evaluate_from_paths(args.models, args.data, args.teacher, args.output, profile=profile, trust=args.trust_teacher, phonon_cell=phonon_cell, threads=args.threads)
     print(markdown_tables(models))
     print(f"report, metrics.json and plots in {args.output}/")
+
+
+def cmd_phonons(args) -> None:
+    from ffdistill.evaluate.phonons import phonons_from_paths
+
+    summary = phonons_from_paths(args.models, args.structure, args.teacher, args.output, tuple(args.supercell), trust=args.trust_teacher)
+    for name, m in summary.items():
+        print(f"{name}: band MAE {m['phonon_band_mae_cm1']:.1f} cm⁻¹, Γ MAE {m['phonon_gamma_mae_cm1']:.1f} cm⁻¹ (vs teacher)")
+    print(f"phonons.png and phonons.json in {args.output}/")
 
 
 def cmd_md(args) -> None:
     from ffdistill import load_calculator
     from ffdistill.sampling import load_structure
-    from ffdistill.simulate import run_md
+    from ffdistill.evaluate.md import run_md
 
     atoms = load_structure(args.structure)
     run_md(load_calculator(args.model), atoms, args.ensemble, args.temperature, args.steps, args.output, timestep_fs=args.timestep, interval=args.interval, resume=args.resume, progress=not args.quiet)
@@ -145,7 +162,7 @@ def cmd_compare(args) -> None:
 
     config = _config(args)
     os.makedirs(args.output, exist_ok=True)
-    results = compare(config, args.methods.split(","), args.seeds, args.output, md_steps=args.md_steps, progress=not args.quiet)
+    results = compare(config, args.methods.split(",") if args.methods else None, args.seeds, args.output, md_steps=args.md_steps, progress=not args.quiet)
     print(table(results))
     print(json.dumps({"methods": results, "seeds": args.seeds}))
 
@@ -234,13 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller run for smoke tests")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("evaluate", help="accuracy, MD stability, NVE drift, relaxation, frequencies and speed, with a report")
+    p = sub.add_parser("evaluate", help="accuracy, MD stability, NVE drift, RDF/VDOS, relaxation, frequencies, phonons and speed, with a report")
     p.add_argument("models", nargs="+", help="student files (best.pt)")
     p.add_argument("--data", required=True, help="held-out label store, or a structure file to label with the teacher")
     p.add_argument("--teacher", default="sevenn")
-    p.add_argument("--md-steps", type=int, default=1000, help="steps (1 fs) per NVT stability run and for NVE drift")
-    p.add_argument("--md-runs", type=int, default=3)
-    p.add_argument("--teacher-md-steps", type=int, default=None, help="shorter MD for an expensive teacher")
+    p.add_argument("--profile", choices=["quick", "standard", "long"], default="standard",
+                   help="run lengths: quick (0.3 ps), standard (3 x 10 ps NVT + 5 ps NVE per student), long (5 x 50 ps + 20 ps)")
+    p.add_argument("--md-steps", type=int, default=None, help="override the profile: steps (1 fs) per NVT run and for NVE")
+    p.add_argument("--md-runs", type=int, default=None, help="override the profile: NVT runs per student")
+    p.add_argument("--phonons", metavar="STRUCTURE", default=None, help="also phonon bands on this unit cell (file or name, e.g. Si)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads while timing (default: as set)")
     p.add_argument("--trust-teacher", action="store_true")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_evaluate)
@@ -267,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train and evaluate the paper's methods and baselines side by side")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
-    p.add_argument("--methods", default="undistilled,hessian,n2n,a2a,teacher-forces")
+    p.add_argument("--methods", default=None, help="comma-separated (default: all that apply; teacher-forces needs reference labels)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--md-steps", type=int, default=200, help="NVT stability steps per trained student")
     p.add_argument("-o", "--output", default="compare_out")
@@ -307,6 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--port", type=int, help="TCP port of the server")
     p.add_argument("--host", default="localhost", help="server host for --port")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("phonons", help="phonon bands and DOS of teacher and students with phonopy, overlaid")
+    p.add_argument("models", nargs="+", help="student files (best.pt)")
+    p.add_argument("--structure", required=True, help="unit cell at equilibrium: a file or a name such as Si, Cu")
+    p.add_argument("--teacher", default="sevenn")
+    p.add_argument("--supercell", type=int, nargs=3, default=[2, 2, 2])
+    p.add_argument("--trust-teacher", action="store_true")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_phonons)
 
     for p in sub.choices.values():
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -23,7 +23,8 @@ class DataConfig:
     test_fraction: float = 0.0  #: share of frames held out and never seen in training
     n_train: Optional[int] = None  #: use at most this many training frames (learning-curve studies)
     batch_size: int = 4  #: structures per step
-    rows_per_structure: int = 1  #: s, Hessian rows per structure per step, drawn from those stored
+    rows_per_structure: int = 1  #: s, Hessian rows (and s probes) per structure per step, drawn from those stored
+    hessian_labels: str = "both"  #: which stored Hessian labels to train on: "rows", "probes" or "both"
     row_temperature: Optional[float] = None  #: None: uniform rows; else p ∝ softmax(||H[r]|| / T)
     use_reference: bool = True  #: fit E/F to the input file's own labels (e.g. DFT) when it has them
     split_seed: int = 0  #: seed of the train/validation/test split
@@ -36,7 +37,7 @@ class ModelConfig:
     hparams: dict = field(default_factory=dict)  #: overrides of the preset's hyper-parameters
     jacobian: str = "autograd"  #: direct-force students: force-Jacobian rows by "autograd" or "fd"
     fd_step: float = 1e-4  #: forward-difference step (Å) when jacobian = "fd"
-    a2a: bool = False  #: a2a baseline: initialise element embeddings from a projection of the teacher's
+    a2a: bool = False  #: a2a baseline: the teacher's frozen element embeddings through a learned linear map
 
 
 @dataclass
@@ -45,6 +46,7 @@ class LossConfig:
     forces: float = 100.0  #: λF
     hessian: float = 100.0  #: λH; 0 trains the undistilled baseline
     halve_hessian_within: Optional[float] = 0.05  #: halve λH once val force MAE ≤ (1 + this) × teacher's
+    hessian_decay_from: Optional[float] = None  #: from this fraction of the steps on, λH decays (cosine) to 0
     consistency: float = 0.0  #: direct-force students: weight tying -dE/dR of the energy head to the forces
     n2n: float = 0.0  #: n2n baseline: weight of the projected node-feature MSE (needs label --node-features)
 

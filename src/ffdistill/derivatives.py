@@ -8,6 +8,11 @@ Conventions (eV, Å)::
     F = -dE/dR                    (N, 3)        eV/Å
     sigma = (1/V) dE/d(strain)    (B, 3, 3)     eV/Å³   (ASE's sign: positive = tensile)
     H[r] = d2E / dR_r dR = -dF_r/dR   (N, 3)    eV/Å²   row r of the 3N x 3N Hessian, r = 3 * atom + axis
+    H·v = -(dF/dR) v                  (N, 3)    eV/Å²   Hessian-vector product along a probe v (|v| = 1)
+
+For a conservative model H is symmetric, so H·v is one VJP of the forces with v. For a direct-force model
+the "Hessian" is the force Jacobian's negative, -dF/dR, which is not symmetric: its product with v is
+taken on the column side (what finite differences of the forces along v give), by two VJPs.
 """
 
 from __future__ import annotations
@@ -104,9 +109,25 @@ def hessian_rows(
         return forces.new_zeros(0, *forces.shape)
     if batch is None:
         return _rows(forces, positions, one_hot_rows(rows, forces.shape[0], forces), create_graph, vectorize)
-    waves = _pack_rows(rows, batch)
-    products = _rows(forces, positions, _wave_vectors(rows, waves, forces), create_graph, vectorize)
-    return products[waves] * _own_structure_mask(rows, batch, forces)
+    vectors = one_hot_rows(rows, forces.shape[0], forces)
+    return hessian_vector_products(forces, positions, vectors, batch[rows // 3], batch, create_graph=create_graph, vectorize=vectorize)
+
+
+def hessian_vector_products(
+    forces: Tensor, positions: Tensor, vectors: Tensor, owner: Tensor, batch: Tensor, *,
+    create_graph: bool = False, vectorize: bool = True,
+) -> Tensor:
+    """``H·v`` (P, N, 3) for P vectors, each zero outside its own structure ``owner[p]``.
+
+    Vectors of different structures are summed into one product (structures do not interact), so P
+    vectors cost as many backward passes as the largest number of vectors on one structure.
+    """
+    if len(vectors) == 0:
+        return forces.new_zeros(0, *forces.shape)
+    waves = _waves(owner)
+    packed = forces.new_zeros(int(waves.max()) + 1, *forces.shape).index_add(0, waves, vectors.to(forces.dtype))
+    products = _rows(forces, positions, packed, create_graph, vectorize)
+    return products[waves] * _owner_mask(owner, batch, forces)
 
 
 def force_jacobian_columns(forces: Tensor, positions: Tensor, rows: Tensor | Sequence[int], batch: Tensor, *, create_graph: bool = False) -> Tensor:
@@ -118,53 +139,57 @@ def force_jacobian_columns(forces: Tensor, positions: Tensor, rows: Tensor | Seq
     one product, as in ``hessian_rows``.
     """
     rows = torch.as_tensor(rows, dtype=torch.long, device=forces.device)
-    if len(rows) == 0:
+    vectors = one_hot_rows(rows, forces.shape[0], forces)
+    return force_jacobian_products(forces, positions, vectors, batch[rows // 3], batch, create_graph=create_graph)
+
+
+def force_jacobian_products(
+    forces: Tensor, positions: Tensor, vectors: Tensor, owner: Tensor, batch: Tensor, *, create_graph: bool = False
+) -> Tensor:
+    """``-(dF/dR) v`` (P, N, 3) for forces that need not be a gradient, vectors packed as in
+    ``hessian_vector_products``; each product by two VJPs (J v = d/du <J^T u, v>)."""
+    if len(vectors) == 0:
         return forces.new_zeros(0, *forces.shape)
     u = torch.zeros_like(forces, requires_grad=True)
     (jt_u,) = torch.autograd.grad(forces, positions, grad_outputs=u, create_graph=True)
-    waves = _pack_rows(rows, batch)
+    waves = _waves(owner)
+    packed = forces.new_zeros(int(waves.max()) + 1, *forces.shape).index_add(0, waves, vectors.to(forces.dtype))
     columns = []
-    for e in _wave_vectors(rows, waves, forces):
-        (column,) = torch.autograd.grad(jt_u, u, grad_outputs=e, retain_graph=True, create_graph=create_graph)
+    for v in packed:
+        (column,) = torch.autograd.grad(jt_u, u, grad_outputs=v, retain_graph=True, create_graph=create_graph)
         columns.append(-column)
-    return torch.stack(columns)[waves] * _own_structure_mask(rows, batch, forces)
+    return torch.stack(columns)[waves] * _owner_mask(owner, batch, forces)
 
 
 def fd_force_jacobian_columns(force_fn: ForceFn, graph: AtomicGraph, rows: Tensor | Sequence[int], h: float = 1e-4) -> Tensor:
     """``-dF/dR_r`` (K, N, 3) of a one-structure graph by forward differences, all K displaced copies
     and the undisplaced one evaluated in a single batched forward pass."""
+    rows = torch.as_tensor(rows, dtype=torch.long, device=graph.R.device)
+    return fd_force_jacobian_products(force_fn, graph, one_hot_rows(rows, graph.n_atoms, graph.R), h)
+
+
+def fd_force_jacobian_products(force_fn: ForceFn, graph: AtomicGraph, vectors: Tensor, h: float = 1e-4) -> Tensor:
+    """``-(dF/dR) v`` (P, N, 3) of a one-structure graph by forward differences along each v, all
+    displaced copies and the undisplaced one in a single batched forward pass."""
     from ffdistill.graph import batch_graphs
 
-    rows = torch.as_tensor(rows, dtype=torch.long).tolist()
-    copies = [graph]
-    for r in rows:
-        step = torch.zeros_like(graph.R).view(-1)
-        step[r] = h
-        copies.append(graph._replace(R=graph.R + step.view_as(graph.R)))
+    copies = [graph] + [graph._replace(R=graph.R + h * v.to(graph.R.dtype)) for v in vectors]
     forces = force_fn(batch_graphs(copies)).view(len(copies), graph.n_atoms, 3)
     return -(forces[1:] - forces[:1]) / h
 
 
-def _own_structure_mask(rows: Tensor, batch: Tensor, like: Tensor) -> Tensor:
-    """(K, N, 1): 1 on the atoms of the structure each row belongs to, 0 elsewhere."""
-    owner = batch[rows // 3]
+def _owner_mask(owner: Tensor, batch: Tensor, like: Tensor) -> Tensor:
+    """(K, N, 1): 1 on the atoms of the structure each vector belongs to, 0 elsewhere."""
     return (batch[None, :] == owner[:, None]).to(like.dtype)[:, :, None]
 
 
-def _pack_rows(rows: Tensor, batch: Tensor) -> Tensor:
-    """Wave of each row: its rank among the rows of its own structure."""
-    owner = batch[rows // 3]
-    waves = torch.zeros_like(rows)
+def _waves(owner: Tensor) -> Tensor:
+    """Wave of each vector: its rank among the vectors of its own structure."""
+    waves = torch.zeros_like(owner)
     for structure in owner.unique():
         members = (owner == structure).nonzero().squeeze(1)
-        waves[members] = torch.arange(len(members), device=rows.device)
+        waves[members] = torch.arange(len(members), device=owner.device)
     return waves
-
-
-def _wave_vectors(rows: Tensor, waves: Tensor, like: Tensor) -> Tensor:
-    vectors = like.new_zeros(int(waves.max()) + 1, like.numel())
-    vectors[waves, rows] = 1.0
-    return vectors.view(-1, *like.shape)
 
 
 def _rows(forces: Tensor, positions: Tensor, vectors: Tensor, create_graph: bool, vectorize: bool) -> Tensor:
@@ -214,6 +239,21 @@ def fd_hessian_rows(force_fn: ForceFn, graph: AtomicGraph, rows: Tensor | Sequen
         f_minus = force_fn(graph._replace(R=graph.R - step))
         out.append(-(f_plus - f_minus) / (2 * h))
     return torch.stack(out) if out else graph.R.new_zeros(0, *graph.R.shape)
+
+
+def fd_hessian_vector_products(force_fn: ForceFn, graph: AtomicGraph, vectors: Tensor, h: float = 1e-3) -> Tensor:
+    """``H·v`` (P, N, 3) by central differences of forces along each v: -(F(R + h v) - F(R - h v)) / 2h."""
+    out = [-(force_fn(graph._replace(R=graph.R + h * v)) - force_fn(graph._replace(R=graph.R - h * v))) / (2 * h) for v in vectors]
+    return torch.stack(out) if out else graph.R.new_zeros(0, *graph.R.shape)
+
+
+def random_probes(n_atoms: int, k: int, seed: int, frame: int) -> "np.ndarray":
+    """K Gaussian (Hutchinson) probe directions for one frame, (K, N, 3), each scaled to unit norm so that
+    a probe weighs in the loss like one one-hot row. Reproducible per (seed, frame)."""
+    import numpy as np
+
+    v = np.random.default_rng([seed, frame, 7]).standard_normal((k, n_atoms, 3))
+    return v / np.linalg.norm(v.reshape(k, -1), axis=1)[:, None, None]
 
 
 def fd_forces(energy_fn: EnergyFn, graph: AtomicGraph, h: float = 1e-4) -> Tensor:

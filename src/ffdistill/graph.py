@@ -41,6 +41,9 @@ class AtomicGraph(NamedTuple):
     hessian_rows: Optional[Tensor] = None  #: (K, N, 3) rows of d2E/dR2, eV/Å²
     row_index: Optional[Tensor] = None  #: (K,) flat index into the 3N coordinates
     node_features: Optional[Tensor] = None  #: (N, D) teacher node features (n2n baseline)
+    probe_vectors: Optional[Tensor] = None  #: (P, N, 3) unit probe directions v, zero outside their structure
+    probe_products: Optional[Tensor] = None  #: (P, N, 3) teacher's H·v, eV/Å²
+    probe_owner: Optional[Tensor] = None  #: (P,) int64 structure index of each probe
 
     @property
     def n_atoms(self) -> int:
@@ -184,6 +187,7 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
         stress=_cat_optional([g.stress for g in graphs]),
         node_features=_cat_optional([g.node_features for g in graphs]),
         **_batch_rows(graphs, starts),
+        **_batch_probes(graphs, starts),
     )
 
 
@@ -202,15 +206,29 @@ def _cat_optional(parts: list[Optional[Tensor]]) -> Optional[Tensor]:
     return None if any(p is None for p in parts) else torch.cat(parts)
 
 
+def _block_diagonal(blocks: Sequence[Tensor], starts: np.ndarray) -> Tensor:
+    """(sum K, sum N, 3) from per-structure (K_b, N_b, 3) blocks, zero outside each block's own atoms."""
+    out = blocks[0].new_zeros(sum(len(b) for b in blocks), int(starts[-1]), 3)
+    k = 0
+    for block, s in zip(blocks, starts):
+        out[k : k + len(block), int(s) : int(s) + block.shape[1]] = block
+        k += len(block)
+    return out
+
+
+def _batch_probes(graphs: Sequence[AtomicGraph], starts: np.ndarray) -> dict:
+    if any(g.probe_vectors is None for g in graphs):
+        return {}
+    owner = torch.cat([torch.full((len(g.probe_vectors),), b, dtype=torch.long) for b, g in enumerate(graphs)])
+    return {
+        "probe_vectors": _block_diagonal([g.probe_vectors for g in graphs], starts),
+        "probe_products": _block_diagonal([g.probe_products for g in graphs], starts),
+        "probe_owner": owner,
+    }
+
+
 def _batch_rows(graphs: Sequence[AtomicGraph], starts: np.ndarray) -> dict:
     if any(g.hessian_rows is None for g in graphs):
         return {}
-    total = int(starts[-1])
-    dtype = graphs[0].hessian_rows.dtype
-    blocks, indices = [], []
-    for g, s in zip(graphs, starts):
-        block = torch.zeros(g.hessian_rows.shape[0], total, 3, dtype=dtype)
-        block[:, int(s) : int(s) + g.n_atoms] = g.hessian_rows
-        blocks.append(block)
-        indices.append(g.row_index + 3 * int(s))
-    return {"hessian_rows": torch.cat(blocks), "row_index": torch.cat(indices)}
+    indices = [g.row_index + 3 * int(s) for g, s in zip(graphs, starts)]
+    return {"hessian_rows": _block_diagonal([g.hessian_rows for g in graphs], starts), "row_index": torch.cat(indices)}

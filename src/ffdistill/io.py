@@ -29,12 +29,13 @@ def iter_structures(path: str, start: int = 0) -> Iterator[ase.Atoms]:
         raise InputError(f"cannot read {path}: malformed file ({detail})") from error
 
 
-def scan_structures(path: str, elements_check=None) -> tuple[int, set[int]]:
-    """Validate every structure of ``path`` before any work is spent; return how many there are and
-    the atomic numbers they contain."""
-    count, elements = 0, set()
+def scan_structures(path: str, elements_check=None, info_key: str | None = None) -> tuple[int, set[int], int]:
+    """Validate every structure of ``path`` before any work is spent; return how many there are, the
+    atomic numbers they contain and how many carry ``info[info_key]``."""
+    count, elements, keyed = 0, set(), 0
     for count, atoms in enumerate(iter_structures(path), start=1):
         elements.update(int(z) for z in atoms.numbers)
+        keyed += info_key is not None and info_key in atoms.info
         try:
             check_structure(atoms)
             if elements_check is not None:
@@ -43,7 +44,7 @@ def scan_structures(path: str, elements_check=None) -> tuple[int, set[int]]:
             raise type(error)(f"{path}, structure {count - 1}: {error}") from error
     if count == 0:
         raise InputError(f"cannot read {path}: it holds no structures")
-    return count, elements
+    return count, elements, keyed
 
 
 def file_sha256(path: str) -> str:

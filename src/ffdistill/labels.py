@@ -7,6 +7,9 @@ Layout (F frames, A atoms in all, K rows in all, and ``HA = sum over rows of tha
     numbers (A,) int64    positions (A, 3) Å       forces (A, 3) eV/Å
     row_index (K,) int64  flat coordinate index within its frame (3 * atom + axis)
     hessian (HA, 3) f32   rows of d2E/dR2 in eV/Å², each row one (N_frame, 3) block
+    n_probes (F,) int64   probe_vectors (PA, 3) f32, probe_products (PA, 3) f32: P random unit probes v per
+                          frame and the teacher's H·v (PA = sum over probes of that frame's atoms)
+    group (F,) int64      frames that must stay on one side of a split (an MD block and its copies)
     ref_energy (F,), ref_forces (A, 3)   the input file's own labels (e.g. DFT), NaN where it has none
     frame_index (F,)      position of each frame in the input file (shards hold every N-th frame)
     checksum (F,)         CRC32 of the frame's labels: a lost or damaged chunk is detected on read
@@ -31,14 +34,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ffdistill import __version__
+from ffdistill import __version__, derivatives
 from ffdistill.errors import FFDistillError, StoreError
 from ffdistill.graph import AtomicGraph, from_ase
 from ffdistill.io import file_sha256, iter_structures, scan_structures
+from ffdistill.sampling import GROUP_KEY
 from ffdistill.teachers.base import Teacher, TeacherLabels
 
 FORMAT = "ffdistill-labels"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: probes and group ids
 UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "hessian": "eV/Å²", "positions": "Å"}
 
 #: name -> (trailing shape, dtype, chunk length along axis 0)
@@ -58,10 +62,17 @@ ARRAYS = {
     "ref_forces": ((3,), "float64", 65536),
     "checksum": ((), "int64", 4096),
     "frame_index": ((), "int64", 4096),
+    "n_probes": ((), "int64", 4096),
+    "probe_vectors": ((3,), "float32", 262144),
+    "probe_products": ((3,), "float32", 262144),
+    "group": ((), "int64", 4096),
 }
-FRAME_ARRAYS = ("n_atoms", "n_rows", "energy", "cell", "pbc", "stress", "ref_energy", "checksum", "frame_index")
+FRAME_ARRAYS = ("n_atoms", "n_rows", "energy", "cell", "pbc", "stress", "ref_energy", "checksum", "frame_index", "n_probes", "group")
 #: Arrays whose bytes each frame's checksum covers (a lost or damaged chunk reads back as fill values).
-CHECKED = ("energy", "cell", "positions", "forces", "row_index", "hessian")
+CHECKED = ("energy", "cell", "positions", "forces", "row_index", "hessian", "probe_vectors", "probe_products", "group")
+#: Default group rule without group ids in the input: blocks of this many consecutive input frames.
+DEFAULT_GROUP_SIZE = 10
+
 ATOM_ARRAYS = ("numbers", "positions", "forces", "ref_forces")
 
 
@@ -85,13 +96,44 @@ class LabelRequest:
     seed: int
     shard: list  # [i, n]: every n-th frame from the i-th
     node_features: bool = False  # teacher node features stored too (n2n baseline)
+    hessian_probes: int = 0  # random-probe products H·v per frame
+    group_rule: str = ""  # how frames were grouped (see ``group_rule``)
+
+
+def group_rule(input_path: str, group_by: str | None, group_size: int, n_keyed: int, n_total: int) -> str:
+    """``info:KEY`` when the input names each frame's group, else ``blocks:B`` (B consecutive input frames)."""
+    key = group_by or GROUP_KEY
+    if n_keyed == n_total:
+        return f"info:{key}"
+    if group_by is not None or n_keyed:
+        raise StoreError(f"{input_path}: {n_keyed} of {n_total} structures carry info[{key!r}]; give it to all or none")
+    if group_size < 1:
+        raise StoreError(f"group size must be at least 1, got {group_size}")
+    return f"blocks:{group_size}"
+
+
+def group_of(atoms: ase.Atoms, index: int, rule: str) -> int:
+    """The group id of input frame ``index`` under ``rule``. Names that are not integers are hashed
+    (a collision only merges two groups, which can never leak)."""
+    kind, _, arg = rule.partition(":")
+    if kind == "blocks":
+        return index // int(arg)
+    value = atoms.info[arg]
+    if isinstance(value, (int, np.integer)) or (isinstance(value, str) and value.lstrip("-").isdigit()):
+        return int(value)
+    return (1 << 40) + zlib.crc32(str(value).encode())
 
 
 def label_file(
     teacher: Teacher, input_path: str, store_path: str, rows: str | int = "all", seed: int = 0, progress: bool = True,
-    shard: tuple[int, int] = (0, 1), node_features: bool = False,
+    shard: tuple[int, int] = (0, 1), node_features: bool = False, probes: int = 0, group_by: str | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> "LabelStore":
     """Label the structures of ``input_path`` with ``teacher`` into ``store_path``; resumes if interrupted.
+
+    ``probes`` random unit directions v per frame are stored with the teacher's H·v. Each frame gets a
+    group id: ``info[group_by or "group"]`` when every input frame has it, else blocks of ``group_size``
+    consecutive input frames.
 
     ``shard=(i, n)`` labels only frames ``i, i + n, i + 2n, ...``: n workers write n shards that
     ``merge_stores`` joins into the store one worker would have written.
@@ -103,9 +145,15 @@ def label_file(
         raise StoreError(f"shard {index_in_shard}/{n_shards} does not exist: use I/N with 0 <= I < N")
     if node_features and type(teacher).node_features is Teacher.node_features:
         raise StoreError(f"teacher {teacher.spec} does not expose node features (n2n needs sevenn or mace)")
-    n_total, elements = scan_structures(input_path, teacher.check_elements)
+    if probes < 0:
+        raise StoreError(f"the number of Hessian probes must be >= 0, got {probes}")
+    n_total, elements, n_keyed = scan_structures(input_path, teacher.check_elements, group_by or GROUP_KEY)
+    rule = group_rule(input_path, group_by, group_size, n_keyed, n_total)
     mine = list(range(index_in_shard, n_total, n_shards))
-    request = LabelRequest(file_sha256(input_path), teacher.spec, teacher.version, str(rows), int(seed), [index_in_shard, n_shards], node_features)
+    request = LabelRequest(
+        file_sha256(input_path), teacher.spec, teacher.version, str(rows), int(seed), [index_in_shard, n_shards],
+        node_features, int(probes), rule,
+    )
     partial = store_path + ".partial"
     group = _open_partial(partial, request, input_path, len(mine))
     embeddings = teacher.element_embeddings()
@@ -118,11 +166,12 @@ def label_file(
         if (index - index_in_shard) % n_shards:
             continue  # another shard's frame
         picked = choose_rows(len(atoms), rows, seed, index)
+        vectors = derivatives.random_probes(len(atoms), probes, seed, index) if probes else None
         try:
-            labels = teacher.label(atoms, picked)
+            labels = teacher.label(atoms, picked, vectors)
         except FFDistillError as error:
             raise type(error)(f"{input_path}, structure {index}: {error}") from error
-        values = frame_values(atoms, labels, index)
+        values = frame_values(atoms, labels, index, group_of(atoms, index, rule))
         if node_features:
             values["node_features"] = teacher.node_features(teacher.graph(atoms)).detach().float().numpy()
         _append_values(group, values)
@@ -145,7 +194,7 @@ def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True)
     shards = [LabelStore(p) for p in shard_paths]
     first = shards[0].attrs
     for s in shards:
-        for field in ("input_sha256", "teacher_spec", "teacher_version", "hessian_rows", "seed"):
+        for field in ("input_sha256", "teacher_spec", "teacher_version", "hessian_rows", "seed", "hessian_probes", "group_rule"):
             if s.attrs[field] != first[field]:
                 raise StoreError(f"cannot merge {s.path}: its {field} differs from {shards[0].path}'s")
     counts = sorted(s.attrs["shard"][0] for s in shards)
@@ -153,7 +202,10 @@ def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True)
     if counts != list(range(n_shards)) or any(s.attrs["shard"][1] != n_shards for s in shards):
         raise StoreError(f"cannot merge: need each of the {n_shards} shards exactly once, got {counts}")
     owner = {int(f): (s, k) for s in shards for k, f in enumerate(s.group["frame_index"][:])}
-    request = LabelRequest(first["input_sha256"], first["teacher_spec"], first["teacher_version"], first["hessian_rows"], first["seed"], [0, 1], first.get("node_features", False))
+    request = LabelRequest(
+        first["input_sha256"], first["teacher_spec"], first["teacher_version"], first["hessian_rows"], first["seed"], [0, 1],
+        first.get("node_features", False), first.get("hessian_probes", 0), first.get("group_rule", ""),
+    )
     partial = store_path + ".partial"
     if os.path.exists(partial):
         import shutil as _shutil
@@ -223,15 +275,20 @@ def _truncate_to_committed(group) -> None:
     lengths.update({name: int(n_atoms.sum()) for name in ATOM_ARRAYS + ("node_features",) if name in group})
     lengths["row_index"] = int(n_rows.sum())
     lengths["hessian"] = int((n_rows * n_atoms).sum())
+    n_probes = group["n_probes"][:done]
+    lengths["probe_vectors"] = lengths["probe_products"] = int((n_probes * n_atoms).sum())
     for name, length in lengths.items():
         array = group[name]
         if array.shape[0] != length:
             array.resize((length, *array.shape[1:]))
 
 
-def frame_values(atoms: ase.Atoms, labels: TeacherLabels, index: int) -> dict[str, np.ndarray]:
+def frame_values(atoms: ase.Atoms, labels: TeacherLabels, index: int, group: int) -> dict[str, np.ndarray]:
     """One frame's entries for every array of the store."""
     n = len(atoms)
+    no_probes = np.zeros((0, 3))
+    probe_vectors = no_probes if labels.probe_vectors is None else labels.probe_vectors.reshape(-1, 3)
+    probe_products = no_probes if labels.probe_products is None else labels.probe_products.reshape(-1, 3)
     stress = labels.stress if labels.stress is not None else np.full((3, 3), np.nan)
     ref_energy, ref_forces = _reference_labels(atoms)
     values = {
@@ -249,6 +306,10 @@ def frame_values(atoms: ase.Atoms, labels: TeacherLabels, index: int) -> dict[st
         "ref_energy": np.array([ref_energy]),
         "ref_forces": ref_forces,
         "frame_index": np.array([index]),
+        "n_probes": np.array([len(probe_vectors) // n]),
+        "probe_vectors": probe_vectors,
+        "probe_products": probe_products,
+        "group": np.array([group]),
     }
     values = {k: np.asarray(v, dtype=ARRAYS[k][1]) for k, v in values.items()}
     values["checksum"] = np.array([frame_checksum(values)])
@@ -263,9 +324,11 @@ def _append_values(group, values: dict[str, np.ndarray]) -> None:
 
 
 def frame_checksum(arrays: dict[str, np.ndarray]) -> int:
+    """CRC32 over the checked arrays a frame has (stores of format 1 have no probes or groups)."""
     crc = 0
     for name in CHECKED:
-        crc = zlib.crc32(np.ascontiguousarray(arrays[name]).tobytes(), crc)
+        if name in arrays:
+            crc = zlib.crc32(np.ascontiguousarray(arrays[name]).tobytes(), crc)
     return crc
 
 
@@ -307,7 +370,12 @@ class LabelStore:
         self.atom_start = np.concatenate([[0], np.cumsum(self.n_atoms)])
         self.row_start = np.concatenate([[0], np.cumsum(self.n_rows)])
         self.hess_start = np.concatenate([[0], np.cumsum(self.n_rows * self.n_atoms)])
+        self.v2 = "n_probes" in self.group  # format 2: probes and group ids
+        self.n_probes = self.group["n_probes"][:] if self.v2 else np.zeros_like(self.n_rows)
+        self.probe_start = np.concatenate([[0], np.cumsum(self.n_probes * self.n_atoms)])
         expected = {"numbers": self.atom_start[-1], "row_index": self.row_start[-1], "hessian": self.hess_start[-1]}
+        if self.v2:
+            expected.update(probe_vectors=self.probe_start[-1], probe_products=self.probe_start[-1])
         for name, length in expected.items():
             if self.group[name].shape[0] != length or len(self.n_atoms) != self.attrs["frames_done"]:
                 raise StoreError(f"{self.path} is corrupt: array {name} has the wrong length")
@@ -321,6 +389,9 @@ class LabelStore:
         r0, r1, h0, h1 = self.row_start[i], self.row_start[i + 1], self.hess_start[i], self.hess_start[i + 1]
         try:
             raw = {"energy": g["energy"][i : i + 1], "cell": g["cell"][i : i + 1], "positions": g["positions"][a0:a1], "forces": g["forces"][a0:a1], "row_index": g["row_index"][r0:r1], "hessian": g["hessian"][h0:h1]}
+            p0, p1 = self.probe_start[i], self.probe_start[i + 1]
+            if self.v2:
+                raw.update(probe_vectors=g["probe_vectors"][p0:p1], probe_products=g["probe_products"][p0:p1], group=g["group"][i : i + 1])
             intact = frame_checksum(raw) == int(g["checksum"][i])
             atoms = ase.Atoms(numbers=g["numbers"][a0:a1], positions=raw["positions"], cell=raw["cell"][0], pbc=g["pbc"][i])
             stress = g["stress"][i]
@@ -332,6 +403,8 @@ class LabelStore:
                 "hessian_rows": raw["hessian"].reshape(r1 - r0, a1 - a0, 3),
                 "ref_energy": float(g["ref_energy"][i]),
                 "ref_forces": g["ref_forces"][a0:a1],
+                "probe_vectors": raw["probe_vectors"].reshape(-1, a1 - a0, 3) if self.v2 else None,
+                "probe_products": raw["probe_products"].reshape(-1, a1 - a0, 3) if self.v2 else None,
             }
         except Exception as error:
             raise StoreError(f"{self.path} is corrupt: cannot read frame {i} ({type(error).__name__}: {error})") from error
@@ -344,11 +417,23 @@ class LabelStore:
         self.frame(i)  # verifies the checksum
         g, a = self.group, slice(self.atom_start[i], self.atom_start[i + 1])
         r, h = slice(self.row_start[i], self.row_start[i + 1]), slice(self.hess_start[i], self.hess_start[i + 1])
+        p = slice(self.probe_start[i], self.probe_start[i + 1])
         spans = {"numbers": a, "positions": a, "forces": a, "ref_forces": a, "node_features": a, "row_index": r, "hessian": h}
+        spans.update(probe_vectors=p, probe_products=p)
         return {name: g[name][spans.get(name, slice(i, i + 1))] for name in self.array_names()}
 
     def array_names(self) -> list[str]:
-        return list(ARRAYS) + (["node_features"] if "node_features" in self.group else [])
+        return [n for n in ARRAYS if n in self.group] + (["node_features"] if "node_features" in self.group else [])
+
+    def groups(self) -> np.ndarray:
+        """(F,) group id of every frame; a store of format 1 falls back to blocks of its frame index."""
+        if self.v2:
+            return self.group["group"][:]
+        return self.group["frame_index"][:] // DEFAULT_GROUP_SIZE
+
+    def has_reference_labels(self) -> bool:
+        """Whether the input carried its own energies and forces (e.g. DFT) for every frame."""
+        return bool(np.isfinite(self.group["ref_energy"][:]).all())
 
     def graph(self, i: int, cutoff: float, dtype: torch.dtype = torch.float32, reference: bool = True) -> AtomicGraph:
         """Frame ``i`` as a labelled ``AtomicGraph`` of radius ``cutoff``.
@@ -367,6 +452,7 @@ class LabelStore:
             hessian_rows=as_t(labels["hessian_rows"]),
             row_index=torch.as_tensor(labels["row_index"], dtype=torch.long),
             node_features=self._node_features(i, dtype),
+            **_probe_fields(labels, as_t),
         )
 
     def _node_features(self, i: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
@@ -388,6 +474,8 @@ class LabelStore:
             "hessian_rows_per_frame": {"setting": self.attrs["hessian_rows"], "min": int(rows.min()), "max": int(rows.max())},
             "full_hessian": bool(np.all(rows == 3 * self.n_atoms)),
             "reference_labels": bool(np.isfinite(self.group["ref_energy"][:]).any()),
+            "hessian_probes_per_frame": {"min": int(self.n_probes.min()), "max": int(self.n_probes.max())},
+            "groups": {"count": int(len(np.unique(self.groups()))), "rule": self.attrs.get("group_rule") or f"blocks:{DEFAULT_GROUP_SIZE} (store predates group ids)"},
             "teacher": {"spec": self.attrs["teacher_spec"], "version": self.attrs["teacher_version"]},
             "seed": self.attrs["seed"],
             "shard": self.attrs["shard"],
@@ -398,6 +486,17 @@ class LabelStore:
             "created": self.attrs["created"],
             "ffdistill_version": self.attrs["ffdistill_version"],
         }
+
+
+def _probe_fields(labels: dict, as_t) -> dict:
+    if labels["probe_vectors"] is None:
+        return {}
+    n = len(labels["probe_vectors"])
+    return {
+        "probe_vectors": as_t(labels["probe_vectors"]),
+        "probe_products": as_t(labels["probe_products"]),
+        "probe_owner": torch.zeros(n, dtype=torch.long),
+    }
 
 
 def stores_equal(a: str, b: str) -> bool:

@@ -33,7 +33,7 @@ from ffdistill.graph import AtomicGraph, batch_graphs
 from ffdistill.labels import LabelStore
 from ffdistill.loss import DistillationLoss, build_loss, student_output
 from ffdistill.students import build_student
-from ffdistill.students.base import init_embeddings_from_teacher
+from ffdistill.students.base import teacher_embedding_table
 
 
 @dataclass
@@ -79,7 +79,7 @@ def train_step(model, batch: AtomicGraph, loss: DistillationLoss, optimizer, gra
     weight so the gradient all-reduce still happens."""
     optimizer.zero_grad(set_to_none=True)
     out = student_output(model, batch, hessian=loss.needs_hessian, training=True, features=loss.needs_features, conservative=loss.needs_conservative_forces)
-    counts = {name: 0 if idle else len(e) for name, e in loss.errors(out, batch).items()}
+    counts = {name: 0 if idle else count for name, (_, count) in loss.contributions(out, batch).items()}
     total, terms = loss(out, batch, ranks.sum_counts(counts), ranks.world) if ranks.world > 1 else loss(out, batch)
     (total * (0.0 if idle else 1.0)).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -98,21 +98,42 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
         return _result_on_disk(config.output)
     store = LabelStore(config.data.store)
     d = config.data
-    train_idx, val_idx, _ = split_indices(len(store), d.val_fraction, d.test_fraction, d.split_seed)
+    train_idx, val_idx, _ = split_indices(store.groups(), d.val_fraction, d.test_fraction, d.split_seed)
     train_idx = train_idx[: d.n_train] if d.n_train else train_idx
-    train_graphs = load_graphs(store, train_idx, config.model.cutoff, d.use_reference)
-    val_graphs = load_graphs(store, val_idx, config.model.cutoff, d.use_reference)
+    train_graphs = load_graphs(store, train_idx, config.model.cutoff, d.use_reference, d.hessian_labels)
+    val_graphs = load_graphs(store, val_idx, config.model.cutoff, d.use_reference, d.hessian_labels)
+    model = _build_model(config, store, train_graphs)
+    return train(model, train_graphs, val_graphs, config, resume=resume, progress=progress, teacher_force_mae=teacher_force_error(store, val_idx))
+
+
+def _build_model(config: RunConfig, store: LabelStore, train_graphs: Sequence[AtomicGraph]):
+    """The student with fitted element references; for a2a, with the teacher's frozen element table."""
     elements = sorted({int(z) for g in train_graphs for z in g.Z})
-    torch.manual_seed(config.train.seed)  # the same initial weights in every process and every run
-    model = build_student(config.model.student, elements, config.model.cutoff, **config.model.hparams)
-    model.jacobian, model.fd_step = config.model.jacobian, config.model.fd_step
-    model.fit_references(train_graphs)
+    table = None
     if config.model.a2a:
         embeddings = store.attrs.get("element_embeddings")
         if not embeddings:
             raise InputError(f"a2a needs teacher element embeddings, and {config.data.store} has none (label with a teacher that has them, e.g. sevenn)")
-        init_embeddings_from_teacher(model, {int(z): v for z, v in embeddings.items()}, seed=config.train.seed)
-    return train(model, train_graphs, val_graphs, config, resume=resume, progress=progress, teacher_force_mae=teacher_force_error(store, val_idx))
+        table = {int(z): v for z, v in embeddings.items()}
+    torch.manual_seed(config.train.seed)  # the same initial weights in every process and every run
+    dim = len(next(iter(table.values()))) if table else 0
+    model = build_student(config.model.student, elements, config.model.cutoff, teacher_embedding_dim=dim, **config.model.hparams)
+    if table:
+        model.set_teacher_embeddings(teacher_embedding_table(model, table))
+    model.jacobian, model.fd_step = config.model.jacobian, config.model.fd_step
+    model.fit_references(train_graphs)
+    return model
+
+
+def hessian_weight_at(step: int, total: int, weight: float, decay_from: Optional[float]) -> float:
+    """λH at ``step``: ``weight`` until ``decay_from × total`` steps, then a cosine decay to zero at the
+    last step, so the end of training refines energies and forces alone."""
+    if decay_from is None or total <= 0:
+        return weight
+    start = decay_from * total
+    if step < start:
+        return weight
+    return weight * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - start) / max(1.0, total - start))))
 
 
 def _prepare_run_dir(run_dir: str) -> None:
@@ -170,12 +191,12 @@ def train(
     total_steps = t.epochs * steps_per_epoch
     bar = tqdm(total=t.epochs, initial=state.epoch, desc=os.path.basename(run_dir), unit="epoch", disable=not progress)
     while state.epoch < t.epochs and state.bad_epochs < t.patience:
-        loss.term("hessian").weight = state.hessian_weight
         generator = torch.Generator().manual_seed(t.seed * 100_003 + state.epoch)
         sums: dict[str, float] = {}
         for graphs in iterate_batches(train_graphs, config.data.batch_size, config.data.rows_per_structure, generator, row_temperature=config.data.row_temperature):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state.step, total_steps, t)
+            loss.term("hessian").weight = hessian_weight_at(state.step, total_steps, state.hessian_weight, config.loss.hessian_decay_from)
             mine = ranks.shard(graphs)
             batch = batch_graphs(mine or graphs[:1])
             for name, value in train_step(step_model, batch, loss, optimizer, t.grad_clip, ranks, idle=not mine).items():

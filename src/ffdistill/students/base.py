@@ -39,6 +39,26 @@ class EnergyStudent(nn.Module):
     def species(self, Z: Tensor) -> Tensor:
         return self.z_to_species[Z]
 
+    def make_embedding(self, channels: int, teacher_embedding_dim: int = 0) -> None:
+        """Per-element input features: a learned table, or (a2a baseline) the teacher's frozen element
+        embeddings (a buffer, filled by ``set_teacher_embeddings``) through a learned linear map."""
+        if teacher_embedding_dim:
+            self.register_buffer("teacher_embeddings", torch.zeros(len(self.elements), teacher_embedding_dim))
+            self.teacher_map = nn.Linear(teacher_embedding_dim, channels)
+            self.hparams["teacher_embedding_dim"] = teacher_embedding_dim
+        else:
+            self.embedding = nn.Embedding(len(self.elements), channels)
+
+    @torch.no_grad()
+    def set_teacher_embeddings(self, table: Tensor) -> None:
+        self.teacher_embeddings.copy_(table)
+
+    def embed(self, Z: Tensor) -> Tensor:
+        """(N, channels) input features of the atoms ``Z``, recomputed in every forward pass."""
+        if "teacher_embeddings" in self._buffers:
+            return self.teacher_map(self.teacher_embeddings)[self.species(Z)]
+        return self.embedding(self.species(Z))
+
     def check_elements(self, numbers) -> None:
         unknown = sorted(set(int(z) for z in numbers) - set(self.elements))
         if unknown:
@@ -97,22 +117,9 @@ class EnergyStudent(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
-@torch.no_grad()
-def init_embeddings_from_teacher(student: EnergyStudent, embeddings: dict, seed: int = 0) -> tuple[Tensor, float]:
-    """a2a: the student's embedding of element z becomes ``scale * P @ e_teacher[z]``.
-
-    P (channels x D) is a fixed random projection with orthonormal rows (or columns, when the student
-    is wider), so angles between teacher embeddings are kept as far as the width allows; ``scale``
-    matches the spread of the student's default initialisation. Returns (P, scale).
-    """
+def teacher_embedding_table(student: EnergyStudent, embeddings: dict) -> Tensor:
+    """(n_elements, D) the teacher's embeddings of the student's elements, in the student's order."""
     missing = [z for z in student.elements if z not in embeddings]
     if missing:
         raise InputError(f"the teacher has no embedding for atomic numbers {missing}")
-    table = torch.stack([torch.as_tensor(np.asarray(embeddings[z]), dtype=torch.float32) for z in student.elements])
-    width, depth = student.embedding.embedding_dim, table.shape[1]
-    square, _ = torch.linalg.qr(torch.randn(max(width, depth), max(width, depth), generator=torch.Generator().manual_seed(seed)))
-    P = square[:width, :depth]
-    projected = table @ P.T
-    scale = float(student.embedding.weight.std() / projected.std().clamp_min(1e-12)) if projected.numel() > 1 else 1.0
-    student.embedding.weight.copy_(scale * projected)
-    return P, scale
+    return torch.stack([torch.as_tensor(np.asarray(embeddings[z]), dtype=torch.float32) for z in student.elements])

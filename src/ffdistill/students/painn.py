@@ -69,10 +69,10 @@ class PaiNN(EnergyStudent):
 
     arch = "painn"
 
-    def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 2, n_basis: int = 16, cutoff: float = 5.0):
+    def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 2, n_basis: int = 16, cutoff: float = 5.0, teacher_embedding_dim: int = 0):
         super().__init__(elements=elements, cutoff=cutoff)
         self.hparams = {"channels": channels, "layers": layers, "n_basis": n_basis}
-        self.embedding = nn.Embedding(len(self.elements), channels)
+        self.make_embedding(channels, teacher_embedding_dim)
         self.rbf = BesselBasis(cutoff, n_basis)
         self.messages = nn.ModuleList(Message(channels, n_basis) for _ in range(layers))
         self.updates = nn.ModuleList(Update(channels) for _ in range(layers))
@@ -87,7 +87,7 @@ class PaiNN(EnergyStudent):
         vec = edge_vectors(graph)
         r = vec.norm(dim=-1)
         unit, rbf, fc = vec / r[:, None], self.rbf(r), cosine_cutoff(r, self.cutoff)
-        s = self.embedding(self.species(graph.Z))
+        s = self.embed(graph.Z)
         v = s.new_zeros(s.shape[0], 3, s.shape[1])
         for message, update in zip(self.messages, self.updates):
             s, v = message(s, v, graph.edge_index, rbf, fc, unit)
@@ -102,8 +102,8 @@ class DirectForcePaiNN(PaiNN):
     arch = "painn-direct"
     direct = True
 
-    def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 2, n_basis: int = 16, cutoff: float = 5.0):
-        super().__init__(elements, channels, layers, n_basis, cutoff)
+    def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 2, n_basis: int = 16, cutoff: float = 5.0, teacher_embedding_dim: int = 0):
+        super().__init__(elements, channels, layers, n_basis, cutoff, teacher_embedding_dim)
         self.force_head = nn.Linear(channels, 1, bias=False)
 
     def energy_forces_features(self, graph: AtomicGraph) -> tuple[Tensor, Tensor, Tensor]:

@@ -42,10 +42,10 @@ class Interaction(nn.Module):
 class SchNet(EnergyStudent):
     arch = "schnet"
 
-    def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 3, n_basis: int = 20, cutoff: float = 5.0):
+    def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 3, n_basis: int = 20, cutoff: float = 5.0, teacher_embedding_dim: int = 0):
         super().__init__(elements=elements, cutoff=cutoff)
         self.hparams = {"channels": channels, "layers": layers, "n_basis": n_basis}
-        self.embedding = nn.Embedding(len(self.elements), channels)
+        self.make_embedding(channels, teacher_embedding_dim)
         self.rbf = GaussianBasis(cutoff, n_basis)
         self.interactions = nn.ModuleList(Interaction(channels, n_basis) for _ in range(layers))
         self.readout = self.make_readout(channels)
@@ -53,7 +53,7 @@ class SchNet(EnergyStudent):
     def node_features(self, graph: AtomicGraph) -> Tensor:
         r = edge_vectors(graph).norm(dim=-1)
         rbf, fc = self.rbf(r), cosine_cutoff(r, self.cutoff)
-        x = self.embedding(self.species(graph.Z))
+        x = self.embed(graph.Z)
         for block in self.interactions:
             x = block(x, graph.edge_index, rbf, fc)
         return x

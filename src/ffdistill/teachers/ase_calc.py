@@ -39,12 +39,12 @@ class ASETeacher(Teacher):
         elements = _emt_elements() if target == "ase.calculators.emt:EMT" else None
         return cls(factory(), spec=f"ase:{target}", version=f"{module_name.split('.')[0]} {version}", elements=elements, factory=factory)
 
-    def label(self, atoms, rows=()):
+    def label(self, atoms, rows=(), probes=None):
         if self.factory is not None:
             # A fresh calculator per structure: cached neighbour lists otherwise make the last bits
             # of a result depend on which structures came before (and so on where a resume began).
             self.calc = self.factory()
-        return super().label(atoms, rows)
+        return super().label(atoms, rows, probes)
 
     def as_calculator(self):
         return self.calc

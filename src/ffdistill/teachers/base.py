@@ -29,6 +29,8 @@ class TeacherLabels:
     stress: Optional[np.ndarray]  #: (3, 3) eV/Å³, None when not periodic
     hessian_rows: np.ndarray  #: (K, N, 3) eV/Å², K may be 0
     row_index: np.ndarray  #: (K,) flat coordinate indices
+    probe_vectors: Optional[np.ndarray] = None  #: (P, N, 3) probe directions v
+    probe_products: Optional[np.ndarray] = None  #: (P, N, 3) H·v, eV/Å²
 
 
 class Teacher(ABC):
@@ -63,34 +65,42 @@ class Teacher(ABC):
     def graph(self, atoms: ase.Atoms) -> AtomicGraph:
         return from_ase(atoms, self.cutoff, dtype=self.dtype, labels=False)
 
-    def label(self, atoms: ase.Atoms, rows: Sequence[int] = ()) -> TeacherLabels:
-        """Energy, forces, stress (periodic cells) and the Hessian rows ``rows`` of one structure."""
+    def label(self, atoms: ase.Atoms, rows: Sequence[int] = (), probes: Optional[np.ndarray] = None) -> TeacherLabels:
+        """Energy, forces, stress (periodic cells), the Hessian rows ``rows`` and the products H·v with
+        the (P, N, 3) ``probes`` of one structure."""
         self.check_elements(atoms.numbers)
         graph = self.graph(atoms)
         periodic = bool(np.all(atoms.pbc))
-        energy, forces, stress, hess = self._compute(graph, torch.as_tensor(rows, dtype=torch.long), periodic)
+        vectors = torch.as_tensor(np.zeros((0, len(atoms), 3)) if probes is None else probes, dtype=self.dtype)
+        energy, forces, stress, hess, hv = self._compute(graph, torch.as_tensor(rows, dtype=torch.long), vectors, periodic)
         labels = TeacherLabels(
             energy=float(energy),
             forces=_np(forces),
             stress=_np(stress) if periodic and stress is not None else None,
             hessian_rows=_np(hess).reshape(len(rows), len(atoms), 3),
             row_index=np.asarray(rows, dtype=np.int64),
+            probe_vectors=None if probes is None else np.asarray(probes, dtype=np.float64),
+            probe_products=None if probes is None else _np(hv).reshape(len(vectors), len(atoms), 3),
         )
         validate_labels(labels, self.spec, len(atoms))
         return labels
 
-    def _compute(self, graph: AtomicGraph, rows: Tensor, periodic: bool):
+    def _compute(self, graph: AtomicGraph, rows: Tensor, probes: Tensor, periodic: bool):
         if not self.has_autograd:
-            return self._compute_fd(graph, rows, periodic)
-        pred = derivatives.predict(self.energy, graph, stress=periodic, create_graph=len(rows) > 0)
+            return self._compute_fd(graph, rows, probes, periodic)
+        pred = derivatives.predict(self.energy, graph, stress=periodic, create_graph=len(rows) + len(probes) > 0)
         hess = derivatives.hessian_rows(pred.forces, pred.positions, rows, vectorize=self.vectorize_rows)
+        owner = torch.zeros(len(probes), dtype=torch.long)
+        hv = derivatives.hessian_vector_products(pred.forces, pred.positions, probes, owner, graph.batch, vectorize=self.vectorize_rows)
         stress = None if pred.stress is None else pred.stress[0]
-        return pred.energy.sum().detach(), pred.forces.detach(), _detach(stress), hess.detach()
+        return pred.energy.sum().detach(), pred.forces.detach(), _detach(stress), hess.detach(), hv.detach()
 
-    def _compute_fd(self, graph: AtomicGraph, rows: Tensor, periodic: bool):
+    def _compute_fd(self, graph: AtomicGraph, rows: Tensor, probes: Tensor, periodic: bool):
         energy, forces, stress = self.energy_forces_stress(graph, periodic)
-        hess = derivatives.fd_hessian_rows(lambda g: self.energy_forces_stress(g, False)[1], graph, rows, h=self.fd_step)
-        return energy, forces, stress, hess
+        force_fn = lambda g: self.energy_forces_stress(g, False)[1]  # noqa: E731
+        hess = derivatives.fd_hessian_rows(force_fn, graph, rows, h=self.fd_step)
+        hv = derivatives.fd_hessian_vector_products(force_fn, graph, probes, h=self.fd_step)
+        return energy, forces, stress, hess, hv
 
     #: Central-difference step for Hessian rows of force-only teachers (Å).
     fd_step: float = 1e-3
@@ -132,6 +142,8 @@ def _detach(x: Optional[Tensor]) -> Optional[Tensor]:
 def validate_labels(labels: TeacherLabels, spec: str, n_atoms: int) -> None:
     """Refuse NaN/inf or absurd teacher outputs instead of writing them to a store."""
     arrays = {"energy": np.asarray(labels.energy), "forces": labels.forces, "hessian rows": labels.hessian_rows}
+    if labels.probe_products is not None:
+        arrays["Hessian-vector products"] = labels.probe_products
     if labels.stress is not None:
         arrays["stress"] = labels.stress
     for name, value in arrays.items():
