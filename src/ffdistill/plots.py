@@ -57,3 +57,59 @@ def spectra(frequencies: dict[str, np.ndarray], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def rdfs(results: dict[str, dict], path: str) -> None:
+    """Radial distribution functions from NVT, one line per model."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, r in results.items():
+        ax.plot(r["r"], r["g"], label=name)
+    ax.set(xlabel="r (Å)", ylabel="g(r)", title="Radial distribution function (NVT)")
+    ax.legend()
+    _save(fig, path)
+
+
+def vdos_spectra(results: dict[str, dict], path: str) -> None:
+    """Vibrational densities of states from NVE velocities, one line per model."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, r in results.items():
+        ax.plot(r["frequency_cm1"], r["vdos"], label=name, lw=1)
+    top = max(float(r["frequency_cm1"][np.cumsum(r["vdos"]) < 0.999 * r["vdos"].sum()].max(initial=100.0)) for r in results.values())
+    ax.set(xlabel="wavenumber (cm⁻¹)", ylabel="VDOS (normalised)", xlim=(0, 1.2 * top), title="VDOS (NVE velocity autocorrelation)")
+    ax.legend()
+    _save(fig, path)
+
+
+def phonon_bands(results: dict[str, dict], path: str) -> None:
+    """Phonon bands along the standard path (left) and DOS (right), all models overlaid."""
+    fig, (bands, dos) = plt.subplots(1, 2, figsize=(8, 4), gridspec_kw={"width_ratios": [3, 1]}, sharey=True)
+    for k, (name, r) in enumerate(results.items()):
+        colour = f"C{k}"
+        lines = bands.plot(r["distance"], r["frequencies_cm1"], color=colour, lw=1)
+        lines[0].set_label(name)
+        dos.plot(r["dos"], r["dos_frequency_cm1"], color=colour, lw=1)
+    first = next(iter(results.values()))
+    for x in first["special_distance"]:
+        bands.axvline(x, color="0.7", lw=0.5)
+    bands.set_xticks(first["special_distance"], [label.replace("G", "Γ") for label in first["labels"]])
+    bands.set(xlim=(first["distance"][0], first["distance"][-1]), ylabel="frequency (cm⁻¹)", title="Phonons (phonopy)")
+    dos.set(xlabel="DOS")
+    bands.legend()
+    _save(fig, path)
+
+
+def cost_growth(results: dict[str, dict], path: str) -> None:
+    """Seconds per force call against atoms, log-log, one line per model."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, growth in results.items():
+        sizes = sorted(int(n) for n in growth)
+        ax.plot(sizes, [growth[str(n)] for n in sizes], marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="atoms", ylabel="s / force call", title="Cost growth")
+    ax.legend()
+    _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

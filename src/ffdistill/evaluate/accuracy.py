@@ -1,0 +1,133 @@
+"""Accuracy against labelled frames, and the one way to load a test set.
+
+A test set is kept as structures plus labels, not as graphs: every model gets graphs built at its
+own cutoff and dtype, so no radius is assumed for anyone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import ase
+import numpy as np
+import torch
+
+from ffdistill.graph import AtomicGraph, batch_graphs, from_ase, to_ase
+from ffdistill.loss import student_output
+
+#: Label fields carried from the store to every model's graphs.
+LABELS = ("energy", "forces", "stress", "hessian_rows", "row_index")
+
+
+def accuracy(model, graphs: Sequence[AtomicGraph], batch_size: int = 4, hessian: bool = True) -> dict[str, float]:
+    """Energy MAE (meV/atom), force MAE (meV/Å), force cosine and Hessian-row MAE (eV/Å²) on ``graphs``.
+
+    Scored through ``student_output``: a direct-force student is judged by its force head (and its
+    "rows" are columns of -dF/dR), an energy model by -dE/dR.
+    """
+    e_err, f_err, cos, h_err = [], [], [], []
+    for start in range(0, len(graphs), batch_size):
+        batch = batch_graphs(graphs[start : start + batch_size])
+        out = student_output(model, batch, hessian=hessian, training=False)
+        e_err.append(((out.energy - batch.energy).abs() / batch.atoms_per_structure).numpy())
+        f_err.append((out.forces - batch.forces).abs().flatten().numpy())
+        cos.append(torch.nn.functional.cosine_similarity(out.forces, batch.forces, dim=-1).numpy())
+        if out.hessian_rows is not None:
+            h_err.append(_row_errors(out.hessian_rows, batch))
+    return {
+        "energy_mae_meV_per_atom": 1000 * float(np.concatenate(e_err).mean()),
+        "force_mae_meV_per_A": 1000 * float(np.concatenate(f_err).mean()),
+        "force_cosine": float(np.concatenate(cos).mean()),
+        "hessian_row_mae": float(np.concatenate(h_err).mean()) if h_err else float("nan"),
+    }
+
+
+def _row_errors(rows: torch.Tensor, batch: AtomicGraph) -> np.ndarray:
+    """Absolute errors of each row's entries within its own structure."""
+    owner = batch.batch[batch.row_index // 3]
+    mask = batch.batch[None, :] == owner[:, None]
+    return (rows - batch.hessian_rows).abs()[mask].flatten().numpy()
+
+
+@dataclass
+class TestSet:
+    """Held-out structures with their labels (float64), whatever radius they were stored at."""
+
+    atoms: list[ase.Atoms]
+    labels: list[dict]
+    #: True when the labels are the teacher's own (no independent reference such as DFT).
+    teacher_is_reference: bool = True
+    source: str = ""
+    indices: Optional[list[int]] = field(default=None)
+
+    def __len__(self) -> int:
+        return len(self.atoms)
+
+    def graphs(self, cutoff: float, dtype: torch.dtype = torch.float32) -> list[AtomicGraph]:
+        """Labelled graphs at ``cutoff`` (the model's own radius) in ``dtype``."""
+        return [from_ase(a, cutoff, dtype=dtype, labels=False)._replace(**_cast(lab, dtype)) for a, lab in zip(self.atoms, self.labels)]
+
+    def reference_forces(self) -> np.ndarray:
+        return np.concatenate([lab["forces"].numpy() for lab in self.labels])
+
+
+def _cast(labels: dict, dtype: torch.dtype) -> dict:
+    return {k: None if v is None else v.to(dtype) if v.is_floating_point() else v for k, v in labels.items()}
+
+
+def _from_graphs(graphs: Sequence[AtomicGraph], teacher_is_reference: bool, source: str, indices=None) -> TestSet:
+    atoms = [to_ase(g)[0] for g in graphs]
+    labels = [{k: getattr(g, k) for k in LABELS} for g in graphs]
+    return TestSet(atoms, labels, teacher_is_reference, source, indices)
+
+
+def load_test_set(data: str, teacher=None, indices: Optional[Sequence[int]] = None, reference: bool = True) -> TestSet:
+    """Held-out frames from a label store (``indices``, default all), or from a structure file
+    labelled by ``teacher`` (energies and forces only)."""
+    from ffdistill.labels import LabelStore
+
+    if os.path.isdir(data):
+        return store_test_set(LabelStore(data), indices, reference)
+    return _labelled_by_teacher(data, teacher)
+
+
+def store_test_set(store, indices: Optional[Sequence[int]] = None, reference: bool = True) -> TestSet:
+    """Frames ``indices`` of an open ``LabelStore``; their reference labels are used when present."""
+    indices = list(range(len(store))) if indices is None else list(indices)
+    # The radius only shapes the throw-away graph here; each model rebuilds its own.
+    graphs = [store.graph(i, cutoff=1.0, dtype=torch.float64, reference=reference) for i in indices]
+    has_reference = reference and store.summary()["reference_labels"]
+    return _from_graphs(graphs, not has_reference, store.path, indices)
+
+
+def _labelled_by_teacher(path: str, teacher) -> TestSet:
+    from ffdistill.io import iter_structures
+
+    atoms, labels = [], []
+    for frame in iter_structures(path):
+        lab = teacher.label(frame)
+        atoms.append(frame)
+        labels.append({"energy": torch.tensor([lab.energy], dtype=torch.float64), "forces": torch.as_tensor(lab.forces), "stress": None, "hessian_rows": None, "row_index": None})
+    return TestSet(atoms, labels, True, path)
+
+
+def teacher_accuracy(teacher, test: TestSet) -> dict[str, float]:
+    """The teacher's own error against the test set's reference labels (energies and forces)."""
+    if teacher.has_autograd:
+        graphs = test.graphs(teacher.cutoff, teacher.dtype)
+        return accuracy(teacher.energy, [g._replace(hessian_rows=None, row_index=None) for g in graphs], hessian=False)
+    e_err, f_err, cos = [], [], []
+    for atoms, lab in zip(test.atoms, test.labels):
+        got = teacher.label(atoms)
+        ref_f = lab["forces"].double().numpy()
+        e_err.append(abs(got.energy - float(lab["energy"])) / len(atoms))
+        f_err.append(np.abs(got.forces - ref_f).mean())
+        cos.append(_cosine(got.forces, ref_f))
+    return {"energy_mae_meV_per_atom": 1000 * float(np.mean(e_err)), "force_mae_meV_per_A": 1000 * float(np.mean(f_err)), "force_cosine": float(np.mean(cos)), "hessian_row_mae": float("nan")}
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean((a * b).sum(axis=1) / np.maximum(norms, 1e-12)))

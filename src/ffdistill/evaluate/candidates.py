@@ -1,0 +1,123 @@
+"""A model under evaluation, teacher or student, and the one way to load a student for inference.
+
+Every score of a student goes through ``Candidate.forces`` or ``Candidate.hessian``: a direct-force
+student is judged by its force head, never by -dE/dR of its energy head.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import ase
+import numpy as np
+import torch
+
+from ffdistill import derivatives
+from ffdistill.graph import AtomicGraph, from_ase
+
+
+def load_for_inference(path: str):
+    """The student saved at ``path``, in eval mode with its parameters frozen."""
+    from ffdistill.calculator import load_student
+
+    return freeze(load_student(path))
+
+
+def freeze(model):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def is_direct(model) -> bool:
+    return bool(getattr(model, "direct", False))
+
+
+def model_forces(model, graph: AtomicGraph) -> torch.Tensor:
+    """(N, 3) forces of a student: its force head if it has one, else -dE/dR."""
+    if is_direct(model):
+        with torch.no_grad():
+            return model(graph, return_forces=True)[1]
+    return derivatives.predict(model, graph).forces
+
+
+def model_hessian(model, graph: AtomicGraph) -> np.ndarray:
+    """(3N, 3N) -dF/dR of a one-structure graph (float64). For a force head this is not symmetric;
+    callers that need a Hessian (frequencies) symmetrise it."""
+    n = 3 * graph.n_atoms
+    if not is_direct(model):
+        return derivatives.full_hessian(model, graph, vectorize=False).detach().double().numpy()
+    R = graph.R.detach().requires_grad_(True)
+    with torch.enable_grad():
+        forces = model(graph._replace(R=R), return_forces=True)[1]
+        columns = derivatives.force_jacobian_columns(forces, R, range(n), graph.batch)
+    # columns[r] = -dF/dR_r: the transpose of the row layout -dF_i/dR_r used for energy models
+    return columns.detach().double().numpy().reshape(n, n).T
+
+
+@dataclass
+class Candidate:
+    """A model under evaluation: a student (``model``) or a teacher (any ``Teacher``)."""
+
+    name: str
+    model: Optional[torch.nn.Module]
+    cutoff: float
+    dtype: torch.dtype = torch.float32
+    teacher: Optional[object] = None
+
+    @classmethod
+    def of_teacher(cls, teacher) -> "Candidate":
+        return cls("teacher", None, teacher.cutoff, teacher.dtype, teacher=teacher)
+
+    @classmethod
+    def of_student(cls, name: str, model) -> "Candidate":
+        return cls(name, freeze(model), model.cutoff)
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.teacher is not None
+
+    def calculator(self):
+        """A fresh ASE calculator (direct-force students answer with their force head)."""
+        if self.is_teacher:
+            return self.teacher.as_calculator()
+        from ffdistill.calculator import EnergyModelCalculator
+
+        return EnergyModelCalculator(self.model, self.cutoff, dtype=self.dtype)
+
+    def graph(self, atoms: ase.Atoms) -> AtomicGraph:
+        return from_ase(atoms, self.cutoff, dtype=self.dtype, labels=False)
+
+    def forces(self, atoms: ase.Atoms) -> np.ndarray:
+        """(N, 3) forces in eV/Å, float64."""
+        if self.is_teacher:
+            return self.teacher.label(atoms).forces
+        return model_forces(self.model, self.graph(atoms)).double().numpy()
+
+    def hessian(self, atoms: ase.Atoms) -> np.ndarray:
+        """(3N, 3N) -dF/dR in eV/Å² (autograd, or the teacher's own finite-difference rows)."""
+        if not self.is_teacher:
+            return model_hessian(self.model, self.graph(atoms))
+        n = 3 * len(atoms)
+        if self.teacher.has_autograd:
+            graph = self.teacher.graph(atoms)
+            return derivatives.full_hessian(self.teacher.energy, graph, vectorize=False).detach().double().numpy()
+        return self.teacher.label(atoms, rows=range(n)).hessian_rows.reshape(n, n)
+
+
+def student_candidates(paths: Sequence[str], taken: Sequence[str] = ("teacher",)) -> list[Candidate]:
+    """Candidates for saved students, named after their run folders (``runs/x/best.pt`` -> ``x``)."""
+    out, names = [], set(taken)
+    for path in paths:
+        name = _model_name(path, names)
+        names.add(name)
+        out.append(Candidate.of_student(name, load_for_inference(path)))
+    return out
+
+
+def _model_name(path: str, names: set) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = os.path.basename(os.path.dirname(os.path.abspath(path))) if stem == "best" else stem
+    return name if name not in names else f"{name}_{len(names)}"
