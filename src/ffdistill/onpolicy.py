@@ -1,0 +1,419 @@
+"""On-policy distillation: label the configurations the students themselves visit.
+
+Each round trains an ensemble of students (same data, different seeds) on everything labelled so far,
+runs Langevin MD with each student from training frames, measures on every visited frame how much the
+ensemble's force predictions disagree, has the teacher label the frames of largest disagreement, and
+adds them to the training data. It stops when every student's MD stays stable for the whole run and
+the largest disagreement is below a threshold, or after the given number of rounds.
+
+Output folder::
+
+    pool.zarr, heldout.zarr      the initial store split once into training pool and held-out test set
+    round_R/train.zarr           what round R trains on (round 0: pool.zarr; then the previous round's
+                                 train.zarr plus its new.zarr, copied frame by frame, never re-labelled)
+    round_R/student_K/           one training run per ensemble member (seed train.seed + K)
+    round_R/candidates.extxyz    every frame the students' MD visited, with its disagreement
+    round_R/new.extxyz, new.zarr the frames picked for the teacher, and their labels
+    round_R/round.json           the round's metrics; its presence marks the round complete (resume)
+    metrics.json, report.md      all rounds so far
+
+Teacher cost is counted in force-call equivalents: one per labelled frame (energy and forces) plus one
+per Hessian row for autograd teachers (one vector-Jacobian product) or two for finite-difference
+teachers, plus one per spot-checked frame.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ffdistill.errors import InputError
+
+
+#: Frames copied per append when joining stores.
+COPY_CHUNK = 256
+
+
+@dataclass
+class OnPolicySettings:
+    rounds: int = 3  #: most train → MD → label rounds
+    ensemble: int = 3  #: students per round (seeds train.seed, train.seed + 1, ...)
+    new_frames: int = 8  #: frames the teacher labels per round
+    md_steps: int = 400  #: Langevin steps per student and round (the target stable time)
+    md_temperature: float = 600.0  #: K
+    timestep_fs: float = 1.0
+    md_interval: int = 10  #: steps between visited frames kept as candidates
+    threshold: float = 0.1  #: eV/Å; stop once the largest disagreement is below this and MD is stable
+    spot_check: int = 0  #: teacher force calls on this many top candidates; then pick by true error
+    teacher: Optional[str] = None  #: teacher spec; default the initial store's teacher
+    test_store: Optional[str] = None  #: held-out store; default a test_fraction split of the initial store
+    test_fraction: float = 0.2
+    seed: int = 0
+
+
+def distill(config, settings: OnPolicySettings, progress: bool = True) -> list[dict]:
+    """Run (or resume) on-policy distillation into ``config.output``; returns one metrics dict per round."""
+    from ffdistill.teachers import load_teacher
+
+    out = config.output
+    os.makedirs(out, exist_ok=True)
+    pool, heldout = initial_split(config.data.store, settings, out)
+    teacher = load_teacher(settings.teacher or _attrs(pool)["teacher_spec"])
+    rounds: list[dict] = []
+    for r in range(settings.rounds):
+        folder = os.path.join(out, f"round_{r}")
+        train_store = pool if r == 0 else union_store(rounds[-1], folder)
+        summary = _read_json(os.path.join(folder, "round.json"))
+        if summary is None:
+            summary = run_round(r, train_store, heldout, teacher, config, settings, folder, progress, last=r == settings.rounds - 1)
+            _write_json(os.path.join(folder, "round.json"), summary)
+        rounds.append(summary)
+        write_report(out, rounds, settings)
+        if summary["converged"]:
+            break
+    return rounds
+
+
+# --------------------------------------------------------------------------------------------- stores
+
+
+def initial_split(store_path: str, settings: OnPolicySettings, out: str) -> tuple[str, str]:
+    """The training pool and the held-out store: a fixed split made once, so every round is scored alike."""
+    if settings.test_store:
+        return store_path, settings.test_store
+    from ffdistill.labels import LabelStore
+
+    pool, heldout = os.path.join(out, "pool.zarr"), os.path.join(out, "heldout.zarr")
+    store = LabelStore(store_path)
+    order = np.random.default_rng(settings.seed).permutation(len(store))
+    n_test = max(1, int(round(settings.test_fraction * len(store))))
+    if len(store) - n_test < 2:
+        raise InputError(f"{store_path} has {len(store)} frames: too few to hold {n_test} out and still train")
+    copy_frames([(store, sorted(order[:n_test].tolist()))], heldout)
+    copy_frames([(store, sorted(order[n_test:].tolist()))], pool)
+    return pool, heldout
+
+
+def copy_frames(sources: Sequence[tuple], path: str):
+    """A new store holding the given frames of the given stores, in order, exactly as stored.
+
+    Labels are copied, not recomputed; frames are renumbered 0, 1, ... Stores must share a teacher
+    and Hessian-row setting. Done already: returns the existing store.
+    """
+    from ffdistill.labels import LabelRequest, LabelStore, _append_values, _finish, _open_partial
+
+    if os.path.isdir(path):
+        return LabelStore(path)
+    first = sources[0][0].attrs
+    for store, _ in sources:
+        for key in ("teacher_spec", "teacher_version", "hessian_rows"):
+            if store.attrs[key] != first[key]:
+                raise InputError(f"cannot join {store.path}: its {key} differs from {sources[0][0].path}'s")
+    fingerprint = hashlib.sha256(json.dumps([[s.attrs["input_sha256"], list(map(int, idx))] for s, idx in sources]).encode()).hexdigest()
+    request = LabelRequest(fingerprint, first["teacher_spec"], first["teacher_version"], first["hessian_rows"], first["seed"], [0, 1], first.get("node_features", False))
+    shutil.rmtree(path + ".partial", ignore_errors=True)  # copying is cheap: start over rather than resume
+    group = _open_partial(path + ".partial", request, sources[0][0].path, sum(len(idx) for _, idx in sources))
+    frames = ((store, int(i)) for store, indices in sources for i in indices)
+    while chunk := list(itertools.islice(frames, COPY_CHUNK)):
+        values = [store.raw_frame(i) for store, i in chunk]
+        joined = {name: np.concatenate([v[name] for v in values]) for name in values[0]}
+        joined["frame_index"] = group.attrs["frames_done"] + np.arange(len(chunk))
+        _append_values(group, joined)  # one append per array and chunk: zarr round trips dominate otherwise
+        group.attrs["frames_done"] = group.attrs["frames_done"] + len(chunk)
+    return _finish(group, path + ".partial", path)
+
+
+def union_store(previous: dict, folder: str) -> str:
+    """Round R's training store: round R-1's plus the frames it had labelled."""
+    from ffdistill.labels import LabelStore
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "train.zarr")
+    parts = [LabelStore(previous["train_store"])]
+    if previous.get("new_store"):
+        parts.append(LabelStore(previous["new_store"]))
+    copy_frames([(s, range(len(s))) for s in parts], path)
+    return path
+
+
+def teacher_calls(store, fd_rows: bool) -> int:
+    """Force-call equivalents the teacher spent on a store: a call per frame plus one (two) per Hessian row."""
+    return int(len(store) + (2 if fd_rows else 1) * store.n_rows.sum())
+
+
+# --------------------------------------------------------------------------------------------- one round
+
+
+def run_round(r: int, train_store: str, heldout: str, teacher, config, settings: OnPolicySettings, folder: str, progress: bool, last: bool) -> dict:
+    """Train the ensemble, score it, run its MD, and (unless this is the last round) label the most
+    disputed frames. Every step skips work already on disk."""
+    from ffdistill.labels import LabelStore
+
+    os.makedirs(folder, exist_ok=True)
+    students = train_ensemble(config, train_store, folder, settings.ensemble, progress)
+    errors = [heldout_force_mae(path, heldout) for path in students]
+    starts = md_starts(train_store, len(students), settings.seed + r)
+    md = [student_md(path, start, settings, seed=settings.seed + 1000 * r + k) for k, (path, start) in enumerate(zip(students, starts))]
+    candidates = [frame for run in md for frame in run["frames"]]
+    scores = ensemble_disagreement(students, candidates)
+    stable = all(run["stable"] for run in md)
+    fd_rows = not getattr(teacher, "has_autograd", True)
+    summary = {
+        "round": r,
+        "train_store": train_store,
+        "train_frames": len(LabelStore(train_store)),
+        "teacher_calls_train_store": teacher_calls(LabelStore(train_store), fd_rows),
+        "heldout_force_mae_meV_per_A": float(np.mean(errors)),
+        "heldout_force_mae_per_student": errors,
+        "md_stable": [run["stable"] for run in md],
+        "md_time_ps": [run["time_ps"] for run in md],
+        "md_reason": [run["reason"] for run in md],
+        "candidates": len(candidates),
+        "max_disagreement": float(scores.max()) if len(scores) else 0.0,
+        "mean_disagreement": float(scores.mean()) if len(scores) else 0.0,
+    }
+    summary["converged"] = bool(stable and summary["max_disagreement"] < settings.threshold)
+    picked, spot_calls = [], 0
+    if not (last or summary["converged"]) and candidates:
+        picked, spot_calls = pick_frames(candidates, scores, students, teacher, settings)
+    _write_candidates(os.path.join(folder, "candidates.extxyz"), candidates, scores, picked)
+    summary.update(new_frames=len(picked), spot_check_calls=spot_calls, new_store=None, teacher_calls_new=spot_calls)
+    if picked:
+        store = label_new_frames(teacher, [candidates[i] for i in picked], folder, LabelStore(train_store).attrs, r, progress)
+        summary.update(new_store=store.path, teacher_calls_new=teacher_calls(store, fd_rows) + spot_calls)
+    return summary
+
+
+def train_ensemble(config, train_store: str, folder: str, size: int, progress: bool) -> list[str]:
+    """``size`` students on the same store, seeds train.seed + k; an interrupted run resumes."""
+    from ffdistill.train import train_from_config
+
+    paths = []
+    for k in range(size):
+        member = copy.deepcopy(config)
+        member.data.store, member.data.test_fraction = train_store, 0.0
+        member.train.seed, member.output = config.train.seed + k, os.path.join(folder, f"student_{k}")
+        resume = os.path.isfile(os.path.join(member.output, "checkpoint.pt"))
+        paths.append(train_from_config(member, resume=resume, progress=progress).best_path)
+    return paths
+
+
+def heldout_force_mae(student_path: str, heldout: str) -> float:
+    """Force MAE (meV/Å) of a student against the teacher on every held-out frame."""
+    from ffdistill.calculator import load_calculator
+    from ffdistill.labels import LabelStore
+
+    store, calc, errors = LabelStore(heldout), load_calculator(student_path), []
+    for i in range(len(store)):
+        atoms, labels = store.frame(i)
+        atoms.calc = calc
+        errors.append(np.abs(atoms.get_forces() - labels["forces"]).ravel())
+    return 1000 * float(np.concatenate(errors).mean())
+
+
+def md_starts(train_store: str, n: int, seed: int) -> list:
+    """``n`` training frames to start MD from, drawn without replacement where there are enough."""
+    from ffdistill.labels import LabelStore
+
+    store = LabelStore(train_store)
+    picks = np.random.default_rng(seed).choice(len(store), size=n, replace=n > len(store))
+    return [store.frame(int(i))[0] for i in picks]
+
+
+def student_md(student_path: str, start, settings: OnPolicySettings, seed: int) -> dict:
+    """Langevin MD with one student; every ``md_interval`` steps the frame is kept as a candidate.
+
+    Stops at the first sign of a blow-up (the criteria of ``ffdistill.simulate``); the frames up to it
+    are kept, since the approach to a blow-up is exactly where the student needs data.
+    """
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    from ffdistill.calculator import load_calculator
+    from ffdistill.simulate import bonded_pairs
+
+    atoms, rng, frames = start.copy(), np.random.default_rng(seed), []
+    atoms.calc = load_calculator(student_path)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=settings.md_temperature, rng=rng)
+    Stationary(atoms)
+    dyn = Langevin(atoms, settings.timestep_fs * units.fs, temperature_K=settings.md_temperature, friction=0.01 / units.fs, rng=rng)
+    bonds = bonded_pairs(atoms)
+    reference, reason = _bond_lengths(atoms, bonds), None
+    while dyn.nsteps < settings.md_steps and reason is None:
+        dyn.run(settings.md_interval)
+        frames.append(_visited(atoms, student_path, dyn.nsteps))
+        reason = _failure(atoms, bonds, reference)
+    time_ps = dyn.nsteps * settings.timestep_fs / 1000
+    return {"frames": [f for f in frames if _physical(f)], "stable": reason is None, "time_ps": time_ps, "reason": reason}
+
+
+def _bond_lengths(atoms, bonds) -> np.ndarray:
+    i, j, shifts = bonds
+    return np.linalg.norm(atoms.positions[j] - atoms.positions[i] + shifts @ atoms.cell.array, axis=1)
+
+
+def _failure(atoms, bonds, reference) -> Optional[str]:
+    """Why the MD counts as blown up, or None: the same limits as ``ffdistill evaluate``'s stability."""
+    from ffdistill.simulate import BOND_TOLERANCE, MAX_FORCE
+
+    forces = atoms.get_forces()
+    fmax = float(np.abs(forces).max()) if np.all(np.isfinite(forces)) else np.inf
+    if fmax > MAX_FORCE:
+        return f"|F| = {fmax:.3g} eV/Å > {MAX_FORCE:g} eV/Å at step {atoms.info.get('md_step', '?')}"
+    change = np.abs(_bond_lengths(atoms, bonds) - reference).max(initial=0.0)
+    return f"a bond changed by {change:.2f} Å > {BOND_TOLERANCE} Å" if change > BOND_TOLERANCE else None
+
+
+def _visited(atoms, student_path: str, step: int):
+    import ase
+
+    frame = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    frame.info.update(md_student=os.path.basename(os.path.dirname(student_path)), md_step=int(step))
+    return frame
+
+
+def _physical(atoms) -> bool:
+    """No teacher should be asked about overlapping atoms."""
+    from ffdistill.errors import FFDistillError
+    from ffdistill.graph import check_structure
+
+    try:
+        check_structure(atoms)
+        return True
+    except FFDistillError:
+        return False
+
+
+def ensemble_forces(students: Sequence[str], frames: Sequence) -> list[np.ndarray]:
+    """Per frame, the (members, N, 3) force predictions of every student."""
+    from ffdistill.calculator import load_calculator
+
+    calcs = [load_calculator(path) for path in students]
+    out = []
+    for frame in frames:
+        predictions = []
+        for calc in calcs:
+            atoms = frame.copy()
+            atoms.calc = calc
+            predictions.append(atoms.get_forces())
+        out.append(np.stack(predictions))
+    return out
+
+
+def force_disagreement(forces: np.ndarray) -> float:
+    """Largest per-atom spread of an ensemble's forces, eV/Å: max_i sqrt(mean_k |F_ki - mean_k F_ki|^2).
+
+    The maximum over atoms, not the mean: a student fails at one bad atom, and large cells would
+    otherwise dilute it.
+    """
+    spread = forces - forces.mean(axis=0, keepdims=True)
+    return float(np.sqrt((spread**2).sum(axis=-1).mean(axis=0)).max())
+
+
+def ensemble_disagreement(students: Sequence[str], frames: Sequence) -> np.ndarray:
+    return np.array([force_disagreement(f) for f in ensemble_forces(students, frames)])
+
+
+def pick_frames(candidates: Sequence, scores: np.ndarray, students: Sequence[str], teacher, settings: OnPolicySettings) -> tuple[list[int], int]:
+    """Indices of the frames to label (largest disagreement first), and the teacher calls spent choosing.
+
+    With ``spot_check`` the teacher's forces on the top candidates rank them by the ensemble mean's
+    true error instead: a cheap check that disagreement points where the students are actually wrong.
+    """
+    order = np.argsort(-scores, kind="stable")
+    if not settings.spot_check:
+        return sorted(order[: settings.new_frames].tolist()), 0
+    checked = order[: max(settings.spot_check, settings.new_frames)]
+    predicted = ensemble_forces(students, [candidates[i] for i in checked])
+    true_error = [np.abs(p.mean(axis=0) - teacher.label(candidates[i]).forces).max() for i, p in zip(checked, predicted)]
+    ranked = checked[np.argsort(-np.asarray(true_error), kind="stable")]
+    return sorted(ranked[: settings.new_frames].tolist()), len(checked)
+
+
+def _write_candidates(path: str, frames: Sequence, scores: np.ndarray, picked: Sequence[int]) -> None:
+    import ase.io
+
+    chosen = set(picked)
+    for k, (frame, score) in enumerate(zip(frames, scores)):
+        frame.info.update(disagreement=float(score), picked=k in chosen)
+    ase.io.write(path + ".partial", list(frames), format="extxyz")
+    os.replace(path + ".partial", path)
+
+
+def label_new_frames(teacher, frames: Sequence, folder: str, store_attrs: dict, r: int, progress: bool):
+    """The teacher's labels of the picked frames, with the training store's Hessian-row setting."""
+    import ase.io
+
+    from ffdistill.labels import LabelStore, label_file
+
+    extxyz, store = os.path.join(folder, "new.extxyz"), os.path.join(folder, "new.zarr")
+    if os.path.isdir(store):
+        return LabelStore(store)
+    if not os.path.isfile(extxyz):  # written once: a resumed label_file must see the same input
+        ase.io.write(extxyz + ".partial", list(frames), format="extxyz")
+        os.replace(extxyz + ".partial", extxyz)
+    rows = store_attrs["hessian_rows"]
+    return label_file(teacher, extxyz, store, rows=rows if rows == "all" else int(rows), seed=int(store_attrs["seed"]) + r + 1, progress=progress)
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def write_report(out: str, rounds: list[dict], settings: OnPolicySettings) -> None:
+    """metrics.json and report.md: per round, held-out force error, MD stability and teacher calls spent."""
+    spent = 0
+    for summary in rounds:
+        # What the round's students were trained on was paid for before the round or in earlier ones.
+        summary["teacher_calls_cumulative"] = summary["teacher_calls_train_store"] + summary["teacher_calls_new"] + _spot_before(rounds, summary)
+        spent = summary["teacher_calls_cumulative"]
+    _write_json(os.path.join(out, "metrics.json"), {"settings": asdict(settings), "rounds": rounds, "teacher_calls": spent})
+    lines = [
+        "# On-policy distillation",
+        "",
+        "| round | train frames | held-out force MAE (meV/Å) | MD stable | MD time (ps) | max disagreement (eV/Å) | new frames | teacher calls (cumulative) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in rounds:
+        stable = f"{sum(s['md_stable'])}/{len(s['md_stable'])}"
+        lines.append(
+            f"| {s['round']} | {s['train_frames']} | {s['heldout_force_mae_meV_per_A']:.1f} | {stable} | {min(s['md_time_ps']):.3f} | "
+            f"{s['max_disagreement']:.3f} | {s['new_frames']} | {s['teacher_calls_cumulative']} |"
+        )
+    verdict = "converged: MD stable and disagreement below threshold" if rounds[-1]["converged"] else "not converged"
+    lines += ["", f"Teacher calls are force-call equivalents (frames + Hessian rows + spot checks). Last round: {verdict}."]
+    with open(os.path.join(out, "report.md"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def _spot_before(rounds: list[dict], summary: dict) -> int:
+    """Spot checks of earlier rounds: spent, but not part of any store."""
+    return sum(s["spot_check_calls"] for s in rounds if s["round"] < summary["round"])
+
+
+def _attrs(store_path: str) -> dict:
+    from ffdistill.labels import LabelStore
+
+    return LabelStore(store_path).attrs
+
+
+def _read_json(path: str) -> Optional[dict]:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _write_json(path: str, data) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(tmp, path)

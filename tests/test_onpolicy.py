@@ -1,0 +1,98 @@
+"""On-policy distillation: a round labels the student-visited frames the ensemble disputes most,
+trains on the union without re-labelling, and a re-run resumes instead of repeating work."""
+
+import json
+import os
+
+import ase.io
+import numpy as np
+import pytest
+
+import ffdistill.onpolicy as onpolicy
+from ffdistill.config import load_config
+from ffdistill.labels import LabelStore
+from ffdistill.onpolicy import OnPolicySettings, distill, force_disagreement
+
+
+def _config(store, out):
+    # Cheapest student that still learns: no Hessian term (rows are stored, and counted, all the same).
+    overrides = [
+        f"data.store={store}", f"output={out}", "model.student=painn-tiny", "model.cutoff=3.0", "train.epochs=2",
+        "train.warmup_steps=1", "data.batch_size=8", "loss.hessian=0", "train.lr=1e-2",
+    ]
+    return load_config(None, overrides)
+
+
+SETTINGS = OnPolicySettings(rounds=2, ensemble=2, new_frames=3, md_steps=30, md_interval=10, md_temperature=300.0, threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """12 EMT-labelled 8-atom Cu frames with one Hessian row each."""
+    from conftest import write_frames
+
+    from ffdistill.labels import label_file
+    from ffdistill.teachers import load_teacher
+
+    folder = tmp_path_factory.mktemp("onpolicy_store")
+    frames = write_frames(folder / "cu12.extxyz", n=12)
+    label_file(load_teacher("ase:ase.calculators.emt:EMT"), frames, str(folder / "cu12.zarr"), rows=1, progress=False)
+    return str(folder / "cu12.zarr")
+
+
+@pytest.fixture(scope="module")
+def finished(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onpolicy") / "run"
+    rounds = distill(_config(store, str(out)), SETTINGS, progress=False)
+    return str(out), rounds
+
+
+def test_one_round_labels_the_most_disputed_frames_of_the_students_md(finished):
+    out, rounds = finished
+    visited = ase.io.read(os.path.join(out, "round_0", "candidates.extxyz"), ":")
+    picked = [a for a in visited if a.info["picked"]]
+    passed = [a for a in visited if not a.info["picked"]]
+    assert len(picked) == SETTINGS.new_frames == rounds[0]["new_frames"] and passed
+    assert min(a.info["disagreement"] for a in picked) >= max(a.info["disagreement"] for a in passed)
+    assert all(a.info["md_student"].startswith("student_") and a.info["md_step"] > 0 for a in picked)
+    new = LabelStore(os.path.join(out, "round_0", "new.zarr"))
+    pool = LabelStore(os.path.join(out, "pool.zarr"))
+    for i in range(len(new)):
+        atoms, _ = new.frame(i)
+        assert any(np.allclose(atoms.positions, a.positions) for a in picked), "a labelled frame the MD did not visit"
+        assert not any(np.allclose(atoms.positions, pool.frame(j)[0].positions, atol=1e-3) for j in range(len(pool)))
+
+
+def test_next_round_trains_on_the_union_and_the_report_counts_teacher_calls(finished):
+    out, rounds = finished
+    pool, new = LabelStore(os.path.join(out, "pool.zarr")), LabelStore(os.path.join(out, "round_0", "new.zarr"))
+    union = LabelStore(rounds[1]["train_store"])
+    assert len(union) == len(pool) + len(new) == rounds[1]["train_frames"]
+    last = union.frame(len(union) - 1)[1]
+    np.testing.assert_array_equal(last["forces"], new.frame(len(new) - 1)[1]["forces"])  # copied, not recomputed
+    fd_rows = 2  # EMT's Hessian rows are central differences: two force calls each
+    pool_cost = len(pool) + fd_rows * int(pool.n_rows.sum())
+    new_cost = len(new) + fd_rows * int(new.n_rows.sum())
+    assert rounds[0]["teacher_calls_cumulative"] == pool_cost + new_cost == rounds[1]["teacher_calls_cumulative"]
+    assert rounds[1]["new_frames"] == 0, "the last round only trains and measures"
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert [r["heldout_force_mae_meV_per_A"] > 0 for r in metrics["rounds"]] == [True, True]
+    assert "teacher calls" in open(os.path.join(out, "report.md")).read()
+
+
+def test_a_rerun_resumes_without_repeating_finished_rounds(finished, store, monkeypatch):
+    out, rounds = finished
+    os.remove(os.path.join(out, "round_1", "round.json"))  # as if interrupted after round 1's training
+    monkeypatch.setattr(onpolicy, "label_new_frames", lambda *a, **k: pytest.fail("re-labelled frames"))
+    again = distill(_config(store, out), SETTINGS, progress=False)
+    assert again[0] == rounds[0]
+    assert again[1]["heldout_force_mae_meV_per_A"] == pytest.approx(rounds[1]["heldout_force_mae_meV_per_A"])
+
+
+def test_disagreement_is_the_largest_per_atom_spread():
+    same = np.ones((3, 4, 3))
+    assert force_disagreement(same) == 0.0
+    spread = same.copy()
+    spread[0, 2] += [0.3, 0.0, 0.0]
+    spread[1, 2] -= [0.3, 0.0, 0.0]
+    assert force_disagreement(spread) == pytest.approx(np.sqrt(2 * 0.09 / 3))
