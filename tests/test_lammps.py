@@ -97,7 +97,8 @@ def assert_same_md(atoms, student, steps, compare_steps):
     # Velocities crossed in the right units (LAMMPS' and ASE's unit constants differ in the 8th digit).
     assert abs(run.thermo["ke"][0] - kinetic) <= KINETIC_RELATIVE_TOLERANCE * kinetic
     lammps_positions = np.array([f.positions for f in frames])
-    assert_close(lammps_positions[: compare_steps + 1], ase_positions[: compare_steps + 1], POSITION_TOLERANCE, what="positions")
+    compared = slice(0, compare_steps + 1)
+    assert_close(lammps_positions[compared], ase_positions[compared], POSITION_TOLERANCE, what="positions")
     assert np.abs(ase_positions[compare_steps] - ase_positions[0]).max() > 1e-3  # the atoms did move
     return run
 
@@ -168,7 +169,8 @@ def emulated_mliap_data(atoms, model, ghost_cutoff):
     keep = distance <= ghost_cutoff
     keep[:n] = True
     x, owner = x[keep], owner[keep]
-    i, j = NeighborList(cutoff=model.student.cutoff, full_list=True).compute(x, np.zeros((3, 3)), False, quantities="ij")
+    neighbours = NeighborList(cutoff=model.student.cutoff, full_list=True)
+    i, j = neighbours.compute(x, np.zeros((3, 3)), False, quantities="ij")
     order = np.lexsort((j, i))
     elems = np.searchsorted(model.student.elements, atoms.numbers[owner])
     return FakeMLIAPData(n, elems, i[order], j[order], x[j[order]] - x[i[order]]), owner
@@ -179,7 +181,8 @@ class FakeMLIAPData:
 
     def __init__(self, nlocal, elems, pair_i, pair_j, rij):
         self.nlistatoms, self.ntotal, self.npairs = nlocal, len(elems), len(pair_i)
-        self.elems, self.pair_i, self.pair_j, self.rij = elems.astype(np.int32), pair_i.astype(np.int32), pair_j.astype(np.int32), rij
+        self.elems, self.pair_i, self.pair_j = (a.astype(np.int32) for a in (elems, pair_i, pair_j))
+        self.rij = rij
         self.f = np.zeros((len(elems), 3))
         self.energy = self.eatoms = None
         self.eflag = self.vflag = 1
@@ -263,7 +266,8 @@ def test_direct_student_exports_and_runs_its_force_head(tmp_path):
     float32 = load_student_float32(path)
     graph = from_ase(atoms, float32.cutoff, labels=False)
     head = float32(graph, return_forces=True)[1].detach().double().numpy()
-    autograd = -torch.autograd.grad(float32(graph._replace(R=graph.R.requires_grad_(True))).sum(), graph.R)[0].double().numpy()
+    R = graph.R.requires_grad_(True)
+    autograd = -torch.autograd.grad(float32(graph._replace(R=R)).sum(), R)[0].double().numpy()
     assert np.abs(head - autograd).max() > 0.1  # -dE/dR of the perturbed energy head is not the answer
     exported = atoms.copy()
     exported.calc = ExportedStudent(str(tmp_path / "exported.pt"))
@@ -286,7 +290,8 @@ def test_lammps_verb_writes_trajectory_and_thermo(tmp_path, capsys):
     save_student(random_student([14]), path)
     ase.io.write(tmp_path / "si.extxyz", bulk("Si", "diamond", a=5.43, cubic=True))
     out = str(tmp_path / "md.traj")
-    assert main(["lammps", path, str(tmp_path / "si.extxyz"), "--steps", "6", "--interval", "3", "--ensemble", "nvt", "-o", out, "-q"]) == 0
+    argv = ["lammps", path, str(tmp_path / "si.extxyz"), "--steps", "6", "--interval", "3", "--ensemble", "nvt"]
+    assert main(argv + ["-o", out, "-q"]) == 0
     assert len(ase.io.read(out, ":")) == 3
     assert len(open(out + ".log").read().splitlines()) == 4
     assert main(["lammps", str(tmp_path / "missing.pt"), str(tmp_path / "si.extxyz"), "-o", out, "-q"]) == 2
@@ -311,7 +316,9 @@ def test_more_than_one_mpi_rank_is_refused_in_one_line(tmp_path):
     path = str(tmp_path / "best.pt")
     save_student(random_student([14]), path)
     mpiexec = os.path.join(sys.prefix, "bin", "mpiexec")
-    result = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", MORE_THAN_ONE_RANK, path], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [mpiexec, "-n", "2", sys.executable, "-c", MORE_THAN_ONE_RANK, path]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode != 0
-    assert result.stdout.count("one MPI rank only") == 2 and result.stdout.count("got 2 ranks") == 2, result.stdout + result.stderr  # each rank
+    said = result.stdout
+    assert said.count("one MPI rank only") == 2 and said.count("got 2 ranks") == 2, said + result.stderr  # each rank

@@ -104,7 +104,8 @@ def test_ase_socket_server_gets_the_calculators_energy_forces_and_stress():
         atoms.calc = server
         for seed in (1, 2):  # two requests: new positions and a strained cell through the same connection
             atoms.positions = silicon(seed).positions
-            atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.01 * seed * np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0]])), scale_atoms=True)
+            shear = np.eye(3) + 0.01 * seed * np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0]])
+            atoms.set_cell(atoms.cell.array @ shear, scale_atoms=True)
             reference = atoms.copy()
             reference.calc = float64_calculator(student)
             assert abs(atoms.get_potential_energy() - reference.get_potential_energy()) < SOCKET_TOLERANCE
@@ -153,7 +154,8 @@ def test_ipi_path_integral_run_with_the_student(tmp_path, monkeypatch):
     name = socket_name()
     beads = 4
     xml = simulation_xml(
-        structures=[atoms.copy() for _ in range(beads)], forcefield=forcefield_xml("student", mode="unix", address=name),
+        structures=[atoms.copy() for _ in range(beads)],
+        forcefield=forcefield_xml("student", mode="unix", address=name),
         motion=motion_nvt_xml(timestep=0.5 * units.fs, path_integrals=True), temperature=300.0, prefix="pimd",
     )
     simulation = InteractiveSimulation(xml)

@@ -72,8 +72,8 @@ def export_student(student_path: str, output: str, format: str = "torchscript") 
     inputs = (example.Z, example.R, example.cell[0], example.edge_index, example.shifts)
     with torch.jit.optimized_execution(False):
         traced = torch.jit.trace(wrapper, inputs, check_trace=False)
-    meta = {"cutoff": student.cutoff, "elements": student.elements, "format": "ffdistill-exported-energy", "dtype": "float32",
-            "forces": "direct" if student.direct else "autograd"}
+    meta = {"cutoff": student.cutoff, "elements": student.elements, "format": "ffdistill-exported-energy",
+            "dtype": "float32", "forces": "direct" if student.direct else "autograd"}
     torch.jit.save(traced, output, _extra_files={"ffdistill.json": json.dumps(meta)})
     calculator = os.path.join(os.path.dirname(os.path.abspath(output)), "standalone_calculator.py")
     shutil.copyfile(STANDALONE, calculator)
@@ -89,15 +89,15 @@ def export_mliap(student_path: str, output: str, dtype=torch.float32) -> str:
     from ffdistill.lammps import mliap_model
 
     if output.endswith((".pt", ".pth")):
-        raise InputError(f"{output}: LAMMPS would torch.load a .pt/.pth file; name the ML-IAP model e.g. student.mliap.pkl")
+        raise InputError(f"{output}: LAMMPS would torch.load a .pt/.pth file; name the model e.g. student.mliap.pkl")
     model = mliap_model(load_student(student_path), dtype)
     tmp = f"{output}.tmp{os.getpid()}"
     with open(tmp, "wb") as handle:
         pickle.dump(model, handle)
     os.replace(tmp, output)
     elements = " ".join(model.element_types)
-    return (f"comm_modify cutoff {model.receptive_field + 2.0:g}\n"  # ghosts out to layers x cutoff, plus the neighbour skin
-            f"pair_style mliap unified {output} 1\npair_coeff * * {elements}")
+    ghost_cutoff = model.receptive_field + 2.0  # layers x cutoff, plus LAMMPS' default metal neighbour skin
+    return f"comm_modify cutoff {ghost_cutoff:g}\npair_style mliap unified {output} 1\npair_coeff * * {elements}"
 
 
 def _example_graph(student) -> AtomicGraph:

