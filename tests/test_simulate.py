@@ -10,7 +10,7 @@ from ase.calculators.emt import EMT
 from ase.vibrations import Vibrations
 
 from ffdistill.errors import FFDistillError
-from ffdistill.simulate import Blowup, frequencies_cm1, md_stability, nve_energy_drift, run_md
+from ffdistill.simulate import Blowup, frequencies_cm1, md_stability, nve_energy_drift, run_md, vibrational_frequencies
 
 #: EMT copper, 32 atoms, 300 K, 1 fs: drift seen here ~0.01 meV/atom/ps; 1 is a loose but telling bound.
 EMT_DRIFT_BOUND = 1.0  # meV/atom/ps
@@ -49,17 +49,19 @@ def test_frequencies_from_our_hessian_match_ase_vibrations(emt_teacher, tmp_path
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)  # perfect crystal: an equilibrium by symmetry
     H = emt_teacher.label(atoms, rows=range(12)).hessian_rows.reshape(12, 12)
     ours = np.sort(frequencies_cm1(H, atoms.get_masses()))
+    projected = vibrational_frequencies(H, atoms)  # a crystal: the 3 translations removed, nothing else
     monkeypatch.chdir(tmp_path)
     atoms.calc = EMT()
     vib = Vibrations(atoms, delta=1e-3, nfree=2)
     vib.run()
     theirs = np.sort([f.real if abs(f.imag) < 1e-9 else -abs(f.imag) for f in vib.get_frequencies()])
     assert np.abs(ours - theirs).max() < FREQUENCY_TOLERANCE, (ours, theirs)
+    assert len(projected) == 9 and np.abs(projected - theirs[3:]).max() < FREQUENCY_TOLERANCE, (projected, theirs)
     assert ours[-1] > 100  # real optical modes, not zeros
 
 
 def test_md_command_stops_with_a_clear_message_on_blowup(tmp_path):
-    with pytest.raises(Blowup, match="step .*: (a bond changed|forces blew up)"):
+    with pytest.raises(Blowup, match=r"step \d+: (a bond changed by .* > 0.5 Å|\|F\| = .* > 50 eV/Å) \(first failed check"):
         run_md(UphillEMT(), copper(), "nve", 300, 500, str(tmp_path / "x.traj"), progress=False)
     assert issubclass(Blowup, FFDistillError)
 
@@ -73,21 +75,102 @@ def test_md_resumes_from_its_trajectory(tmp_path):
     assert ran == 20 and len(read(traj, ":")) == 7
 
 
-def test_evaluate_writes_report_and_all_metrics(emt_store, tmp_path):
-    from ffdistill.config import load_config
-    from ffdistill.report import evaluate_from_paths
-    from ffdistill.train import train_from_config
+#: A profile short enough for CI: every check runs, none for long.
+TINY = dict(name="tiny", nvt_runs=2, nvt_steps=20, nve_steps=20, teacher_md_budget_s=1.0, growth_sizes=(8, 32), timing_repeats=5)
 
-    config = load_config(None, [f"data.store={emt_store}", f"output={tmp_path / 'run'}", "model.student=painn-tiny", "model.cutoff=4.0", "train.epochs=2"])
-    student = train_from_config(config, progress=False).best_path
+
+def test_evaluate_writes_report_and_all_metrics(emt_store, tmp_path):
+    import torch
+
+    from ffdistill.calculator import save_student
+    from ffdistill.evaluate.report import Profile, evaluate_from_paths
+    from ffdistill.evaluate.speed import replicas
+    from ffdistill.labels import LabelStore
+    from ffdistill.students import build_student
+
+    torch.manual_seed(0)
+    model = build_student("painn-tiny", [29], cutoff=4.0)
+    with torch.no_grad():
+        model.readout[-1].weight.normal_(0.0, 0.1)  # an untrained but not force-free student
+    os.makedirs(tmp_path / "run")
+    save_student(model, str(tmp_path / "run" / "best.pt"))
+    student = str(tmp_path / "run" / "best.pt")
     out = tmp_path / "eval"
-    evaluate_from_paths([student], emt_store, "ase:ase.calculators.emt:EMT", str(out), md_steps=20, md_runs=2)
+    cell = bulk("Cu", "fcc", a=3.6, cubic=True)
+    evaluate_from_paths([student], emt_store, "ase:ase.calculators.emt:EMT", str(out), profile=Profile(**TINY), phonon_cell=cell, threads=1)
     metrics = json.load(open(out / "metrics.json"))["models"]
     assert set(metrics) == {"teacher", "run"}
-    required = {"energy_mae_meV_per_atom", "force_mae_meV_per_A", "hessian_row_mae", "seconds_per_force_call", "speedup_vs_teacher", "md_stable_fraction", "mean_time_to_instability_ps", "nve_drift_meV_per_atom_per_ps", "frequency_mae_cm1", "relaxed_rmsd_A", "md_steps_per_second"}
+    required = {
+        "energy_mae_meV_per_atom", "force_mae_meV_per_A", "hessian_row_mae", "seconds_per_force_call", "speedup_vs_teacher", "md_stable_fraction",
+        "mean_time_to_instability_ps", "md_check_interval", "nve_drift_meV_per_atom_per_ps", "frequency_mae_cm1", "imaginary_modes", "relaxed_rmsd_A",
+        "md_steps_per_second", "ns_per_day", "rdf_mae_vs_teacher", "vdos_overlap_vs_teacher", "phonon_band_mae_cm1", "phonon_gamma_mae_cm1", "cost_growth_s_per_call",
+    }
     for name, block in metrics.items():
         assert required <= set(block), (name, required - set(block))
-    assert metrics["teacher"]["frequency_mae_cm1"] == 0 and metrics["run"]["force_mae_meV_per_A"] > 0
-    for name in ("report.md", "nve_energy.png", "frequencies.png"):
+    teacher, run = metrics["teacher"], metrics["run"]
+    # The teacher is the yardstick here (its own labels): no made-up zeros.
+    assert teacher["force_mae_meV_per_A"] is None and teacher["frequency_mae_cm1"] is None and teacher["is_reference"]
+    assert run["force_mae_meV_per_A"] > 0 and run["frequency_mae_cm1"] > 0 and run["phonon_band_mae_cm1"] > 0
+    assert run["md_runs"] == 2 and run["md_steps"] == 20 and 0 < run["vdos_overlap_vs_teacher"] <= 1.0 + 1e-9
+    start = LabelStore(emt_store).frame(0)[0]  # timing and growth run on the first test frame
+    assert set(run["cost_growth_s_per_call"]) == {str(len(start) * replicas(start, t) ** 3) for t in (8, 32)}
+    for name in ("report.md", "nve_energy.png", "frequencies.png", "rdf.png", "vdos.png", "phonons.png", "cost_growth.png"):
         assert os.path.getsize(out / name) > 0
-    assert "Verdict" in open(out / "report.md").read()
+    report = open(out / "report.md").read()
+    assert "Verdict" in report and "| teacher | reference | reference |" in report
+    assert "bond change > 0.5 Å or |F| > 50 eV/Å, checked every step" in report and "(limit 1)" in report
+
+
+def test_teacher_error_is_measured_against_reference_labels(emt_teacher, tmp_path):
+    """Frames that carry their own labels (here EMT × 1.1, standing in for DFT): the teacher is scored
+    against them, and its error is exactly the 10 % it differs by."""
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from ffdistill.evaluate.accuracy import load_test_set, teacher_accuracy
+    from ffdistill.labels import label_file
+
+    frames, expected_f, expected_e = [], [], []
+    for k in range(3):
+        atoms = copper((1, 1, 1))
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = EMT()
+        e, f = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=1.1 * e, forces=1.1 * f)
+        frames.append(atoms)
+        expected_f.append(np.abs(0.1 * f).mean())
+        expected_e.append(abs(0.1 * e) / len(atoms))
+    ase.io.write(tmp_path / "dft.extxyz", frames)
+    label_file(emt_teacher, str(tmp_path / "dft.extxyz"), str(tmp_path / "s.zarr"), rows=0, progress=False)
+    test = load_test_set(str(tmp_path / "s.zarr"), emt_teacher)
+    assert not test.teacher_is_reference
+    got = teacher_accuracy(emt_teacher, test)
+    assert got["force_mae_meV_per_A"] == pytest.approx(1000 * np.mean(expected_f), rel=1e-6)
+    assert got["energy_mae_meV_per_atom"] == pytest.approx(1000 * np.mean(expected_e), rel=1e-6)
+
+
+def _student_metrics(**changes):
+    m = {
+        "role": "student", "md_runs": 3, "md_stable_runs": 3, "md_steps": 10000, "md_total_ps": 30.0, "nve_failed_step": None,
+        "nve_drift_meV_per_atom_per_ps": 0.2, "rdf_mae_vs_teacher": 0.03, "vdos_overlap_vs_teacher": 0.93, "speedup_vs_teacher": 20.0,
+    }
+    return {"teacher": {"role": "teacher"}, "s": {**m, **changes}}
+
+
+@pytest.mark.parametrize("changes, failed", [
+    ({}, []),
+    ({"nve_drift_meV_per_atom_per_ps": -1.7}, ["NVE drift"]),
+    ({"md_stable_runs": 2, "md_total_ps": 20.4}, ["NVT stability"]),
+    ({"rdf_mae_vs_teacher": 0.4, "vdos_overlap_vs_teacher": None}, ["RDF", "VDOS"]),
+])
+def test_verdict_is_fit_only_when_every_threshold_holds_and_names_what_failed(changes, failed):
+    from ffdistill.evaluate.report import verdict
+
+    text = verdict(_student_metrics(**changes))
+    assert "**teacher**" not in text  # the yardstick gets no verdict
+    if not failed:
+        assert "fit for MD here" in text and "NOT" not in text
+    else:
+        assert f"NOT fit for MD: {', '.join(failed)} failed" in text
+    assert "(limit 1)" in text and "(limit 0.1)" in text and "(needs ≥ 0.8)" in text  # every threshold shown with its value
+    assert ("|-1.70|" in text) == ("NVE drift" in failed)
