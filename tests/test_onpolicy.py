@@ -28,15 +28,18 @@ SETTINGS = OnPolicySettings(rounds=2, ensemble=2, new_frames=3, md_steps=30, md_
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """12 EMT-labelled 8-atom Cu frames with one Hessian row each."""
-    from conftest import write_frames
+    """12 EMT-labelled 8-atom Cu frames in groups of two, with one Hessian row each."""
+    from conftest import rattled_cu
 
     from ffdistill.labels import label_file
     from ffdistill.teachers import load_teacher
 
     folder = tmp_path_factory.mktemp("onpolicy_store")
-    frames = write_frames(folder / "cu12.extxyz", n=12)
-    label_file(load_teacher("ase:ase.calculators.emt:EMT"), frames, str(folder / "cu12.zarr"), rows=1, progress=False)
+    frames = [rattled_cu(k) for k in range(12)]
+    for k, atoms in enumerate(frames):
+        atoms.info["group"] = k // 2
+    ase.io.write(folder / "cu12.extxyz", frames, format="extxyz")
+    label_file(load_teacher("ase:ase.calculators.emt:EMT"), str(folder / "cu12.extxyz"), str(folder / "cu12.zarr"), rows=1, progress=False)
     return str(folder / "cu12.zarr")
 
 
@@ -68,6 +71,10 @@ def test_next_round_trains_on_the_union_and_the_report_counts_teacher_calls(fini
     pool, new = LabelStore(os.path.join(out, "pool.zarr")), LabelStore(os.path.join(out, "round_0", "new.zarr"))
     union = LabelStore(rounds[1]["train_store"])
     assert len(union) == len(pool) + len(new) == rounds[1]["train_frames"]
+    groups = union.groups()
+    assert not set(groups[: len(pool)]) & set(groups[len(pool) :]), "a new trajectory merged into a pool group"
+    heldout = LabelStore(os.path.join(out, "heldout.zarr"))
+    assert not set(heldout.groups()) & set(pool.groups()), "the held-out split cut a group"
     last = union.frame(len(union) - 1)[1]
     np.testing.assert_array_equal(last["forces"], new.frame(len(new) - 1)[1]["forces"])  # copied, not recomputed
     fd_rows = 2  # EMT's Hessian rows are central differences: two force calls each
@@ -96,3 +103,15 @@ def test_disagreement_is_the_largest_per_atom_spread():
     spread[0, 2] += [0.3, 0.0, 0.0]
     spread[1, 2] -= [0.3, 0.0, 0.0]
     assert force_disagreement(spread) == pytest.approx(np.sqrt(2 * 0.09 / 3))
+
+
+def test_cli_distill_reports_per_round_and_resumes_a_finished_run(finished, store, capsys):
+    from ffdistill.cli import main
+
+    out, rounds = finished
+    overrides = [f"data.store={store}", f"output={out}", "model.student=painn-tiny", "model.cutoff=3.0", "train.epochs=2"]
+    args = ["--rounds", "2", "--ensemble", "2", "--new-frames", "3", "--md-steps", "30", "--md-temperature", "300", "--threshold", "0", "-q"]
+    assert main(["distill", *overrides, *args]) == 0
+    printed = capsys.readouterr().out
+    assert "| round |" in printed and "2 rounds" in printed
+    assert json.load(open(os.path.join(out, "metrics.json")))["teacher_calls"] == rounds[-1]["teacher_calls_cumulative"]

@@ -199,6 +199,21 @@ def cmd_serve(args) -> None:
     print(f"served {answered} force requests; the server closed the connection")
 
 
+def cmd_distill(args) -> None:
+    from ffdistill.onpolicy import OnPolicySettings, distill
+
+    settings = OnPolicySettings(
+        rounds=args.rounds, ensemble=args.ensemble, new_frames=args.new_frames, md_steps=args.md_steps, md_temperature=args.md_temperature,
+        timestep_fs=args.timestep, md_interval=args.md_interval, threshold=args.threshold, spot_check=args.spot_check,
+        teacher=args.teacher, test_store=args.test, test_fraction=args.test_fraction, seed=args.seed,
+    )
+    config = _config(args)
+    rounds = distill(config, settings, progress=not args.quiet)
+    with open(f"{config.output}/report.md") as handle:
+        print(handle.read().rstrip())
+    print(f"{len(rounds)} rounds; students, data and metrics in {config.output}/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ffdistill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -336,6 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-teacher", action="store_true")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_phonons)
+
+    p = sub.add_parser("distill", help="on-policy rounds: train an ensemble, run its MD, label the frames it disputes, retrain")
+    p.add_argument("config", help="YAML run config; data.store is the initial label store, output the run folder")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=50")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--ensemble", type=int, default=3, help="students per round (different seeds)")
+    p.add_argument("--new-frames", type=int, default=8, help="frames the teacher labels per round")
+    p.add_argument("--md-steps", type=int, default=400, help="Langevin steps per student and round (the target stable time)")
+    p.add_argument("--md-temperature", type=float, default=600.0)
+    p.add_argument("--timestep", type=float, default=1.0, help="fs")
+    p.add_argument("--md-interval", type=int, default=10, help="steps between candidate frames")
+    p.add_argument("--threshold", type=float, default=0.1, help="eV/Å: stop once MD is stable and disagreement is below this")
+    p.add_argument("--spot-check", type=int, default=0, help="teacher force calls on this many top candidates; pick by true error")
+    p.add_argument("--teacher", help="teacher spec (default: the initial store's teacher)")
+    p.add_argument("--test", help="held-out label store (default: hold out --test-fraction of the initial store)")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_distill)
 
     for p in sub.choices.values():
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -92,21 +92,23 @@ def initial_split(store_path: str, settings: OnPolicySettings, out: str) -> tupl
     from ffdistill.labels import LabelStore
 
     pool, heldout = os.path.join(out, "pool.zarr"), os.path.join(out, "heldout.zarr")
+    from ffdistill.data import split_indices
+
     store = LabelStore(store_path)
-    order = np.random.default_rng(settings.seed).permutation(len(store))
-    n_test = max(1, int(round(settings.test_fraction * len(store))))
-    if len(store) - n_test < 2:
-        raise InputError(f"{store_path} has {len(store)} frames: too few to hold {n_test} out and still train")
-    copy_frames([(store, sorted(order[:n_test].tolist()))], heldout)
-    copy_frames([(store, sorted(order[n_test:].tolist()))], pool)
+    train, _, test = split_indices(store.groups(), 0.0, settings.test_fraction, settings.seed)  # whole groups
+    if not test:
+        raise InputError(f"test_fraction={settings.test_fraction} holds out no frame of {store_path}")
+    copy_frames([(store, sorted(test))], heldout)
+    copy_frames([(store, sorted(train))], pool)
     return pool, heldout
 
 
 def copy_frames(sources: Sequence[tuple], path: str):
     """A new store holding the given frames of the given stores, in order, exactly as stored.
 
-    Labels are copied, not recomputed; frames are renumbered 0, 1, ... Stores must share a teacher
-    and Hessian-row setting. Done already: returns the existing store.
+    Labels are copied, not recomputed; frames are renumbered 0, 1, ... and each source's group ids are
+    moved past those of the sources before it, so groups of different stores never merge. Stores must
+    share a teacher and Hessian-label settings. Done already: returns the existing store.
     """
     from ffdistill.labels import LabelRequest, LabelStore, _append_values, _finish, _open_partial
 
@@ -114,21 +116,42 @@ def copy_frames(sources: Sequence[tuple], path: str):
         return LabelStore(path)
     first = sources[0][0].attrs
     for store, _ in sources:
-        for key in ("teacher_spec", "teacher_version", "hessian_rows"):
-            if store.attrs[key] != first[key]:
+        for key in ("teacher_spec", "teacher_version", "hessian_rows", "hessian_probes"):
+            if store.attrs.get(key) != first.get(key):
                 raise InputError(f"cannot join {store.path}: its {key} differs from {sources[0][0].path}'s")
     fingerprint = hashlib.sha256(json.dumps([[s.attrs["input_sha256"], list(map(int, idx))] for s, idx in sources]).encode()).hexdigest()
-    request = LabelRequest(fingerprint, first["teacher_spec"], first["teacher_version"], first["hessian_rows"], first["seed"], [0, 1], first.get("node_features", False))
+    request = LabelRequest(
+        fingerprint, first["teacher_spec"], first["teacher_version"], first["hessian_rows"], first["seed"], [0, 1],
+        first.get("node_features", False), first.get("hessian_probes", 0), "copied",
+    )
     shutil.rmtree(path + ".partial", ignore_errors=True)  # copying is cheap: start over rather than resume
     group = _open_partial(path + ".partial", request, sources[0][0].path, sum(len(idx) for _, idx in sources))
-    frames = ((store, int(i)) for store, indices in sources for i in indices)
+    frames = _frames_with_group_offsets(sources)
     while chunk := list(itertools.islice(frames, COPY_CHUNK)):
-        values = [store.raw_frame(i) for store, i in chunk]
+        values = [_regrouped(store.raw_frame(i), offset) for store, i, offset in chunk]
         joined = {name: np.concatenate([v[name] for v in values]) for name in values[0]}
         joined["frame_index"] = group.attrs["frames_done"] + np.arange(len(chunk))
         _append_values(group, joined)  # one append per array and chunk: zarr round trips dominate otherwise
         group.attrs["frames_done"] = group.attrs["frames_done"] + len(chunk)
     return _finish(group, path + ".partial", path)
+
+
+def _frames_with_group_offsets(sources: Sequence[tuple]):
+    offset = 0
+    for store, indices in sources:
+        for i in indices:
+            yield store, int(i), offset
+        offset += int(store.groups().max(initial=-1)) + 1
+
+
+def _regrouped(values: dict, offset: int) -> dict:
+    """A copied frame with its group id moved by ``offset`` (its checksum covers the group)."""
+    from ffdistill.labels import frame_checksum
+
+    if offset and "group" in values:
+        values["group"] = values["group"] + offset
+        values["checksum"] = np.array([frame_checksum(values)], dtype=values["checksum"].dtype)
+    return values
 
 
 def union_store(previous: dict, folder: str) -> str:
@@ -277,7 +300,9 @@ def _visited(atoms, student_path: str, step: int):
     import ase
 
     frame = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    frame.info.update(md_student=os.path.basename(os.path.dirname(student_path)), md_step=int(step))
+    student = os.path.basename(os.path.dirname(student_path))
+    # One group per trajectory: its frames are correlated and must stay on one side of a split.
+    frame.info.update(md_student=student, md_step=int(step), group=int(student.rpartition("_")[2] or 0))
     return frame
 
 
