@@ -115,3 +115,28 @@ def test_cli_distill_reports_per_round_and_resumes_a_finished_run(finished, stor
     printed = capsys.readouterr().out
     assert "| round |" in printed and "2 rounds" in printed
     assert json.load(open(os.path.join(out, "metrics.json")))["teacher_calls"] == rounds[-1]["teacher_calls_cumulative"]
+
+
+class _KnownForces:
+    """A stand-in teacher whose forces are zero, so the ensemble mean's own size is its true error."""
+
+    has_autograd = True
+
+    def label(self, atoms):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(forces=np.zeros((len(atoms), 3)))
+
+
+def test_spot_check_picks_the_truly_worst_of_the_most_disputed_and_counts_its_calls(monkeypatch):
+    from ase.build import bulk
+
+    candidates = [bulk("Cu", cubic=True) for _ in range(5)]
+    scores = np.array([0.9, 0.8, 0.7, 0.1, 0.05])  # disputed order: 0, 1, 2
+    wrong = {0: 0.1, 1: 2.0, 2: 1.0, 3: 9.0, 4: 9.0}  # truly worst: 3 and 4, but never spot-checked
+    predictions = {id(c): np.full((2, 4, 3), wrong[k]) for k, c in enumerate(candidates)}
+    monkeypatch.setattr(onpolicy, "ensemble_forces", lambda students, frames: [predictions[id(f)] for f in frames])
+    settings = OnPolicySettings(new_frames=2, spot_check=3)
+    picked, calls = onpolicy.pick_frames(candidates, scores, ["a", "b"], _KnownForces(), settings)
+    assert picked == [1, 2] and calls == 3
+    assert onpolicy.pick_frames(candidates, scores, ["a", "b"], None, OnPolicySettings(new_frames=2)) == ([0, 1], 0)

@@ -63,6 +63,7 @@ def distill(config, settings: OnPolicySettings, progress: bool = True) -> list[d
     """Run (or resume) on-policy distillation into ``config.output``; returns one metrics dict per round."""
     from ffdistill.teachers import load_teacher
 
+    check_settings(settings)
     out = config.output
     os.makedirs(out, exist_ok=True)
     pool, heldout = initial_split(config.data.store, settings, out)
@@ -73,13 +74,21 @@ def distill(config, settings: OnPolicySettings, progress: bool = True) -> list[d
         train_store = pool if r == 0 else union_store(rounds[-1], folder)
         summary = _read_json(os.path.join(folder, "round.json"))
         if summary is None:
-            summary = run_round(r, train_store, heldout, teacher, config, settings, folder, progress, last=r == settings.rounds - 1)
+            last = r == settings.rounds - 1
+            summary = run_round(r, train_store, heldout, teacher, config, settings, folder, progress, last=last)
             _write_json(os.path.join(folder, "round.json"), summary)
         rounds.append(summary)
         write_report(out, rounds, settings)
         if summary["converged"]:
             break
     return rounds
+
+
+def check_settings(settings: OnPolicySettings) -> None:
+    if settings.ensemble < 2:
+        raise InputError("on-policy distillation needs an ensemble of at least 2 students: disagreement needs two")
+    if settings.rounds < 1 or settings.new_frames < 1 or settings.md_steps < settings.md_interval:
+        raise InputError("rounds and new frames must be at least 1, and md_steps at least md_interval")
 
 
 # --------------------------------------------------------------------------------------------- stores
@@ -119,7 +128,8 @@ def copy_frames(sources: Sequence[tuple], path: str):
         for key in ("teacher_spec", "teacher_version", "hessian_rows", "hessian_probes"):
             if store.attrs.get(key) != first.get(key):
                 raise InputError(f"cannot join {store.path}: its {key} differs from {sources[0][0].path}'s")
-    fingerprint = hashlib.sha256(json.dumps([[s.attrs["input_sha256"], list(map(int, idx))] for s, idx in sources]).encode()).hexdigest()
+    what = [[store.attrs["input_sha256"], [int(i) for i in indices]] for store, indices in sources]
+    fingerprint = hashlib.sha256(json.dumps(what).encode()).hexdigest()
     request = LabelRequest(
         fingerprint, first["teacher_spec"], first["teacher_version"], first["hessian_rows"], first["seed"], [0, 1],
         first.get("node_features", False), first.get("hessian_probes", 0), "copied",
@@ -167,52 +177,72 @@ def union_store(previous: dict, folder: str) -> str:
     return path
 
 
-def teacher_calls(store, fd_rows: bool) -> int:
-    """Force-call equivalents the teacher spent on a store: a call per frame plus one (two) per Hessian row."""
-    return int(len(store) + (2 if fd_rows else 1) * store.n_rows.sum())
+def teacher_calls(store, fd_teacher: bool) -> int:
+    """Force-call equivalents the teacher spent on a store: one per frame, plus one per Hessian row or
+    H·v probe (a vector-Jacobian product), or two for a finite-difference teacher (central differences)."""
+    per_product = 2 if fd_teacher else 1
+    probes = int(store.group["n_probes"][:].sum()) if "n_probes" in store.group else 0
+    return int(len(store) + per_product * (int(store.n_rows.sum()) + probes))
 
 
 # --------------------------------------------------------------------------------------------- one round
 
 
-def run_round(r: int, train_store: str, heldout: str, teacher, config, settings: OnPolicySettings, folder: str, progress: bool, last: bool) -> dict:
-    """Train the ensemble, score it, run its MD, and (unless this is the last round) label the most
-    disputed frames. Every step skips work already on disk."""
-    from ffdistill.labels import LabelStore
-
+def run_round(r: int, train_store: str, heldout: str, teacher, config, settings: OnPolicySettings, folder: str,
+              progress: bool, last: bool) -> dict:
+    """Train the ensemble, score it, run its MD, and (unless this is the last round or it has converged)
+    label the most disputed frames. Every step skips work already on disk."""
     os.makedirs(folder, exist_ok=True)
     students = train_ensemble(config, train_store, folder, settings.ensemble, progress)
-    errors = [heldout_force_mae(path, heldout) for path in students]
-    starts = md_starts(train_store, len(students), settings.seed + r)
-    md = [student_md(path, start, settings, seed=settings.seed + 1000 * r + k) for k, (path, start) in enumerate(zip(students, starts))]
+    md = ensemble_md(students, train_store, settings, r)
     candidates = [frame for run in md for frame in run["frames"]]
     scores = ensemble_disagreement(students, candidates)
-    stable = all(run["stable"] for run in md)
-    fd_rows = not getattr(teacher, "has_autograd", True)
-    summary = {
-        "round": r,
-        "train_store": train_store,
-        "train_frames": len(LabelStore(train_store)),
-        "teacher_calls_train_store": teacher_calls(LabelStore(train_store), fd_rows),
-        "heldout_force_mae_meV_per_A": float(np.mean(errors)),
-        "heldout_force_mae_per_student": errors,
-        "md_stable": [run["stable"] for run in md],
-        "md_time_ps": [run["time_ps"] for run in md],
-        "md_reason": [run["reason"] for run in md],
-        "candidates": len(candidates),
-        "max_disagreement": float(scores.max()) if len(scores) else 0.0,
-        "mean_disagreement": float(scores.mean()) if len(scores) else 0.0,
-    }
-    summary["converged"] = bool(stable and summary["max_disagreement"] < settings.threshold)
+    summary = measurements(r, train_store, heldout, students, md, scores, teacher, settings)
     picked, spot_calls = [], 0
     if not (last or summary["converged"]) and candidates:
         picked, spot_calls = pick_frames(candidates, scores, students, teacher, settings)
     _write_candidates(os.path.join(folder, "candidates.extxyz"), candidates, scores, picked)
     summary.update(new_frames=len(picked), spot_check_calls=spot_calls, new_store=None, teacher_calls_new=spot_calls)
     if picked:
-        store = label_new_frames(teacher, [candidates[i] for i in picked], folder, LabelStore(train_store).attrs, r, progress)
-        summary.update(new_store=store.path, teacher_calls_new=teacher_calls(store, fd_rows) + spot_calls)
+        store = label_new_frames(teacher, [candidates[i] for i in picked], folder, _attrs(train_store), r, progress)
+        summary.update(new_store=store.path, teacher_calls_new=teacher_calls(store, _fd(teacher)) + spot_calls)
     return summary
+
+
+def measurements(r: int, train_store: str, heldout: str, students: list[str], md: list[dict], scores: np.ndarray,
+                 teacher, settings: OnPolicySettings) -> dict:
+    """What a round's report shows: data, cost, held-out error, MD stability and disagreement."""
+    from ffdistill.labels import LabelStore
+
+    store = LabelStore(train_store)
+    errors = [heldout_force_mae(path, heldout) for path in students]
+    summary = {
+        "round": r,
+        "train_store": train_store,
+        "train_frames": len(store),
+        "teacher_calls_train_store": teacher_calls(store, _fd(teacher)),
+        "heldout_force_mae_meV_per_A": float(np.mean(errors)),
+        "heldout_force_mae_per_student": errors,
+        "md_stable": [run["stable"] for run in md],
+        "md_time_ps": [run["time_ps"] for run in md],
+        "md_reason": [run["reason"] for run in md],
+        "candidates": len(scores),
+        "max_disagreement": float(scores.max()) if len(scores) else 0.0,
+        "mean_disagreement": float(scores.mean()) if len(scores) else 0.0,
+    }
+    summary["converged"] = bool(all(summary["md_stable"]) and summary["max_disagreement"] < settings.threshold)
+    return summary
+
+
+def _fd(teacher) -> bool:
+    return not getattr(teacher, "has_autograd", True)
+
+
+def ensemble_md(students: list[str], train_store: str, settings: OnPolicySettings, r: int) -> list[dict]:
+    """One MD run per student, each from its own training frame, seeded by round and member."""
+    starts = md_starts(train_store, len(students), settings.seed + r)
+    seeds = [settings.seed + 1000 * r + k for k in range(len(students))]
+    return [student_md(path, start, settings, seed) for path, start, seed in zip(students, starts, seeds)]
 
 
 def train_ensemble(config, train_store: str, folder: str, size: int, progress: bool) -> list[str]:
@@ -268,7 +298,8 @@ def student_md(student_path: str, start, settings: OnPolicySettings, seed: int) 
     atoms.calc = load_calculator(student_path)
     MaxwellBoltzmannDistribution(atoms, temperature_K=settings.md_temperature, rng=rng)
     Stationary(atoms)
-    dyn = Langevin(atoms, settings.timestep_fs * units.fs, temperature_K=settings.md_temperature, friction=0.01 / units.fs, rng=rng)
+    timestep, friction = settings.timestep_fs * units.fs, 0.01 / units.fs
+    dyn = Langevin(atoms, timestep, temperature_K=settings.md_temperature, friction=friction, rng=rng)
     bonds = bonded_pairs(atoms)
     reference, reason = _bond_lengths(atoms, bonds), None
     while dyn.nsteps < settings.md_steps and reason is None:
@@ -276,7 +307,8 @@ def student_md(student_path: str, start, settings: OnPolicySettings, seed: int) 
         frames.append(_visited(atoms, student_path, dyn.nsteps))
         reason = _failure(atoms, bonds, reference)
     time_ps = dyn.nsteps * settings.timestep_fs / 1000
-    return {"frames": [f for f in frames if _physical(f)], "stable": reason is None, "time_ps": time_ps, "reason": reason}
+    frames = [f for f in frames if _physical(f)]
+    return {"frames": frames, "stable": reason is None, "time_ps": time_ps, "reason": reason}
 
 
 def _bond_lengths(atoms, bonds) -> np.ndarray:
@@ -348,7 +380,8 @@ def ensemble_disagreement(students: Sequence[str], frames: Sequence) -> np.ndarr
     return np.array([force_disagreement(f) for f in ensemble_forces(students, frames)])
 
 
-def pick_frames(candidates: Sequence, scores: np.ndarray, students: Sequence[str], teacher, settings: OnPolicySettings) -> tuple[list[int], int]:
+def pick_frames(candidates: Sequence, scores: np.ndarray, students: Sequence[str], teacher,
+                settings: OnPolicySettings) -> tuple[list[int], int]:
     """Indices of the frames to label (largest disagreement first), and the teacher calls spent choosing.
 
     With ``spot_check`` the teacher's forces on the top candidates rank them by the ensemble mean's
@@ -359,7 +392,8 @@ def pick_frames(candidates: Sequence, scores: np.ndarray, students: Sequence[str
         return sorted(order[: settings.new_frames].tolist()), 0
     checked = order[: max(settings.spot_check, settings.new_frames)]
     predicted = ensemble_forces(students, [candidates[i] for i in checked])
-    true_error = [np.abs(p.mean(axis=0) - teacher.label(candidates[i]).forces).max() for i, p in zip(checked, predicted)]
+    true_error = [np.abs(p.mean(axis=0) - teacher.label(candidates[i]).forces).max()
+                  for i, p in zip(checked, predicted)]
     ranked = checked[np.argsort(-np.asarray(true_error), kind="stable")]
     return sorted(ranked[: settings.new_frames].tolist()), len(checked)
 
@@ -387,7 +421,10 @@ def label_new_frames(teacher, frames: Sequence, folder: str, store_attrs: dict, 
         ase.io.write(extxyz + ".partial", list(frames), format="extxyz")
         os.replace(extxyz + ".partial", extxyz)
     rows = store_attrs["hessian_rows"]
-    return label_file(teacher, extxyz, store, rows=rows if rows == "all" else int(rows), seed=int(store_attrs["seed"]) + r + 1, progress=progress)
+    rows = rows if rows == "all" else int(rows)
+    probes = int(store_attrs.get("hessian_probes", 0))
+    seed = int(store_attrs["seed"]) + r + 1  # fresh rows for every round's frames
+    return label_file(teacher, extxyz, store, rows=rows, seed=seed, probes=probes, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -398,23 +435,27 @@ def write_report(out: str, rounds: list[dict], settings: OnPolicySettings) -> No
     spent = 0
     for summary in rounds:
         # What the round's students were trained on was paid for before the round or in earlier ones.
-        summary["teacher_calls_cumulative"] = summary["teacher_calls_train_store"] + summary["teacher_calls_new"] + _spot_before(rounds, summary)
+        paid = summary["teacher_calls_train_store"] + summary["teacher_calls_new"]
+        summary["teacher_calls_cumulative"] = paid + _spot_before(rounds, summary)
         spent = summary["teacher_calls_cumulative"]
-    _write_json(os.path.join(out, "metrics.json"), {"settings": asdict(settings), "rounds": rounds, "teacher_calls": spent})
+    metrics = {"settings": asdict(settings), "rounds": rounds, "teacher_calls": spent}
+    _write_json(os.path.join(out, "metrics.json"), metrics)
     lines = [
         "# On-policy distillation",
         "",
-        "| round | train frames | held-out force MAE (meV/Å) | MD stable | MD time (ps) | max disagreement (eV/Å) | new frames | teacher calls (cumulative) |",
+        "| round | train frames | held-out force MAE (meV/Å) | MD stable | MD time (ps) | max disagreement (eV/Å) "
+        "| new frames | teacher calls (cumulative) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in rounds:
         stable = f"{sum(s['md_stable'])}/{len(s['md_stable'])}"
         lines.append(
-            f"| {s['round']} | {s['train_frames']} | {s['heldout_force_mae_meV_per_A']:.1f} | {stable} | {min(s['md_time_ps']):.3f} | "
-            f"{s['max_disagreement']:.3f} | {s['new_frames']} | {s['teacher_calls_cumulative']} |"
+            f"| {s['round']} | {s['train_frames']} | {s['heldout_force_mae_meV_per_A']:.1f} | {stable} | "
+            f"{min(s['md_time_ps']):.3f} | {s['max_disagreement']:.3f} | {s['new_frames']} | {s['teacher_calls_cumulative']} |"
         )
     verdict = "converged: MD stable and disagreement below threshold" if rounds[-1]["converged"] else "not converged"
-    lines += ["", f"Teacher calls are force-call equivalents (frames + Hessian rows + spot checks). Last round: {verdict}."]
+    cost = "Teacher calls are force-call equivalents (frames + Hessian rows/probes + spot checks)."
+    lines += ["", f"{cost} Last round: {verdict}."]
     with open(os.path.join(out, "report.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
 
