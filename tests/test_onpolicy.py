@@ -23,7 +23,9 @@ def _config(store, out):
     return load_config(None, overrides)
 
 
-SETTINGS = OnPolicySettings(rounds=2, ensemble=2, new_frames=3, md_steps=30, md_interval=10, md_temperature=300.0, threshold=0.0)
+SETTINGS = OnPolicySettings(
+    rounds=2, ensemble=2, new_frames=3, md_steps=30, md_interval=10, md_temperature=300.0, threshold=0.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,8 @@ def store(tmp_path_factory):
     for k, atoms in enumerate(frames):
         atoms.info["group"] = k // 2
     ase.io.write(folder / "cu12.extxyz", frames, format="extxyz")
-    label_file(load_teacher("ase:ase.calculators.emt:EMT"), str(folder / "cu12.extxyz"), str(folder / "cu12.zarr"), rows=1, progress=False)
+    teacher = load_teacher("ase:ase.calculators.emt:EMT")
+    label_file(teacher, str(folder / "cu12.extxyz"), str(folder / "cu12.zarr"), rows=1, progress=False)
     return str(folder / "cu12.zarr")
 
 
@@ -109,8 +112,10 @@ def test_cli_distill_reports_per_round_and_resumes_a_finished_run(finished, stor
     from ffdistill.cli import main
 
     out, rounds = finished
-    overrides = [f"data.store={store}", f"output={out}", "model.student=painn-tiny", "model.cutoff=3.0", "train.epochs=2"]
-    args = ["--rounds", "2", "--ensemble", "2", "--new-frames", "3", "--md-steps", "30", "--md-temperature", "300", "--threshold", "0", "-q"]
+    overrides = [f"data.store={store}", f"output={out}", "model.student=painn-tiny", "model.cutoff=3.0"]
+    overrides.append("train.epochs=2")
+    args = ["--rounds", "2", "--ensemble", "2", "--new-frames", "3", "--md-steps", "30", "--md-temperature", "300"]
+    args += ["--threshold", "0", "-q"]
     assert main(["distill", *overrides, *args]) == 0
     printed = capsys.readouterr().out
     assert "| round |" in printed and "2 rounds" in printed

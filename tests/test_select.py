@@ -94,7 +94,8 @@ def test_composition_accepts_formulas_and_ratios():
 
 def test_cli_prints_the_summary_and_bad_input_is_one_line(mixed, tmp_path, capsys):
     out = str(tmp_path / "k.extxyz")
-    code = main(["select", mixed, "-o", out, "--elements", "Cu", "Au", "--max-atoms", "16", "--where", "source=md", "-q"])
+    rules = ["--elements", "Cu", "Au", "--max-atoms", "16", "--where", "source=md"]
+    code = main(["select", mixed, "-o", out, *rules, "-q"])
     printed = capsys.readouterr().out
     assert code == 0 and "kept 5" in printed and "elements 2" in printed and "max_atoms 1" in printed
     assert "where 2" in printed and len(ase.io.read(out, ":")) == 5
@@ -116,7 +117,8 @@ print(summary.kept, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 def _peak_rss_kib(source: str, output: str) -> tuple[int, int]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", MEMORY_PROBE, source, output], capture_output=True, text=True, env=env, check=True)
+    command = [sys.executable, "-c", MEMORY_PROBE, source, output]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     kept, rss = done.stdout.split()
     return int(kept), int(rss)
 

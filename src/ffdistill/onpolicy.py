@@ -451,7 +451,8 @@ def write_report(out: str, rounds: list[dict], settings: OnPolicySettings) -> No
         stable = f"{sum(s['md_stable'])}/{len(s['md_stable'])}"
         lines.append(
             f"| {s['round']} | {s['train_frames']} | {s['heldout_force_mae_meV_per_A']:.1f} | {stable} | "
-            f"{min(s['md_time_ps']):.3f} | {s['max_disagreement']:.3f} | {s['new_frames']} | {s['teacher_calls_cumulative']} |"
+            f"{min(s['md_time_ps']):.3f} | {s['max_disagreement']:.3f} | {s['new_frames']} | "
+            f"{s['teacher_calls_cumulative']} |"
         )
     verdict = "converged: MD stable and disagreement below threshold" if rounds[-1]["converged"] else "not converged"
     cost = "Teacher calls are force-call equivalents (frames + Hessian rows/probes + spot checks)."

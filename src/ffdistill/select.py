@@ -219,7 +219,8 @@ class FrameWriter:
 def _scalar_info(atoms: ase.Atoms) -> dict:
     """The ``atoms.info`` entries an ASE database accepts as key-value pairs."""
     ok = (bool, int, float, str, np.integer, np.floating)
-    return {k: v.item() if hasattr(v, "item") else v for k, v in atoms.info.items() if isinstance(v, ok) and k.isidentifier()}
+    kept = {k: v for k, v in atoms.info.items() if isinstance(v, ok) and k.isidentifier()}
+    return {k: v.item() if hasattr(v, "item") else v for k, v in kept.items()}
 
 
 # --------------------------------------------------------------------------------------------- picking
