@@ -287,3 +287,25 @@ def test_demo_parity_plots_the_force_head(direct_student, emt_teacher, tmp_path,
     expected = np.concatenate([force_head(direct_student, a) for a in frames])
     assert np.allclose(captured["pred"]["direct"], expected, atol=1e-5)
     assert not np.allclose(captured["pred"]["direct"], np.concatenate([energy_head_forces(direct_student, a) for a in frames]), atol=1e-2)
+
+
+def test_phonons_verb_overlays_teacher_and_students(tmp_path, capsys):
+    import json
+    import os
+
+    from ffdistill.calculator import save_student
+    from ffdistill.cli import main
+    from ffdistill.students import build_student
+
+    torch.manual_seed(0)
+    model = build_student("painn-tiny", [29], cutoff=4.0)
+    with torch.no_grad():
+        model.readout[-1].weight.normal_(0.0, 0.1)
+    save_student(model, str(tmp_path / "tiny.pt"))
+    bulk("Cu", "fcc", a=3.6, cubic=True).write(tmp_path / "cu.extxyz")
+    args = ["phonons", str(tmp_path / "tiny.pt"), "--structure", str(tmp_path / "cu.extxyz"), "--teacher", "ase:ase.calculators.emt:EMT", "-o", str(tmp_path / "ph"), "-q"]
+    assert main(args) == 0
+    assert "tiny: band MAE" in capsys.readouterr().out
+    result = json.load(open(tmp_path / "ph" / "phonons.json"))
+    assert result["students"]["tiny"]["phonon_band_mae_cm1"] > 1.0 and os.path.getsize(tmp_path / "ph" / "phonons.png") > 0
+    assert np.asarray(result["bands_cm1"]["teacher"]).max() > 150  # EMT copper's top band (~265 cm⁻¹)

@@ -46,7 +46,7 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile("quick", nvt_runs=2, nvt_steps=300, nve_steps=300, teacher_md_budget_s=30.0, growth_sizes=(64, 512), max_call_s=1.0),
+    "quick": Profile("quick", nvt_runs=2, nvt_steps=300, nve_steps=300, teacher_md_budget_s=30.0, growth_sizes=(64, 512), max_call_s=2.0),
     "standard": Profile("standard", nvt_runs=3, nvt_steps=10_000, nve_steps=5_000, teacher_md_budget_s=900.0, growth_sizes=(64, 512, 4096)),
     "long": Profile("long", nvt_runs=5, nvt_steps=50_000, nve_steps=20_000, teacher_md_budget_s=3600.0, growth_sizes=(64, 512, 4096), max_call_s=60.0),
 }
@@ -68,25 +68,61 @@ def evaluate_models(candidates: Sequence[Candidate], inputs: Inputs, profile: Pr
     """Accuracy, stability, drift, observables, relaxation, frequencies, phonons and speed for every
     candidate (the teacher first), each student compared with the teacher."""
     teacher = next(c for c in candidates if c.is_teacher)
-    starts = inputs.test.atoms
-    speed = _speed(candidates, starts[0], profile, inputs.threads)
-    teacher_steps = _teacher_steps(profile, speed[teacher.name]["seconds_per_force_call"])
-    teacher_relaxed = relax(teacher.calculator(), starts[0])
+    clock = Stopwatch()
+    with clock("speed"):
+        speed = _speed(candidates, inputs.test.atoms[0], profile, inputs.threads)
+    with clock("relaxation"):
+        teacher_relaxed = relax(teacher.calculator(), inputs.test.atoms[0])
     vib = inputs.vib_structure if inputs.vib_structure is not None else teacher_relaxed["atoms"]
+    teacher_steps = _teacher_steps(profile, speed[teacher.name]["seconds_per_force_call"])
+    student_steps = {"nvt_runs": profile.nvt_runs, "nvt": profile.nvt_steps, "nve": profile.nve_steps}
     out = {}
     for c in candidates:
-        steps = teacher_steps if c.is_teacher else {"nvt_runs": profile.nvt_runs, "nvt": profile.nvt_steps, "nve": profile.nve_steps}
+        m = _evaluate_one(c, inputs, teacher_steps if c.is_teacher else student_steps, profile, teacher_relaxed, vib)
+        out[c.name] = {**m, **speed[c.name]}
+    _compare_with_teacher(out, teacher.name)
+    out[teacher.name]["wall_s"]["relaxation"] += clock.seconds["relaxation"]  # the shared reference relaxation
+    for m in out.values():
+        m["wall_s"]["speed_all_models"] = clock.seconds["speed"]
+    return out
+
+
+class Stopwatch:
+    """Wall seconds per named stage (``with clock("md"): ...``), so the report can say where time went."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+        return timed()
+
+
+def _evaluate_one(c: Candidate, inputs: Inputs, steps: dict, profile: Profile, teacher_relaxed: dict, vib: ase.Atoms) -> dict:
+    clock = Stopwatch()
+    with clock("accuracy"):
         m = {"role": "teacher" if c.is_teacher else "student", **_accuracy(c, inputs.test)}
-        m.update(_md(c, starts, steps, profile))
-        m.update(_relaxation(c, starts[0], teacher_relaxed))
+    with clock("md"):
+        m.update(_md(c, inputs.test.atoms, steps, profile))
+    with clock("relaxation"):
+        m.update(_relaxation(c, inputs.test.atoms[0], teacher_relaxed))
+    with clock("frequencies"):
         m["_frequencies_cm1"] = vibrational_frequencies(c.hessian(vib), vib)
         m["imaginary_modes"] = count_imaginary(m["_frequencies_cm1"])
-        if inputs.phonon_cell is not None:
+    if inputs.phonon_cell is not None:
+        with clock("phonons"):
             m["_phonons"] = _phonons(c, inputs.phonon_cell, inputs.phonon_supercell)
-        m.update(speed[c.name])
-        out[c.name] = m
-    _compare_with_teacher(out, teacher.name)
-    return out
+    m["wall_s"] = clock.seconds
+    return m
 
 
 def _speed(candidates: Sequence[Candidate], atoms: ase.Atoms, profile: Profile, threads: Optional[int]) -> dict:
@@ -308,6 +344,8 @@ def method_notes(models: dict, profile: Profile) -> str:
             "its RDF and VDOS are the yardstick and are noisier when its runs are short."
         )
     lines.append(f"- Timing: calls interleaved across models on the same structure, 1 warm-up, median of {profile.timing_repeats}; torch threads {next(iter(models.values()))['timing_threads'] or 'as set'}.")
+    walls = "; ".join(f"{n} " + ", ".join(f"{k} {v:.0f} s" for k, v in m["wall_s"].items() if k != "speed_all_models") for n, m in models.items())
+    lines.append(f"- Wall time: timing of all models {next(iter(models.values()))['wall_s']['speed_all_models']:.0f} s; {walls}.")
     lines.append(f"- Verdict thresholds: all NVT runs stable, |NVE drift| < {MAX_NVE_DRIFT:g} meV/atom/ps, RDF MAE ≤ {MAX_RDF_MAE:g}, VDOS overlap ≥ {MIN_VDOS_OVERLAP:g}.")
     return "\n".join(lines)
 

@@ -50,6 +50,8 @@ def force_call_seconds(candidates: Sequence, atoms: ase.Atoms, repeats: int = 5,
     """Median seconds per force call of each candidate, calls interleaved round by round; the order
     within a round rotates so no model always runs first after an idle gap."""
     active = [c for c in candidates if c.name not in skip]
+    if not active:
+        return {}
     probes = {c.name: _probe(c, atoms) for c in active}
     times: dict[str, list] = {c.name: [] for c in active}
     with torch_threads(threads):
@@ -101,6 +103,8 @@ def cost_growth(candidates: Sequence, atoms: ase.Atoms, sizes: Sequence[int] = G
     growth: dict[str, dict] = {c.name: {} for c in candidates}
     dropped: set = set()
     for target in sizes:
+        if len(dropped) == len(candidates):
+            break
         big = atoms * ((replicas(atoms, target),) * 3)
         times = force_call_seconds(candidates, big, repeats=repeats, threads=threads, skip=dropped)
         for name, t in times.items():
