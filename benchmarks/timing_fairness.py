@@ -76,7 +76,9 @@ def sequential_ratio_load_in_between(teacher, student, atoms, repeats: int, busy
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="sevenn", help="teacher spec (a toy such as 'morse' if SevenNet is too slow)")
+    parser.add_argument(
+        "--teacher", default="sevenn", help="teacher spec (a toy such as 'morse' if SevenNet is too slow)"
+    )
     parser.add_argument("--busy", type=int, default=1, help="busy background processes")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--trials", type=int, default=3, help="quiet/busy pairs, alternated")
@@ -95,12 +97,25 @@ def main() -> None:
     ratio_quiet, ratio_busy = float(np.median(quiet)), float(np.median(busy))
     change = abs(ratio_busy / ratio_quiet - 1)
     figures = {
-        "teacher": teacher.teacher.spec, "student": "painn-small", "atoms": len(atoms), "threads": 1, "busy_processes": args.busy,
-        "repeats": args.repeats, "trials": args.trials, "ratio_quiet": ratio_quiet, "ratio_busy": ratio_busy,
-        "relative_change": change, "within_20_percent": change <= 0.2, "ratio_sequential_load_in_between": naive,
-        "sequential_relative_change": abs(naive / ratio_quiet - 1), "wall_s": time.perf_counter() - started,
+        "teacher": teacher.teacher.spec,
+        "student": "painn-small",
+        "atoms": len(atoms),
+        "threads": 1,
+        "busy_processes": args.busy,
+        "repeats": args.repeats,
+        "trials": args.trials,
+        "ratio_quiet": ratio_quiet,
+        "ratio_busy": ratio_busy,
+        "relative_change": change,
+        "within_20_percent": change <= 0.2,
+        "ratio_sequential_load_in_between": naive,
+        "sequential_relative_change": abs(naive / ratio_quiet - 1),
+        "wall_s": time.perf_counter() - started,
     }
-    print(f"interleaved: quiet {ratio_quiet:.2f}×, busy {ratio_busy:.2f}× ({100 * change:.0f} % apart); sequential with load in between: {naive:.2f}×")
+    print(
+        f"interleaved: quiet {ratio_quiet:.2f}×, busy {ratio_busy:.2f}× ({100 * change:.0f} % apart); "
+        f"sequential with load in between: {naive:.2f}×"
+    )
     print(json.dumps(figures))
 
 

@@ -61,7 +61,9 @@ def test_frequencies_from_our_hessian_match_ase_vibrations(emt_teacher, tmp_path
 
 
 def test_md_command_stops_with_a_clear_message_on_blowup(tmp_path):
-    with pytest.raises(Blowup, match=r"step \d+: (a bond changed by .* > 0.5 Å|\|F\| = .* > 50 eV/Å) \(first failed check"):
+    with pytest.raises(
+        Blowup, match=r"step \d+: (a bond changed by .* > 0.5 Å|\|F\| = .* > 50 eV/Å) \(first failed check"
+    ):
         run_md(UphillEMT(), copper(), "nve", 300, 500, str(tmp_path / "x.traj"), progress=False)
     assert issubclass(Blowup, FFDistillError)
 
@@ -76,7 +78,9 @@ def test_md_resumes_from_its_trajectory(tmp_path):
 
 
 #: A profile short enough for CI: every check runs, none for long.
-TINY = dict(name="tiny", nvt_runs=2, nvt_steps=20, nve_steps=20, teacher_md_budget_s=1.0, growth_sizes=(8, 32), timing_repeats=5)
+TINY = dict(
+    name="tiny", nvt_runs=2, nvt_steps=20, nve_steps=20, teacher_md_budget_s=1.0, growth_sizes=(8, 32), timing_repeats=5
+)
 
 
 def test_evaluate_writes_report_and_all_metrics(emt_store, tmp_path):
@@ -97,13 +101,37 @@ def test_evaluate_writes_report_and_all_metrics(emt_store, tmp_path):
     student = str(tmp_path / "run" / "best.pt")
     out = tmp_path / "eval"
     cell = bulk("Cu", "fcc", a=3.6, cubic=True)
-    evaluate_from_paths([student], emt_store, "ase:ase.calculators.emt:EMT", str(out), profile=Profile(**TINY), phonon_cell=cell, threads=1)
+    evaluate_from_paths(
+        [student],
+        emt_store,
+        "ase:ase.calculators.emt:EMT",
+        str(out),
+        profile=Profile(**TINY),
+        phonon_cell=cell,
+        threads=1,
+    )
     metrics = json.load(open(out / "metrics.json"))["models"]
     assert set(metrics) == {"teacher", "run"}
     required = {
-        "energy_mae_meV_per_atom", "force_mae_meV_per_A", "hessian_row_mae", "seconds_per_force_call", "speedup_vs_teacher", "md_stable_fraction",
-        "mean_time_to_instability_ps", "md_check_interval", "nve_drift_meV_per_atom_per_ps", "frequency_mae_cm1", "imaginary_modes", "relaxed_rmsd_A",
-        "md_steps_per_second", "ns_per_day", "rdf_mae_vs_teacher", "vdos_overlap_vs_teacher", "phonon_band_mae_cm1", "phonon_gamma_mae_cm1", "cost_growth_s_per_call",
+        "energy_mae_meV_per_atom",
+        "force_mae_meV_per_A",
+        "hessian_row_mae",
+        "seconds_per_force_call",
+        "speedup_vs_teacher",
+        "md_stable_fraction",
+        "mean_time_to_instability_ps",
+        "md_check_interval",
+        "nve_drift_meV_per_atom_per_ps",
+        "frequency_mae_cm1",
+        "imaginary_modes",
+        "relaxed_rmsd_A",
+        "md_steps_per_second",
+        "ns_per_day",
+        "rdf_mae_vs_teacher",
+        "vdos_overlap_vs_teacher",
+        "phonon_band_mae_cm1",
+        "phonon_gamma_mae_cm1",
+        "cost_growth_s_per_call",
     }
     for name, block in metrics.items():
         assert required <= set(block), (name, required - set(block))
@@ -114,7 +142,15 @@ def test_evaluate_writes_report_and_all_metrics(emt_store, tmp_path):
     assert run["md_runs"] == 2 and run["md_steps"] == 20 and 0 < run["vdos_overlap_vs_teacher"] <= 1.0 + 1e-9
     start = LabelStore(emt_store).frame(0)[0]  # timing and growth run on the first test frame
     assert set(run["cost_growth_s_per_call"]) == {str(len(start) * replicas(start, t) ** 3) for t in (8, 32)}
-    for name in ("report.md", "nve_energy.png", "frequencies.png", "rdf.png", "vdos.png", "phonons.png", "cost_growth.png"):
+    for name in (
+        "report.md",
+        "nve_energy.png",
+        "frequencies.png",
+        "rdf.png",
+        "vdos.png",
+        "phonons.png",
+        "cost_growth.png",
+    ):
         assert os.path.getsize(out / name) > 0
     report = open(out / "report.md").read()
     assert "Verdict" in report and "| teacher | reference | reference |" in report
@@ -151,18 +187,29 @@ def test_teacher_error_is_measured_against_reference_labels(emt_teacher, tmp_pat
 
 def _student_metrics(**changes):
     m = {
-        "role": "student", "md_runs": 3, "md_stable_runs": 3, "md_steps": 10000, "md_total_ps": 30.0, "nve_failed_step": None,
-        "nve_drift_meV_per_atom_per_ps": 0.2, "rdf_mae_vs_teacher": 0.03, "vdos_overlap_vs_teacher": 0.93, "speedup_vs_teacher": 20.0,
+        "role": "student",
+        "md_runs": 3,
+        "md_stable_runs": 3,
+        "md_steps": 10000,
+        "md_total_ps": 30.0,
+        "nve_failed_step": None,
+        "nve_drift_meV_per_atom_per_ps": 0.2,
+        "rdf_mae_vs_teacher": 0.03,
+        "vdos_overlap_vs_teacher": 0.93,
+        "speedup_vs_teacher": 20.0,
     }
     return {"teacher": {"role": "teacher"}, "s": {**m, **changes}}
 
 
-@pytest.mark.parametrize("changes, failed", [
-    ({}, []),
-    ({"nve_drift_meV_per_atom_per_ps": -1.7}, ["NVE drift"]),
-    ({"md_stable_runs": 2, "md_total_ps": 20.4}, ["NVT stability"]),
-    ({"rdf_mae_vs_teacher": 0.4, "vdos_overlap_vs_teacher": None}, ["RDF", "VDOS"]),
-])
+@pytest.mark.parametrize(
+    "changes, failed",
+    [
+        ({}, []),
+        ({"nve_drift_meV_per_atom_per_ps": -1.7}, ["NVE drift"]),
+        ({"md_stable_runs": 2, "md_total_ps": 20.4}, ["NVT stability"]),
+        ({"rdf_mae_vs_teacher": 0.4, "vdos_overlap_vs_teacher": None}, ["RDF", "VDOS"]),
+    ],
+)
 def test_verdict_is_fit_only_when_every_threshold_holds_and_names_what_failed(changes, failed):
     from ffdistill.evaluate.report import verdict
 
@@ -172,5 +219,7 @@ def test_verdict_is_fit_only_when_every_threshold_holds_and_names_what_failed(ch
         assert "fit for MD here" in text and "NOT" not in text
     else:
         assert f"NOT fit for MD: {', '.join(failed)} failed" in text
-    assert "(limit 1)" in text and "(limit 0.1)" in text and "(needs ≥ 0.8)" in text  # every threshold shown with its value
+    assert (
+        "(limit 1)" in text and "(limit 0.1)" in text and "(needs ≥ 0.8)" in text
+    )  # every threshold shown with its value
     assert ("|-1.70|" in text) == ("NVE drift" in failed)

@@ -29,7 +29,13 @@ def force_parity(reference: np.ndarray, predictions: dict[str, np.ndarray], path
         ax.scatter(reference.ravel(), pred.ravel(), s=2, alpha=0.4)
         ax.plot([-lim, lim], [-lim, lim], color="k", lw=0.8)
         mae = 1000 * np.abs(pred - reference).mean()
-        ax.set(title=f"{name}: {mae:.0f} meV/Å", xlabel="reference force (eV/Å)", ylabel="predicted (eV/Å)", xlim=(-lim, lim), ylim=(-lim, lim))
+        ax.set(
+            title=f"{name}: {mae:.0f} meV/Å",
+            xlabel="reference force (eV/Å)",
+            ylabel="predicted (eV/Å)",
+            xlim=(-lim, lim),
+            ylim=(-lim, lim),
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -74,8 +80,16 @@ def vdos_spectra(results: dict[str, dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, r in results.items():
         ax.plot(r["frequency_cm1"], r["vdos"], label=name, lw=1)
-    top = max(float(r["frequency_cm1"][np.cumsum(r["vdos"]) < 0.999 * r["vdos"].sum()].max(initial=100.0)) for r in results.values())
-    ax.set(xlabel="wavenumber (cm⁻¹)", ylabel="VDOS (normalised)", xlim=(0, 1.2 * top), title="VDOS (NVE velocity autocorrelation)")
+    top = max(
+        float(r["frequency_cm1"][np.cumsum(r["vdos"]) < 0.999 * r["vdos"].sum()].max(initial=100.0))
+        for r in results.values()
+    )
+    ax.set(
+        xlabel="wavenumber (cm⁻¹)",
+        ylabel="VDOS (normalised)",
+        xlim=(0, 1.2 * top),
+        title="VDOS (NVE velocity autocorrelation)",
+    )
     ax.legend()
     _save(fig, path)
 

@@ -23,9 +23,17 @@ from ffdistill.evaluate.accuracy import TestSet, load_test_set, store_test_set
 from ffdistill.evaluate.accuracy import accuracy  # noqa: E402  (the function shadows its module's name on purpose)
 
 _LAZY = {
-    "Candidate": "candidates", "load_for_inference": "candidates", "model_forces": "candidates",
-    "Profile": "report", "PROFILES": "report", "Inputs": "report", "evaluate_models": "report",
-    "evaluate_from_paths": "report", "write_report": "report", "markdown_tables": "report", "verdict": "report",
+    "Candidate": "candidates",
+    "load_for_inference": "candidates",
+    "model_forces": "candidates",
+    "Profile": "report",
+    "PROFILES": "report",
+    "Inputs": "report",
+    "evaluate_models": "report",
+    "evaluate_from_paths": "report",
+    "write_report": "report",
+    "markdown_tables": "report",
+    "verdict": "report",
 }
 
 __all__ = ["TestSet", "accuracy", "load_test_set", "store_test_set", *_LAZY]

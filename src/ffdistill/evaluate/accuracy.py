@@ -67,7 +67,10 @@ class TestSet:
 
     def graphs(self, cutoff: float, dtype: torch.dtype = torch.float32) -> list[AtomicGraph]:
         """Labelled graphs at ``cutoff`` (the model's own radius) in ``dtype``."""
-        return [from_ase(a, cutoff, dtype=dtype, labels=False)._replace(**_cast(lab, dtype)) for a, lab in zip(self.atoms, self.labels)]
+        return [
+            from_ase(a, cutoff, dtype=dtype, labels=False)._replace(**_cast(lab, dtype))
+            for a, lab in zip(self.atoms, self.labels)
+        ]
 
     def reference_forces(self) -> np.ndarray:
         return np.concatenate([lab["forces"].numpy() for lab in self.labels])
@@ -109,7 +112,15 @@ def _labelled_by_teacher(path: str, teacher) -> TestSet:
     for frame in iter_structures(path):
         lab = teacher.label(frame)
         atoms.append(frame)
-        labels.append({"energy": torch.tensor([lab.energy], dtype=torch.float64), "forces": torch.as_tensor(lab.forces), "stress": None, "hessian_rows": None, "row_index": None})
+        labels.append(
+            {
+                "energy": torch.tensor([lab.energy], dtype=torch.float64),
+                "forces": torch.as_tensor(lab.forces),
+                "stress": None,
+                "hessian_rows": None,
+                "row_index": None,
+            }
+        )
     return TestSet(atoms, labels, True, path)
 
 
@@ -125,7 +136,12 @@ def teacher_accuracy(teacher, test: TestSet) -> dict[str, float]:
         e_err.append(abs(got.energy - float(lab["energy"])) / len(atoms))
         f_err.append(np.abs(got.forces - ref_f).mean())
         cos.append(_cosine(got.forces, ref_f))
-    return {"energy_mae_meV_per_atom": 1000 * float(np.mean(e_err)), "force_mae_meV_per_A": 1000 * float(np.mean(f_err)), "force_cosine": float(np.mean(cos)), "hessian_row_mae": float("nan")}
+    return {
+        "energy_mae_meV_per_atom": 1000 * float(np.mean(e_err)),
+        "force_mae_meV_per_A": 1000 * float(np.mean(f_err)),
+        "force_cosine": float(np.mean(cos)),
+        "hessian_row_mae": float("nan"),
+    }
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

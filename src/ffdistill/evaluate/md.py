@@ -47,7 +47,14 @@ def dynamics(atoms: ase.Atoms, ensemble: str, temperature: float, timestep_fs: f
         from ase.md.langevin import Langevin
 
         rng = np.random.default_rng(seed + 1)  # not the velocity stream
-        return Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature, friction=FRICTION_PER_FS / units.fs, fixcm=False, rng=rng)
+        return Langevin(
+            atoms,
+            timestep_fs * units.fs,
+            temperature_K=temperature,
+            friction=FRICTION_PER_FS / units.fs,
+            fixcm=False,
+            rng=rng,
+        )
     if ensemble == "nve":
         from ase.md.verlet import VelocityVerlet
 
@@ -104,8 +111,16 @@ def stability_criteria(interval: int) -> str:
     return f"bond change > {BOND_TOLERANCE} Å or |F| > {MAX_FORCE:g} eV/Å, checked {every}"
 
 
-def nvt_run(calc, start: ase.Atoms, steps: int, temperature: float = 300.0, timestep_fs: float = 1.0, seed: int = 0,
-            interval: int = 1, frame_every: int = 0) -> dict:
+def nvt_run(
+    calc,
+    start: ase.Atoms,
+    steps: int,
+    temperature: float = 300.0,
+    timestep_fs: float = 1.0,
+    seed: int = 0,
+    interval: int = 1,
+    frame_every: int = 0,
+) -> dict:
     """Langevin NVT: ``stable``; ``steps_run`` (the last step checked); on failure the first failed
     step and reason; ``frames`` every ``frame_every`` steps after the first quarter (for the RDF)."""
     atoms = thermalised(start, calc, temperature, seed)
@@ -116,23 +131,52 @@ def nvt_run(calc, start: ase.Atoms, steps: int, temperature: float = 300.0, time
     if frame_every:
         burn_in = steps // 4
         dyn.attach(lambda: dyn.nsteps >= burn_in and frames.append(atoms.positions.copy()), interval=frame_every)
-    result = {"steps": steps, "interval": interval, "timestep_fs": timestep_fs, "frames": frames, "template": start.copy()}
+    result = {
+        "steps": steps,
+        "interval": interval,
+        "timestep_fs": timestep_fs,
+        "frames": frames,
+        "template": start.copy(),
+    }
     try:
         dyn.run(steps)
         return {**result, "stable": True, "steps_run": steps, "failed_step": None, "reason": None}
     except Blowup as blowup:
-        return {**result, "stable": False, "steps_run": blowup.step, "failed_step": blowup.step, "reason": blowup.reason}
+        return {
+            **result,
+            "stable": False,
+            "steps_run": blowup.step,
+            "failed_step": blowup.step,
+            "reason": blowup.reason,
+        }
 
 
-def md_stability(calc, start: ase.Atoms, steps: int, temperature: float = 300.0, timestep_fs: float = 1.0, seed: int = 0, interval: int = 1) -> dict:
+def md_stability(
+    calc,
+    start: ase.Atoms,
+    steps: int,
+    temperature: float = 300.0,
+    timestep_fs: float = 1.0,
+    seed: int = 0,
+    interval: int = 1,
+) -> dict:
     """Stability of one NVT run: ``time_ps`` is the last step checked (the run's end, or the first
     failed check), a time the run reached."""
     run = nvt_run(calc, start, steps, temperature, timestep_fs, seed, interval)
-    return {k: run[k] for k in ("stable", "reason", "failed_step", "interval", "steps")} | {"time_ps": run["steps_run"] * timestep_fs / 1000}
+    return {k: run[k] for k in ("stable", "reason", "failed_step", "interval", "steps")} | {
+        "time_ps": run["steps_run"] * timestep_fs / 1000
+    }
 
 
-def nve_run(calc, start: ase.Atoms, steps: int, temperature: float = 300.0, timestep_fs: float = 1.0, seed: int = 0,
-            velocity_every: int = 1) -> dict:
+def nve_run(
+    calc,
+    start: ase.Atoms,
+    steps: int,
+    temperature: float = 300.0,
+    timestep_fs: float = 1.0,
+    seed: int = 0,
+    velocity_every: int = 1,
+) -> dict:
     """Velocity Verlet: total energy every step, velocities every ``velocity_every`` steps (VDOS).
     Stops at the first failed stability check (``failed_step``) rather than integrating garbage."""
     atoms = thermalised(start, calc, temperature, seed)
@@ -151,13 +195,20 @@ def nve_run(calc, start: ase.Atoms, steps: int, temperature: float = 300.0, time
     t = np.arange(len(e)) * timestep_fs / 1000  # ps
     slope = float(np.polyfit(t, e, 1)[0]) if len(e) > 2 else float("nan")
     return {
-        "drift_meV_per_atom_per_ps": slope, "fluctuation_meV_per_atom": float(e.std()) if len(e) else float("nan"),
-        "time_ps": t.tolist(), "energy_meV_per_atom": (e - e[0]).tolist() if len(e) else [], "failed_step": failed,
-        "velocities": np.asarray(velocities), "velocity_dt_fs": velocity_every * timestep_fs, "masses": atoms.get_masses(),
+        "drift_meV_per_atom_per_ps": slope,
+        "fluctuation_meV_per_atom": float(e.std()) if len(e) else float("nan"),
+        "time_ps": t.tolist(),
+        "energy_meV_per_atom": (e - e[0]).tolist() if len(e) else [],
+        "failed_step": failed,
+        "velocities": np.asarray(velocities),
+        "velocity_dt_fs": velocity_every * timestep_fs,
+        "masses": atoms.get_masses(),
     }
 
 
-def nve_energy_drift(calc, start: ase.Atoms, steps: int, temperature: float = 300.0, timestep_fs: float = 1.0, seed: int = 0) -> dict:
+def nve_energy_drift(
+    calc, start: ase.Atoms, steps: int, temperature: float = 300.0, timestep_fs: float = 1.0, seed: int = 0
+) -> dict:
     """Drift = slope of total energy per atom (meV/atom/ps), fluctuation = its std."""
     run = nve_run(calc, start, steps, temperature, timestep_fs, seed)
     return {k: v for k, v in run.items() if k not in ("velocities", "masses")}
@@ -171,7 +222,12 @@ def relax(calc, start: ase.Atoms, fmax: float = 0.05, max_steps: int = 200) -> d
     atoms.calc = calc
     opt = BFGS(atoms, logfile=None)
     converged = bool(opt.run(fmax=fmax, steps=max_steps))
-    return {"atoms": atoms, "energy_eV": float(atoms.get_potential_energy()), "steps": int(opt.nsteps), "converged": converged}
+    return {
+        "atoms": atoms,
+        "energy_eV": float(atoms.get_potential_energy()),
+        "steps": int(opt.nsteps),
+        "converged": converged,
+    }
 
 
 def rmsd(a: ase.Atoms, b: ase.Atoms) -> float:
@@ -185,8 +241,17 @@ def rmsd(a: ase.Atoms, b: ase.Atoms) -> float:
 
 
 def run_md(
-    calc, atoms: ase.Atoms, ensemble: str, temperature: float, steps: int, trajectory: str,
-    timestep_fs: float = 1.0, interval: int = 10, seed: int = 0, resume: bool = False, progress: bool = True,
+    calc,
+    atoms: ase.Atoms,
+    ensemble: str,
+    temperature: float,
+    steps: int,
+    trajectory: str,
+    timestep_fs: float = 1.0,
+    interval: int = 10,
+    seed: int = 0,
+    resume: bool = False,
+    progress: bool = True,
 ) -> int:
     """MD through ASE, writing ``trajectory`` and ``<trajectory>.log`` every ``interval`` steps.
 
@@ -211,7 +276,9 @@ def run_md(
     return remaining
 
 
-def _attach_recorder(dyn, atoms, trajectory: str, interval: int, done: int, steps: int, ensemble: str, progress: bool) -> None:
+def _attach_recorder(
+    dyn, atoms, trajectory: str, interval: int, done: int, steps: int, ensemble: str, progress: bool
+) -> None:
     from ase.io.trajectory import Trajectory
     from ase.md import MDLogger
     from tqdm.auto import tqdm
@@ -230,4 +297,3 @@ def _attach_recorder(dyn, atoms, trajectory: str, interval: int, done: int, step
             bar.close()
 
     dyn.attach(record, interval=interval)
-

@@ -26,7 +26,12 @@ def phonopy_model(unitcell: ase.Atoms, supercell: Sequence[int] = (2, 2, 2), dis
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
 
-    cell = PhonopyAtoms(symbols=unitcell.get_chemical_symbols(), cell=unitcell.cell.array, scaled_positions=unitcell.get_scaled_positions(), masses=unitcell.get_masses())
+    cell = PhonopyAtoms(
+        symbols=unitcell.get_chemical_symbols(),
+        cell=unitcell.cell.array,
+        scaled_positions=unitcell.get_scaled_positions(),
+        masses=unitcell.get_masses(),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the note that "auto" differs from phonopy v3's default
         phonon = Phonopy(cell, supercell_matrix=np.diag(supercell), primitive_matrix="auto")
@@ -36,7 +41,9 @@ def phonopy_model(unitcell: ase.Atoms, supercell: Sequence[int] = (2, 2, 2), dis
 
 def as_ase(cell) -> ase.Atoms:
     """A phonopy cell as periodic ``ase.Atoms``."""
-    return ase.Atoms(symbols=cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, masses=cell.masses, pbc=True)
+    return ase.Atoms(
+        symbols=cell.symbols, cell=cell.cell, scaled_positions=cell.scaled_positions, masses=cell.masses, pbc=True
+    )
 
 
 def supercell_forces(calc, phonon) -> list[np.ndarray]:
@@ -54,8 +61,14 @@ def band_path(phonon, npoints: int = 100):
     return as_ase(phonon.primitive).cell.bandpath(npoints=npoints)
 
 
-def phonons(calc, unitcell: ase.Atoms, supercell: Sequence[int] = (2, 2, 2), npoints: int = 100, mesh: int = 12,
-            distance: float = DISPLACEMENT) -> dict:
+def phonons(
+    calc,
+    unitcell: ase.Atoms,
+    supercell: Sequence[int] = (2, 2, 2),
+    npoints: int = 100,
+    mesh: int = 12,
+    distance: float = DISPLACEMENT,
+) -> dict:
     """Bands along the standard path, Γ frequencies and the total DOS (cm⁻¹) of ``calc`` on ``unitcell``."""
     phonon = phonopy_model(unitcell, supercell, distance)
     phonon.forces = supercell_forces(calc, phonon)
@@ -63,7 +76,11 @@ def phonons(calc, unitcell: ase.Atoms, supercell: Sequence[int] = (2, 2, 2), npo
     path = band_path(phonon, npoints)
     x, special_x, labels = path.get_linear_kpoint_axis()
     return {
-        "q_points": path.kpts, "distance": x, "special_distance": special_x, "labels": labels, "path": path.path,
+        "q_points": path.kpts,
+        "distance": x,
+        "special_distance": special_x,
+        "labels": labels,
+        "path": path.path,
         "frequencies_cm1": _frequencies(phonon, path.kpts),
         "gamma_cm1": _frequencies(phonon, np.zeros((1, 3)))[0],
         "displacements": len(phonon.supercells_with_displacements),
@@ -93,8 +110,14 @@ def compare_bands(bands: dict, reference: dict) -> dict:
     }
 
 
-def phonons_from_paths(model_paths: Sequence[str], structure: str, teacher_spec: str, output: str,
-                       supercell: Sequence[int] = (2, 2, 2), trust: bool = False) -> dict:
+def phonons_from_paths(
+    model_paths: Sequence[str],
+    structure: str,
+    teacher_spec: str,
+    output: str,
+    supercell: Sequence[int] = (2, 2, 2),
+    trust: bool = False,
+) -> dict:
     """What ``ffdistill phonons`` does: bands and DOS of the teacher and each student on one unit
     cell, their MAE against the teacher, ``phonons.json`` and ``phonons.png`` in ``output``."""
     import json
@@ -112,6 +135,15 @@ def phonons_from_paths(model_paths: Sequence[str], structure: str, teacher_spec:
     os.makedirs(output, exist_ok=True)
     phonon_bands(bands, os.path.join(output, "phonons.png"))
     with open(os.path.join(output, "phonons.json"), "w") as handle:
-        json.dump({"structure": structure, "supercell": list(supercell), "path": bands["teacher"]["path"], "students": summary,
-                   "bands_cm1": {n: b["frequencies_cm1"].tolist() for n, b in bands.items()}}, handle, indent=2)
+        json.dump(
+            {
+                "structure": structure,
+                "supercell": list(supercell),
+                "path": bands["teacher"]["path"],
+                "students": summary,
+                "bands_cm1": {n: b["frequencies_cm1"].tolist() for n, b in bands.items()},
+            },
+            handle,
+            indent=2,
+        )
     return summary

@@ -15,16 +15,10 @@ import numpy as np
 
 from ffdistill.evaluate.accuracy import TestSet, accuracy, teacher_accuracy
 from ffdistill.evaluate.candidates import Candidate
-from ffdistill.evaluate.md import nve_run, nvt_run, relax, rmsd, stability_criteria
+from ffdistill.evaluate.md import nve_run, nvt_run, relax, rmsd
 from ffdistill.evaluate.observables import frames_from_positions, rdf, rdf_mae, vdos, vdos_overlap
+from ffdistill.evaluate.tables import markdown_tables, method_notes, plain, public, verdict  # noqa: F401
 from ffdistill.evaluate.vibrations import compare_spectra, count_imaginary, vibrational_frequencies
-
-#: NVE drift (meV/atom/ps) a student may show and still be called fit for MD.
-MAX_NVE_DRIFT = 1.0
-#: Mean |g_student(r) - g_teacher(r)| allowed (g is dimensionless; first peaks are ~3-6).
-MAX_RDF_MAE = 0.1
-#: Minimum overlap of the unit-area VDOS with the teacher's (1 = identical).
-MIN_VDOS_OVERLAP = 0.8
 
 
 @dataclass(frozen=True)
@@ -46,9 +40,32 @@ class Profile:
 
 
 PROFILES = {
-    "quick": Profile("quick", nvt_runs=2, nvt_steps=300, nve_steps=300, teacher_md_budget_s=30.0, growth_sizes=(64, 512), max_call_s=2.0),
-    "standard": Profile("standard", nvt_runs=3, nvt_steps=10_000, nve_steps=5_000, teacher_md_budget_s=900.0, growth_sizes=(64, 512, 4096)),
-    "long": Profile("long", nvt_runs=5, nvt_steps=50_000, nve_steps=20_000, teacher_md_budget_s=3600.0, growth_sizes=(64, 512, 4096), max_call_s=60.0),
+    "quick": Profile(
+        "quick",
+        nvt_runs=2,
+        nvt_steps=300,
+        nve_steps=300,
+        teacher_md_budget_s=30.0,
+        growth_sizes=(64, 512),
+        max_call_s=2.0,
+    ),
+    "standard": Profile(
+        "standard",
+        nvt_runs=3,
+        nvt_steps=10_000,
+        nve_steps=5_000,
+        teacher_md_budget_s=900.0,
+        growth_sizes=(64, 512, 4096),
+    ),
+    "long": Profile(
+        "long",
+        nvt_runs=5,
+        nvt_steps=50_000,
+        nve_steps=20_000,
+        teacher_md_budget_s=3600.0,
+        growth_sizes=(64, 512, 4096),
+        max_call_s=60.0,
+    ),
 }
 
 
@@ -107,7 +124,9 @@ class Stopwatch:
         return timed()
 
 
-def _evaluate_one(c: Candidate, inputs: Inputs, steps: dict, profile: Profile, teacher_relaxed: dict, vib: ase.Atoms) -> dict:
+def _evaluate_one(
+    c: Candidate, inputs: Inputs, steps: dict, profile: Profile, teacher_relaxed: dict, vib: ase.Atoms
+) -> dict:
     clock = Stopwatch()
     with clock("accuracy"):
         m = {"role": "teacher" if c.is_teacher else "student", **_accuracy(c, inputs.test)}
@@ -133,9 +152,22 @@ def _speed(candidates: Sequence[Candidate], atoms: ase.Atoms, profile: Profile, 
     # Blocks of about 2 s of MD each, whatever the model's cost.
     steps = {name: max(1, min(50, int(2.0 / t))) for name, t in seconds.items()}
     rates = md_rates(candidates, atoms, steps, threads=threads)
-    growth = cost_growth(candidates, atoms, profile.growth_sizes, repeats=profile.timing_repeats, threads=threads, max_call_s=profile.max_call_s)
+    growth = cost_growth(
+        candidates,
+        atoms,
+        profile.growth_sizes,
+        repeats=profile.timing_repeats,
+        threads=threads,
+        max_call_s=profile.max_call_s,
+    )
     return {
-        name: {"seconds_per_force_call": t, "speedup_vs_teacher": seconds[teacher] / t, **rates[name], "cost_growth_s_per_call": growth.get(name, {}), "timing_threads": threads}
+        name: {
+            "seconds_per_force_call": t,
+            "speedup_vs_teacher": seconds[teacher] / t,
+            **rates[name],
+            "cost_growth_s_per_call": growth.get(name, {}),
+            "timing_threads": threads,
+        }
         for name, t in seconds.items()
     }
 
@@ -143,12 +175,22 @@ def _speed(candidates: Sequence[Candidate], atoms: ase.Atoms, profile: Profile, 
 def _teacher_steps(profile: Profile, seconds_per_call: float) -> dict:
     """The teacher's MD lengths: its budget split between one NVT and one NVE run."""
     affordable = int(profile.teacher_md_budget_s / (2 * seconds_per_call))
-    return {"nvt_runs": 1, "nvt": max(10, min(profile.nvt_steps, affordable)), "nve": max(10, min(profile.nve_steps, affordable))}
+    return {
+        "nvt_runs": 1,
+        "nvt": max(10, min(profile.nvt_steps, affordable)),
+        "nve": max(10, min(profile.nve_steps, affordable)),
+    }
 
 
 def _accuracy(c: Candidate, test: TestSet) -> dict:
     if c.is_teacher and test.teacher_is_reference:
-        return {"energy_mae_meV_per_atom": None, "force_mae_meV_per_A": None, "force_cosine": None, "hessian_row_mae": None, "is_reference": True}
+        return {
+            "energy_mae_meV_per_atom": None,
+            "force_mae_meV_per_A": None,
+            "force_cosine": None,
+            "hessian_row_mae": None,
+            "is_reference": True,
+        }
     if c.is_teacher:
         return {**teacher_accuracy(c.teacher, test), "is_reference": False}
     return {**accuracy(c.model, test.graphs(c.cutoff, c.dtype)), "is_reference": False}
@@ -156,7 +198,15 @@ def _accuracy(c: Candidate, test: TestSet) -> dict:
 
 def _md(c: Candidate, starts: Sequence[ase.Atoms], steps: dict, profile: Profile) -> dict:
     runs = [
-        nvt_run(c.calculator(), starts[k % len(starts)], steps["nvt"], profile.temperature, seed=k, interval=profile.check_interval, frame_every=profile.rdf_every)
+        nvt_run(
+            c.calculator(),
+            starts[k % len(starts)],
+            steps["nvt"],
+            profile.temperature,
+            seed=k,
+            interval=profile.check_interval,
+            frame_every=profile.rdf_every,
+        )
         for k in range(steps["nvt_runs"])
     ]
     nve = nve_run(c.calculator(), starts[0], steps["nve"], profile.temperature)
@@ -174,7 +224,12 @@ def _stability_summary(runs: list[dict]) -> dict:
         # Each run counts up to its last check (its end, or the first failed check): times it reached.
         "mean_time_to_instability_ps": float(np.mean([r["steps_run"] * dt_ps for r in runs])),
         "md_total_ps": float(sum(r["steps_run"] for r in runs) * dt_ps),
-        "md_failures": [f"run {k}: first failed check at step {r['failed_step']} (checks every {r['interval']} steps): {r['reason']}" for k, r in enumerate(runs) if not r["stable"]],
+        "md_failures": [
+            f"run {k}: first failed check at step {r['failed_step']} (checks every {r['interval']} steps): "
+            f"{r['reason']}"
+            for k, r in enumerate(runs)
+            if not r["stable"]
+        ],
     }
 
 
@@ -226,138 +281,31 @@ def _compare_with_teacher(models: dict, teacher: str) -> None:
         spectra = compare_spectra(m["_frequencies_cm1"], ref["_frequencies_cm1"])
         m["frequency_mae_cm1"] = None if own else spectra["frequency_mae_cm1"]
         m["rdf_mae_vs_teacher"] = None if own or not (m["_rdf"] and ref["_rdf"]) else rdf_mae(m["_rdf"], ref["_rdf"])
-        m["vdos_overlap_vs_teacher"] = None if own or not (m["_vdos"] and ref["_vdos"]) else vdos_overlap(m["_vdos"], ref["_vdos"])
+        m["vdos_overlap_vs_teacher"] = (
+            None if own or not (m["_vdos"] and ref["_vdos"]) else vdos_overlap(m["_vdos"], ref["_vdos"])
+        )
         if "_phonons" in m:
             bands = compare_bands(m["_phonons"], ref["_phonons"])
             m.update({k: (None if own and k != "phonon_min_cm1" else v) for k, v in bands.items()})
 
 
-# --- verdict ---------------------------------------------------------------------------------------
-
-
-def criteria(m: dict) -> list[tuple[str, str, bool]]:
-    """(criterion, value against threshold, passed) for one student; a missing observable fails."""
-    stable = m["md_stable_runs"] == m["md_runs"]
-    drift = m["nve_drift_meV_per_atom_per_ps"]
-    rdf_d, vdos_o = m.get("rdf_mae_vs_teacher"), m.get("vdos_overlap_vs_teacher")
-    return [
-        ("NVT stability", f"{m['md_stable_runs']}/{m['md_runs']} runs stable over {m['md_total_ps']:.2f} ps (needs all {m['md_runs']} × {m['md_steps'] / 1000:g} ps)", stable),
-        ("NVE drift", f"|{_num(drift)}| meV/atom/ps (limit {MAX_NVE_DRIFT:g})", m["nve_failed_step"] is None and abs(drift) < MAX_NVE_DRIFT),
-        ("RDF", f"MAE vs teacher {_num(rdf_d, '.3f')} (limit {MAX_RDF_MAE:g})", rdf_d is not None and rdf_d <= MAX_RDF_MAE),
-        ("VDOS", f"overlap with teacher {_num(vdos_o, '.2f')} (needs ≥ {MIN_VDOS_OVERLAP:g})", vdos_o is not None and vdos_o >= MIN_VDOS_OVERLAP),
-    ]
-
-
-def verdict(models: dict) -> str:
-    """"fit for MD" only when every criterion holds; otherwise the ones that failed, by name."""
-    lines = []
-    for name, m in models.items():
-        if m["role"] == "teacher":
-            continue
-        checks = criteria(m)
-        failed = [c for c, _, ok in checks if not ok]
-        head = "fit for MD here" if not failed else f"NOT fit for MD: {', '.join(failed)} failed"
-        detail = "; ".join(f"{c} {'✓' if ok else '✗'} {v}" for c, v, ok in checks)
-        lines.append(f"- **{name}**: {head}. {detail}. {m['speedup_vs_teacher']:.1f}× faster than the teacher per force call.")
-    return "\n".join(lines)
-
-
-# --- tables and files --------------------------------------------------------------------------------
-
-
-def _num(v, spec: str = ".2f") -> str:
-    if v is None:
-        return "n/a"
-    return "nan" if isinstance(v, float) and not np.isfinite(v) else format(v, spec)
-
-
-def _ref(m: dict, key: str, spec: str, scale: float = 1.0) -> str:
-    """A value, or "reference" where the model is the yardstick itself."""
-    v = m.get(key)
-    if v is None:
-        yardstick = m.get("role") == "teacher" and (key in _VS_TEACHER or m.get("is_reference"))
-        return "reference" if yardstick else "n/a"
-    return _num(v * scale, spec)
-
-
-_VS_TEACHER = {"frequency_mae_cm1", "rdf_mae_vs_teacher", "vdos_overlap_vs_teacher", "phonon_band_mae_cm1", "phonon_gamma_mae_cm1"}
-
-
-def markdown_tables(models: dict) -> str:
-    acc = ["| model | energy MAE (meV/atom) | force MAE (meV/Å) | force cos | Hessian-row MAE (eV/Å²) | ms / force call | speed-up | MD steps/s | ns/day |", "|---|---|---|---|---|---|---|---|---|"]
-    phys = ["| model | NVT stable | mean time to instability (ps) | NVE drift (meV/atom/ps) | RDF MAE | VDOS overlap | relaxed RMSD (Å) | frequency MAE (cm⁻¹) | imaginary modes |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, m in models.items():
-        acc.append(
-            f"| {name} | {_ref(m, 'energy_mae_meV_per_atom', '.2f')} | {_ref(m, 'force_mae_meV_per_A', '.1f')} | {_ref(m, 'force_cosine', '.3f')} | {_ref(m, 'hessian_row_mae', '.3f')} "
-            f"| {1000 * m['seconds_per_force_call']:.1f} | {m['speedup_vs_teacher']:.1f}× | {m['md_steps_per_second']:.1f} | {m['ns_per_day']:.3g} |"
-        )
-        phys.append(
-            f"| {name} | {m['md_stable_runs']}/{m['md_runs']} × {m['md_steps'] / 1000:g} ps | {m['mean_time_to_instability_ps']:.2f} | {_num(m['nve_drift_meV_per_atom_per_ps'])} "
-            f"| {_ref(m, 'rdf_mae_vs_teacher', '.3f')} | {_ref(m, 'vdos_overlap_vs_teacher', '.2f')} | {m['relaxed_rmsd_A']:.3f} | {_ref(m, 'frequency_mae_cm1', '.1f')} | {m['imaginary_modes']} |"
-        )
-    return "\n".join(acc) + "\n\n" + "\n".join(phys) + _phonon_table(models) + _growth_table(models)
-
-
-def _phonon_table(models: dict) -> str:
-    if not all("_phonons" in m for m in models.values()):
-        return ""
-    rows = ["| model | band MAE (cm⁻¹) | Γ MAE (cm⁻¹) | lowest band frequency (cm⁻¹) |", "|---|---|---|---|"]
-    rows += [f"| {n} | {_ref(m, 'phonon_band_mae_cm1', '.1f')} | {_ref(m, 'phonon_gamma_mae_cm1', '.1f')} | {m['phonon_min_cm1']:.1f} |" for n, m in models.items()]
-    return "\n\nPhonons (phonopy):\n\n" + "\n".join(rows)
-
-
-def _growth_table(models: dict) -> str:
-    sizes = sorted({int(n) for m in models.values() for n in m["cost_growth_s_per_call"]})
-    if not sizes:
-        return ""
-    rows = ["| model | " + " | ".join(f"ms / call, {n} atoms" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
-    for name, m in models.items():
-        cells = [f"{1000 * m['cost_growth_s_per_call'][str(n)]:.1f}" if str(n) in m["cost_growth_s_per_call"] else "too slow" for n in sizes]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n\nCost growth (interleaved timing, median of calls):\n\n" + "\n".join(rows)
-
-
-def public(metrics: dict) -> dict:
-    """Metrics without the private traces used for plots, as plain JSON types."""
-    return {name: {k: _plain(v) for k, v in m.items() if not k.startswith("_")} for name, m in metrics.items()}
-
-
-def _plain(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return v
-
-
-def method_notes(models: dict, profile: Profile) -> str:
-    """What was run, in words: stability criteria, MD lengths (the teacher's and why), timing."""
-    teacher = next((m for m in models.values() if m["role"] == "teacher"), None)
-    student = next((m for m in models.values() if m["role"] == "student"), None)
-    lines = [f"- Profile **{profile.name}**, {profile.temperature:g} K, 1 fs steps. Stability: {stability_criteria(profile.check_interval)}."]
-    if student is not None:
-        lines.append(f"- Students: {student['md_runs']} NVT runs × {student['md_steps'] / 1000:g} ps (Langevin, friction {0.01:g}/fs), NVE {student['nve_ps']:.2f} ps (velocities every step for the VDOS).")
-    if teacher is not None:
-        lines.append(
-            f"- Teacher: {teacher['md_runs']} NVT run × {teacher['md_steps'] / 1000:g} ps and NVE {teacher['nve_ps']:.3f} ps, "
-            f"what {profile.teacher_md_budget_s:g} s of its measured {1000 * teacher['seconds_per_force_call']:.0f} ms per force call allows; "
-            "its RDF and VDOS are the yardstick and are noisier when its runs are short."
-        )
-    lines.append(f"- Timing: calls interleaved across models on the same structure, 1 warm-up, median of {profile.timing_repeats}; torch threads {next(iter(models.values()))['timing_threads'] or 'as set'}.")
-    walls = "; ".join(f"{n} " + ", ".join(f"{k} {v:.0f} s" for k, v in m["wall_s"].items() if k != "speed_all_models") for n, m in models.items())
-    lines.append(f"- Wall time: timing of all models {next(iter(models.values()))['wall_s']['speed_all_models']:.0f} s; {walls}.")
-    lines.append(f"- Verdict thresholds: all NVT runs stable, |NVE drift| < {MAX_NVE_DRIFT:g} meV/atom/ps, RDF MAE ≤ {MAX_RDF_MAE:g}, VDOS overlap ≥ {MIN_VDOS_OVERLAP:g}.")
-    return "\n".join(lines)
-
-
-def write_report(output: str, models: dict, extra: dict, profile: Profile, title: str = "ffdistill evaluation", extra_plots: Sequence[str] = ()) -> None:
+def write_report(
+    output: str,
+    models: dict,
+    extra: dict,
+    profile: Profile,
+    title: str = "ffdistill evaluation",
+    extra_plots: Sequence[str] = (),
+) -> None:
     """report.md, metrics.json and the plots in ``output``."""
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, "metrics.json"), "w") as handle:
-        json.dump({"models": public(models), "profile": profile.name, **extra}, handle, indent=2, default=_plain)
+        json.dump({"models": public(models), "profile": profile.name, **extra}, handle, indent=2, default=plain)
     plots = _plots(output, models) + list(extra_plots)
     with open(os.path.join(output, "report.md"), "w") as handle:
-        handle.write(f"# {title}\n\n{markdown_tables(models)}\n\n## How it was measured\n\n{method_notes(models, profile)}\n\n")
+        handle.write(
+            f"# {title}\n\n{markdown_tables(models)}\n\n## How it was measured\n\n{method_notes(models, profile)}\n\n"
+        )
         handle.write(f"## Verdict\n\n{verdict(models)}\n\n")
         handle.write("Plots: " + ", ".join(f"`{p}`" for p in plots) + ".\n")
 
@@ -386,8 +334,14 @@ def _plots(output: str, models: dict) -> list[str]:
 
 
 def evaluate_from_paths(
-    model_paths: Sequence[str], data: str, teacher_spec: str, output: str, profile: str | Profile = "standard",
-    trust: bool = False, phonon_cell: Optional[ase.Atoms] = None, threads: Optional[int] = None,
+    model_paths: Sequence[str],
+    data: str,
+    teacher_spec: str,
+    output: str,
+    profile: str | Profile = "standard",
+    trust: bool = False,
+    phonon_cell: Optional[ase.Atoms] = None,
+    threads: Optional[int] = None,
 ) -> dict:
     """What ``ffdistill evaluate`` does: load everything, evaluate, write the report."""
     from ffdistill.evaluate.accuracy import load_test_set
@@ -400,6 +354,12 @@ def evaluate_from_paths(
     test = load_test_set(data, teacher)
     candidates = [Candidate.of_teacher(teacher), *student_candidates(model_paths)]
     models = evaluate_models(candidates, Inputs(test, phonon_cell=phonon_cell, threads=threads), profile)
-    extra = {"data": data, "teacher": f"{teacher.spec} ({teacher.version})", "test_frames": len(test), "teacher_is_reference": test.teacher_is_reference, "wall_time_s": time.perf_counter() - started}
+    extra = {
+        "data": data,
+        "teacher": f"{teacher.spec} ({teacher.version})",
+        "test_frames": len(test),
+        "teacher_is_reference": test.teacher_is_reference,
+        "wall_time_s": time.perf_counter() - started,
+    }
     write_report(output, models, extra, profile)
     return models

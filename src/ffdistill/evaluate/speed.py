@@ -45,8 +45,14 @@ def _timed_call(probe: ase.Atoms, nudge: float) -> float:
     return time.perf_counter() - start
 
 
-def force_call_seconds(candidates: Sequence, atoms: ase.Atoms, repeats: int = 5, warmup: int = 1,
-                       threads: Optional[int] = None, skip: Sequence[str] = ()) -> dict[str, float]:
+def force_call_seconds(
+    candidates: Sequence,
+    atoms: ase.Atoms,
+    repeats: int = 5,
+    warmup: int = 1,
+    threads: Optional[int] = None,
+    skip: Sequence[str] = (),
+) -> dict[str, float]:
     """Median seconds per force call of each candidate, calls interleaved round by round; the order
     within a round rotates so no model always runs first after an idle gap."""
     active = [c for c in candidates if c.name not in skip]
@@ -64,13 +70,21 @@ def force_call_seconds(candidates: Sequence, atoms: ase.Atoms, repeats: int = 5,
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def md_rates(candidates: Sequence, atoms: ase.Atoms, steps: dict[str, int], blocks: int = 3,
-             threads: Optional[int] = None, timestep_fs: float = 1.0) -> dict[str, dict]:
+def md_rates(
+    candidates: Sequence,
+    atoms: ase.Atoms,
+    steps: dict[str, int],
+    blocks: int = 3,
+    threads: Optional[int] = None,
+    timestep_fs: float = 1.0,
+) -> dict[str, dict]:
     """Velocity Verlet steps/s and ns/day of each candidate: blocks of ``steps[name]`` steps, the
     candidates' blocks interleaved, median over blocks (after one warm-up step each)."""
     from ffdistill.evaluate.md import dynamics, thermalised
 
-    runs = {c.name: dynamics(thermalised(atoms, c.calculator(), 300.0, 0), "nve", 300.0, timestep_fs) for c in candidates}
+    runs = {
+        c.name: dynamics(thermalised(atoms, c.calculator(), 300.0, 0), "nve", 300.0, timestep_fs) for c in candidates
+    }
     rates: dict[str, list] = {name: [] for name in runs}
     with torch_threads(threads):
         for dyn in runs.values():
@@ -92,8 +106,14 @@ def replicas(atoms: ase.Atoms, target: int) -> int:
     return max(1, int(round((target / len(atoms)) ** (1 / 3))))
 
 
-def cost_growth(candidates: Sequence, atoms: ase.Atoms, sizes: Sequence[int] = GROWTH_SIZES, repeats: int = 5,
-                threads: Optional[int] = None, max_call_s: float = 20.0) -> dict[str, dict]:
+def cost_growth(
+    candidates: Sequence,
+    atoms: ase.Atoms,
+    sizes: Sequence[int] = GROWTH_SIZES,
+    repeats: int = 5,
+    threads: Optional[int] = None,
+    max_call_s: float = 20.0,
+) -> dict[str, dict]:
     """Seconds per force call against system size (periodic cells replicated towards ``sizes``).
 
     A model is dropped from the next size when its predicted call (linear in N from this size)

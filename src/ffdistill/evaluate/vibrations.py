@@ -81,4 +81,8 @@ def count_imaginary(frequencies: np.ndarray, threshold: float = IMAGINARY_CM1) -
 def compare_spectra(freqs: np.ndarray, reference: np.ndarray) -> dict:
     """Mode-by-mode MAE (both sorted) and the imaginary-mode counts of a spectrum against the teacher's."""
     a, b = np.sort(freqs), np.sort(reference)
-    return {"frequency_mae_cm1": float(np.abs(a - b).mean()), "imaginary_modes": count_imaginary(a), "imaginary_modes_teacher": count_imaginary(b)}
+    return {
+        "frequency_mae_cm1": float(np.abs(a - b).mean()),
+        "imaginary_modes": count_imaginary(a),
+        "imaginary_modes_teacher": count_imaginary(b),
+    }
