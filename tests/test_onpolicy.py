@@ -145,3 +145,12 @@ def test_spot_check_picks_the_truly_worst_of_the_most_disputed_and_counts_its_ca
     picked, calls = onpolicy.pick_frames(candidates, scores, ["a", "b"], _KnownForces(), settings)
     assert picked == [1, 2] and calls == 3
     assert onpolicy.pick_frames(candidates, scores, ["a", "b"], None, OnPolicySettings(new_frames=2)) == ([0, 1], 0)
+
+
+def test_distill_refuses_a_teacher_other_than_the_stores_in_one_line(finished, store, capsys):
+    from ffdistill.cli import main
+
+    out, _ = finished
+    assert main(["distill", f"data.store={store}", f"output={out}", "--teacher", "morse", "-q"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "labelled by ase:ase.calculators.emt:EMT, not by morse" in error and "\n" not in error

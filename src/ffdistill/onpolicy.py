@@ -67,7 +67,10 @@ def distill(config, settings: OnPolicySettings, progress: bool = True) -> list[d
     out = config.output
     os.makedirs(out, exist_ok=True)
     pool, heldout = initial_split(config.data.store, settings, out)
-    teacher = load_teacher(settings.teacher or _attrs(pool)["teacher_spec"])
+    labelled_by = _attrs(pool)["teacher_spec"]
+    if settings.teacher and settings.teacher != labelled_by:  # a union store must hold one teacher's labels
+        raise InputError(f"{config.data.store} was labelled by {labelled_by}, not by {settings.teacher}")
+    teacher = load_teacher(labelled_by)
     rounds: list[dict] = []
     for r in range(settings.rounds):
         folder = os.path.join(out, f"round_{r}")
