@@ -354,3 +354,31 @@ def test_phonons_verb_overlays_teacher_and_students(tmp_path, capsys):
         result["students"]["tiny"]["phonon_band_mae_cm1"] > 1.0 and os.path.getsize(tmp_path / "ph" / "phonons.png") > 0
     )
     assert np.asarray(result["bands_cm1"]["teacher"]).max() > 150  # EMT copper's top band (~265 cm⁻¹)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ([], {"name": "standard", "nvt_runs": 3, "nvt_steps": 10_000, "nve_steps": 5_000}),
+        (
+            ["--profile", "quick", "--md-steps", "40"],
+            {"name": "quick", "nvt_runs": 2, "nvt_steps": 40, "nve_steps": 40},
+        ),
+        (
+            ["--profile", "long", "--md-runs", "7"],
+            {"name": "long", "nvt_runs": 7, "nvt_steps": 50_000, "nve_steps": 20_000},
+        ),
+    ],
+)
+def test_evaluate_verb_picks_the_profile_and_its_overrides(extra, expected, monkeypatch, capsys):
+    from ffdistill.cli import main
+    from ffdistill.evaluate import report
+
+    seen = {}
+    monkeypatch.setattr(report, "evaluate_from_paths", lambda *a, **k: seen.update(k) or {})
+    monkeypatch.setattr(report, "markdown_tables", lambda models: "")
+    assert main(["evaluate", "s.pt", "--data", "d.zarr", "-o", "out", *extra]) == 0
+    profile = seen["profile"]
+    assert {k: getattr(profile, k) for k in expected} == expected
+    # ≥ 10 ps NVT and ≥ 5 ps NVE per student from the standard profile up
+    assert profile.name == "quick" or (profile.nvt_runs * profile.nvt_steps >= 10_000 and profile.nve_steps >= 5_000)

@@ -17,7 +17,7 @@ from ffdistill.evaluate.accuracy import TestSet, accuracy, teacher_accuracy
 from ffdistill.evaluate.candidates import Candidate
 from ffdistill.evaluate.md import nve_run, nvt_run, relax, rmsd
 from ffdistill.evaluate.observables import frames_from_positions, rdf, rdf_mae, vdos, vdos_overlap
-from ffdistill.evaluate.tables import markdown_tables, method_notes, plain, public, verdict  # noqa: F401
+from ffdistill.evaluate.tables import MIN_VDOS_FS, markdown_tables, method_notes, plain, public, verdict  # noqa: F401
 from ffdistill.evaluate.vibrations import compare_spectra, count_imaginary, vibrational_frequencies
 
 
@@ -36,12 +36,14 @@ class Profile:
     timing_repeats: int = 5
     check_interval: int = 1  #: steps between stability checks
     rdf_every: int = 10  #: steps between NVT frames kept for the RDF
+    relax_steps: int = 200  #: BFGS steps allowed per relaxation (an expensive teacher pays per step)
     temperature: float = 300.0
 
 
 PROFILES = {
     "quick": Profile(
         "quick",
+        relax_steps=25,
         nvt_runs=2,
         nvt_steps=300,
         nve_steps=300,
@@ -89,7 +91,7 @@ def evaluate_models(candidates: Sequence[Candidate], inputs: Inputs, profile: Pr
     with clock("speed"):
         speed = _speed(candidates, inputs.test.atoms[0], profile, inputs.threads)
     with clock("relaxation"):
-        teacher_relaxed = relax(teacher.calculator(), inputs.test.atoms[0])
+        teacher_relaxed = relax(teacher.calculator(), inputs.test.atoms[0], max_steps=profile.relax_steps)
     vib = inputs.vib_structure if inputs.vib_structure is not None else teacher_relaxed["atoms"]
     teacher_steps = _teacher_steps(profile, speed[teacher.name]["seconds_per_force_call"])
     student_steps = {"nvt_runs": profile.nvt_runs, "nvt": profile.nvt_steps, "nve": profile.nve_steps}
@@ -133,7 +135,7 @@ def _evaluate_one(
     with clock("md"):
         m.update(_md(c, inputs.test.atoms, steps, profile))
     with clock("relaxation"):
-        m.update(_relaxation(c, inputs.test.atoms[0], teacher_relaxed))
+        m.update(_relaxation(c, inputs.test.atoms[0], teacher_relaxed, profile.relax_steps))
     with clock("frequencies"):
         m["_frequencies_cm1"] = vibrational_frequencies(c.hessian(vib), vib)
         m["imaginary_modes"] = count_imaginary(m["_frequencies_cm1"])
@@ -250,13 +252,14 @@ def _rdf(runs: list[dict]) -> Optional[dict]:
 
 
 def _vdos(nve: dict) -> Optional[dict]:
-    if nve["failed_step"] is not None or len(nve["velocities"]) < 16:
+    """The VDOS of a complete NVE run long enough to resolve it (``MIN_VDOS_FS``), else None."""
+    if nve["failed_step"] is not None or len(nve["velocities"]) * nve["velocity_dt_fs"] < MIN_VDOS_FS:
         return None
     return vdos(nve["velocities"], nve["masses"], nve["velocity_dt_fs"])
 
 
-def _relaxation(c: Candidate, start: ase.Atoms, teacher_relaxed: dict) -> dict:
-    mine = teacher_relaxed if c.is_teacher else relax(c.calculator(), start)
+def _relaxation(c: Candidate, start: ase.Atoms, teacher_relaxed: dict, max_steps: int) -> dict:
+    mine = teacher_relaxed if c.is_teacher else relax(c.calculator(), start, max_steps=max_steps)
     return {
         "relaxed_rmsd_A": rmsd(teacher_relaxed["atoms"], mine["atoms"]),
         "relaxed_energy_diff_meV_per_atom": 1000 * (mine["energy_eV"] - teacher_relaxed["energy_eV"]) / len(start),

@@ -19,6 +19,9 @@ MAX_RDF_MAE = 0.1
 #: Minimum overlap of the unit-area VDOS with the teacher's (1 = identical).
 MIN_VDOS_OVERLAP = 0.8
 
+#: Shortest NVE run (fs) whose VDOS is worth comparing: its resolution is 1 / length (133 cm⁻¹ at 250 fs).
+MIN_VDOS_FS = 250.0
+
 #: Metrics that measure a distance from the teacher: the teacher's own cell is "reference".
 VS_TEACHER = {
     "frequency_mae_cm1", "rdf_mae_vs_teacher", "vdos_overlap_vs_teacher", "phonon_band_mae_cm1", "phonon_gamma_mae_cm1",
@@ -107,13 +110,23 @@ def criteria(m: dict) -> list[tuple[str, str, bool]]:
     return [
         ("NVT stability", f"{m['md_stable_runs']}/{m['md_runs']} runs stable over {m['md_total_ps']:.2f} ps ({needs})",
          m["md_stable_runs"] == m["md_runs"]),
-        ("NVE drift", f"|{_num(drift)}| meV/atom/ps (limit {MAX_NVE_DRIFT:g})",
+        ("NVE drift", _drift_text(m),
          m["nve_failed_step"] is None and abs(drift) < MAX_NVE_DRIFT),
         ("RDF", f"MAE vs teacher {_num(rdf_d, '.3f')} (limit {MAX_RDF_MAE:g})",
          rdf_d is not None and rdf_d <= MAX_RDF_MAE),
-        ("VDOS", f"overlap with teacher {_num(vdos_o, '.2f')} (needs ≥ {MIN_VDOS_OVERLAP:g})",
+        ("VDOS", f"overlap with teacher {_num(vdos_o, '.2f') if vdos_o is not None else _NO_VDOS} "
+                 f"(needs ≥ {MIN_VDOS_OVERLAP:g})",
          vdos_o is not None and vdos_o >= MIN_VDOS_OVERLAP),
     ]
+
+
+def _drift_text(m: dict) -> str:
+    if m["nve_failed_step"] is not None:
+        return f"not measured: the NVE run failed its stability check at step {m['nve_failed_step']}"
+    return f"|{_num(m['nve_drift_meV_per_atom_per_ps'])}| meV/atom/ps (limit {MAX_NVE_DRIFT:g})"
+
+
+_NO_VDOS = f"not measured (an NVE run, the student's or the teacher's, failed or was under {MIN_VDOS_FS:g} fs)"
 
 
 def verdict(models: dict) -> str:
@@ -150,6 +163,10 @@ def method_notes(models: dict, profile) -> str:
                      f"{teacher['nve_ps']:.3f} ps: what {profile.teacher_md_budget_s:g} s at its measured "
                      f"{1000 * teacher['seconds_per_force_call']:.0f} ms per force call allows. "
                      "Its RDF and VDOS are the yardstick, noisier when its runs are short.")
+    if teacher is not None:
+        lines.append(f"- Relaxation: BFGS from the first test frame to fmax 0.05 eV/Å, at most {profile.relax_steps} steps; "
+                     f"the teacher's {'converged' if teacher['relax_converged'] else 'did not converge'} "
+                     f"in {teacher['relax_steps']}. RMSD and ΔE are against the teacher's result.")
     threads = first["timing_threads"] or "as set"
     lines.append(f"- Timing: calls interleaved across models on the same structure, 1 warm-up, median of "
                  f"{profile.timing_repeats}; torch threads {threads}.")
