@@ -164,9 +164,9 @@ def method_notes(models: dict, profile) -> str:
                      f"{1000 * teacher['seconds_per_force_call']:.0f} ms per force call allows. "
                      "Its RDF and VDOS are the yardstick, noisier when its runs are short.")
     if teacher is not None:
-        lines.append(f"- Relaxation: BFGS from the first test frame to fmax 0.05 eV/Å, at most {profile.relax_steps} steps; "
-                     f"the teacher's {'converged' if teacher['relax_converged'] else 'did not converge'} "
-                     f"in {teacher['relax_steps']}. RMSD and ΔE are against the teacher's result.")
+        outcome = "converged" if teacher["relax_converged"] else "did not converge"
+        lines.append(f"- Relaxation: BFGS from the first test frame to fmax 0.05 eV/Å, at most {profile.relax_steps} "
+                     f"steps; the teacher's {outcome} in {teacher['relax_steps']}. RMSD and ΔE are against its result.")
     threads = first["timing_threads"] or "as set"
     lines.append(f"- Timing: calls interleaved across models on the same structure, 1 warm-up, median of "
                  f"{profile.timing_repeats}; torch threads {threads}.")
