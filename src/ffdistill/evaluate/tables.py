@@ -169,7 +169,9 @@ def method_notes(models: dict, profile) -> str:
                      f"steps; the teacher's {outcome} in {teacher['relax_steps']}. RMSD and ΔE are against its result.")
     threads = first["timing_threads"] or "as set"
     lines.append(f"- Timing: calls interleaved across models on the same structure, 1 warm-up, median of "
-                 f"{profile.timing_repeats}; torch threads {threads}.")
+                 f"{profile.timing_repeats}; torch threads {threads}. Cost growth: cells replicated towards "
+                 f"{', '.join(map(str, profile.growth_sizes))} atoms; a model stops (\"too slow\") once its next call "
+                 f"would take over {profile.max_call_s:g} s.")
     walls = "; ".join(f"{n} " + ", ".join(f"{k} {v:.0f} s" for k, v in m["wall_s"].items() if k != "speed_all_models")
                       for n, m in models.items())
     lines.append(f"- Wall time: timing of all models {first['wall_s']['speed_all_models']:.0f} s; {walls}.")
