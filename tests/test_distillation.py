@@ -239,3 +239,23 @@ def test_energy_term_is_per_atom_and_force_term_per_atom_norm():
     out = StudentOutput(torch.tensor([0.4, -0.8]), forces, None)
     _, values = DistillationLoss([EnergyTerm(1.0), ForceTerm(1.0)])(out, batch)
     assert values["energy"] == pytest.approx(0.1) and values["forces"] == pytest.approx(5 / 12)
+
+
+def test_refitting_references_solves_the_element_offsets_by_least_squares():
+    """After the refit, the energy residuals are orthogonal to the element counts (the normal equations),
+    and a student whose energies are off by 0.3 eV per atom plus noise gets that 0.3 eV back."""
+    from ase.build import molecule
+
+    torch.manual_seed(0)
+    model = build_student("painn-tiny", [1, 6, 8], cutoff=4.0).double()
+    torch.nn.init.normal_(model.readout[-1].weight, std=0.3)
+    graphs = []
+    for k, name in enumerate(["CH3OH", "H2O", "CH4", "CO2", "C2H6", "H2CO"]):
+        atoms = molecule(name)
+        atoms.rattle(0.05, seed=k)
+        g = from_ase(atoms, 4.0, dtype=torch.float64)
+        graphs.append(g._replace(energy=model(g).detach() + 0.3 * g.n_atoms))
+    model.refit_references(graphs)
+    counts = np.array([[int((g.Z == z).sum()) for z in (1, 6, 8)] for g in graphs])
+    residuals = np.array([float(g.energy - model(g).detach()) for g in graphs])
+    assert np.abs(residuals).max() < 1e-9 and np.abs(counts.T @ residuals).max() < 1e-9

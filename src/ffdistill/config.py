@@ -60,6 +60,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.99  #: exponential moving average of weights used for validation and export
     grad_clip: float = 10.0
+    refit_references: bool = True  #: after each epoch, refit per-element energies to the energy residuals
     patience: int = 40  #: stop after this many epochs without validation improvement
     seed: int = 0
     device: str = "cpu"

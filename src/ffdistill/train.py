@@ -204,6 +204,9 @@ def train(
             ema.update_parameters(model)
             state.step += 1
         state.epoch += 1
+        if t.refit_references:
+            for m in (model, ema.module):
+                m.refit_references(train_graphs)
         val = accuracy(ema.module, val_graphs, config.data.batch_size)
         _end_of_epoch(state, val, sums, teacher_force_mae, config)
         # Every rank validates (identical EMA weights), so early stopping agrees without messages.
