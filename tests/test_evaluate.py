@@ -171,7 +171,11 @@ class TimeBomb(EMT):
         self.calls += 1
 
 
-@pytest.mark.parametrize("fuse, interval, reported", [(37, 1, 37), (37, 10, 40), (0, 10, 0), (40, 10, 40)])
+#: (step at which forces explode, check interval, first failed check): 100 steps, checks every interval and at the end
+FAILURES = [(37, 1, 37), (37, 10, 40), (0, 10, 0), (40, 10, 40), (95, 30, 100)]
+
+
+@pytest.mark.parametrize("fuse, interval, reported", FAILURES)
 def test_stability_reports_the_first_failed_check(fuse, interval, reported):
     start = bulk("Cu", "fcc", a=3.6, cubic=True)
     result = md_stability(TimeBomb(fuse), start, steps=100, interval=interval)

@@ -128,9 +128,13 @@ def nvt_run(
     monitor = StabilityMonitor(atoms, interval)
     monitor.attach(dyn)
     frames: list = []
+
+    def keep_frame():
+        if dyn.nsteps >= steps // 4:  # the first quarter is equilibration from the start's velocities
+            frames.append(atoms.positions.copy())
+
     if frame_every:
-        burn_in = steps // 4
-        dyn.attach(lambda: dyn.nsteps >= burn_in and frames.append(atoms.positions.copy()), interval=frame_every)
+        dyn.attach(keep_frame, interval=frame_every)
     result = {
         "steps": steps,
         "interval": interval,
@@ -140,6 +144,8 @@ def nvt_run(
     }
     try:
         dyn.run(steps)
+        if steps % interval:
+            monitor.check(steps)  # the last step, when the interval does not divide the run
         return {**result, "stable": True, "steps_run": steps, "failed_step": None, "reason": None}
     except Blowup as blowup:
         return {
