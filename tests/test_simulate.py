@@ -186,11 +186,15 @@ def test_teacher_error_is_measured_against_reference_labels(emt_teacher, tmp_pat
         expected_e.append(abs(0.1 * e) / len(atoms))
     ase.io.write(tmp_path / "dft.extxyz", frames)
     label_file(emt_teacher, str(tmp_path / "dft.extxyz"), str(tmp_path / "s.zarr"), rows=0, progress=False)
-    test = load_test_set(str(tmp_path / "s.zarr"), emt_teacher)
-    assert not test.teacher_is_reference
-    got = teacher_accuracy(emt_teacher, test)
-    assert got["force_mae_meV_per_A"] == pytest.approx(1000 * np.mean(expected_f), rel=1e-6)
-    assert got["energy_mae_meV_per_atom"] == pytest.approx(1000 * np.mean(expected_e), rel=1e-6)
+    for source in (tmp_path / "s.zarr", tmp_path / "dft.extxyz"):  # a label store, or the labelled file itself
+        test = load_test_set(str(source), emt_teacher)
+        assert not test.teacher_is_reference, source
+        got = teacher_accuracy(emt_teacher, test)
+        assert got["force_mae_meV_per_A"] == pytest.approx(1000 * np.mean(expected_f), rel=1e-6)
+        assert got["energy_mae_meV_per_atom"] == pytest.approx(1000 * np.mean(expected_e), rel=1e-6)
+    frames[0].calc = None  # one frame without its own labels: the teacher labels them all and is the reference
+    ase.io.write(tmp_path / "mixed.extxyz", frames)
+    assert load_test_set(str(tmp_path / "mixed.extxyz"), emt_teacher).teacher_is_reference
 
 
 def _student_metrics(**changes):

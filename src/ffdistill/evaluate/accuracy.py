@@ -106,22 +106,33 @@ def store_test_set(store, indices: Optional[Sequence[int]] = None, reference: bo
 
 
 def _labelled_by_teacher(path: str, teacher) -> TestSet:
+    """Frames of a structure file: their own energies and forces (e.g. DFT) are the reference when
+    every frame carries them; otherwise the teacher labels them and is the reference itself."""
     from ffdistill.io import iter_structures
 
-    atoms, labels = [], []
-    for frame in iter_structures(path):
-        lab = teacher.label(frame)
-        atoms.append(frame)
-        labels.append(
-            {
-                "energy": torch.tensor([lab.energy], dtype=torch.float64),
-                "forces": torch.as_tensor(lab.forces),
-                "stress": None,
-                "hessian_rows": None,
-                "row_index": None,
-            }
-        )
-    return TestSet(atoms, labels, True, path)
+    frames = list(iter_structures(path))
+    own = [_own_labels(a) for a in frames]
+    if all(lab is not None for lab in own):
+        return TestSet(frames, own, False, path)
+    labels = [teacher.label(a) for a in frames]
+    return TestSet(frames, [_as_labels(lab.energy, lab.forces) for lab in labels], True, path)
+
+
+def _own_labels(atoms: ase.Atoms) -> Optional[dict]:
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    if "energy" not in results or "forces" not in results:
+        return None
+    return _as_labels(results["energy"], results["forces"])
+
+
+def _as_labels(energy: float, forces) -> dict:
+    return {
+        "energy": torch.tensor([float(energy)], dtype=torch.float64),
+        "forces": torch.as_tensor(np.asarray(forces, dtype=np.float64)),
+        "stress": None,
+        "hessian_rows": None,
+        "row_index": None,
+    }
 
 
 def teacher_accuracy(teacher, test: TestSet) -> dict[str, float]:
