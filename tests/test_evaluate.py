@@ -386,3 +386,24 @@ def test_evaluate_verb_picks_the_profile_and_its_overrides(extra, expected, monk
     assert {k: getattr(profile, k) for k in expected} == expected
     # ≥ 10 ps NVT and ≥ 5 ps NVE per student from the standard profile up
     assert profile.name == "quick" or (profile.nvt_runs * profile.nvt_steps >= 10_000 and profile.nve_steps >= 5_000)
+
+
+def test_vdos_overlap_separates_same_from_different_frequencies():
+    from ffdistill.evaluate.observables import vdos_overlap
+
+    def oscillators(wavenumber: float, seed: int) -> dict:
+        """8 atoms oscillating at ``wavenumber`` (cm⁻¹) with random phases, plus noise, sampled every fs."""
+        rng = np.random.default_rng(seed)
+        cycles_per_fs = wavenumber * units._c * 100 * 1e-15
+        t = np.arange(2000)[:, None, None]
+        v = np.sin(2 * np.pi * cycles_per_fs * t + rng.uniform(0, 2 * np.pi, (1, 8, 3))) + 0.1 * rng.normal(
+            size=(2000, 8, 3)
+        )
+        return vdos(v, np.ones(8), 1.0)
+
+    same, shifted = (
+        vdos_overlap(oscillators(300, 0), oscillators(300, 1)),
+        vdos_overlap(oscillators(300, 0), oscillators(500, 2)),
+    )
+    assert same > 0.95 and shifted < 0.1, (same, shifted)
+    assert vdos_peak(oscillators(300, 0)) == pytest.approx(300, abs=10)

@@ -77,11 +77,18 @@ def rdf_mae(a: dict, b: dict) -> float:
 
 def vdos_overlap(a: dict, b: dict, smooth_cm1: float = 10.0) -> float:
     """∫ min(p_a, p_b) dν of the two unit-area spectra on a common grid, after Gaussian smoothing of
-    width ``smooth_cm1`` (short runs give noisy spectra): 1 identical, 0 disjoint."""
-    top = min(a["frequency_cm1"][-1], b["frequency_cm1"][-1])
-    grid = np.linspace(0.0, top, 1000)
+    width ``smooth_cm1`` (short runs give noisy spectra): 1 identical, 0 disjoint. The grid spans
+    the band where either spectrum has its weight, not up to the Nyquist frequency."""
+    nyquist = min(a["frequency_cm1"][-1], b["frequency_cm1"][-1])
+    top = min(nyquist, 1.5 * max(_quantile(a, 0.999), _quantile(b, 0.999)))
+    grid = np.linspace(0.0, top, 2000)
     pa, pb = (_smoothed(x, grid, smooth_cm1) for x in (a, b))
     return float(_trapezoid(np.minimum(pa, pb), grid))
+
+
+def _quantile(result: dict, q: float) -> float:
+    weight = np.cumsum(result["vdos"])
+    return float(result["frequency_cm1"][np.searchsorted(weight, q * weight[-1])])
 
 
 def _smoothed(result: dict, grid: np.ndarray, width: float) -> np.ndarray:
