@@ -149,7 +149,7 @@ def test_vdos_of_a_harmonic_solid_peaks_at_its_frequency():
         cell=[6, 6, 6],
         pbc=True,
     )
-    run = nve_run(Springs(atoms.positions, k), atoms, steps=4000, temperature=300, velocity_every=2)
+    run = nve_run(Springs(atoms.positions, k), atoms, steps=2000, temperature=300, velocity_every=2)
     spectrum = vdos(run["velocities"], run["masses"], run["velocity_dt_fs"])
     omega = np.sqrt(k * units._e / 1e-20 / (mass * units._amu))  # rad/s, SI throughout
     expected = omega / (2 * np.pi * units._c * 100)  # cm⁻¹
