@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--composition", help="a formula (SiO2) or ratios (Si:O=1:2) the frame must have")
     p.add_argument("--energy-window", type=float, nargs=2, metavar=("LO", "HI"), help="eV/atom; frames without an energy are dropped")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="atoms.info (or database key) must equal VALUE (repeatable)")
-    p.add_argument("--pick", type=int, help="write only N of the kept frames (whole groups)")
+    p.add_argument("--pick", type=int, help="write at most N of the kept frames, whole groups at a time")
     p.add_argument("--by", choices=["fps", "random"], default="fps", help="farthest-point sampling (default) or random")
     p.add_argument("--descriptor-model", help="student file: FPS on its mean node features (default: per-element-pair RDF)")
     p.add_argument("--seed", type=int, default=0, help="seed of --by random")
