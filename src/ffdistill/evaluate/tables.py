@@ -60,7 +60,7 @@ ACCURACY_COLUMNS = [
 PHYSICS_COLUMNS = [
     ("NVT stable", lambda m: f"{m['md_stable_runs']}/{m['md_runs']} × {m['md_steps'] / 1000:g} ps"),
     ("mean time to instability (ps)", _ref("mean_time_to_instability_ps", ".2f")),
-    ("NVE drift (meV/atom/ps)", _ref("nve_drift_meV_per_atom_per_ps", ".2f")),
+    ("NVE drift (meV/atom/ps)", lambda m: _nve_cell(m)),
     ("RDF MAE", _ref("rdf_mae_vs_teacher", ".3f")),
     ("VDOS overlap", _ref("vdos_overlap_vs_teacher", ".2f")),
     ("relaxed RMSD (Å)", _ref("relaxed_rmsd_A", ".3f")),
@@ -72,6 +72,11 @@ PHONON_COLUMNS = [
     ("Γ MAE (cm⁻¹)", _ref("phonon_gamma_mae_cm1", ".1f")),
     ("lowest band frequency (cm⁻¹)", _ref("phonon_min_cm1", ".1f")),
 ]
+
+
+def _nve_cell(m: dict) -> str:
+    failed = m.get("nve_failed_step")
+    return f"failed at step {failed}" if failed is not None else _num(m["nve_drift_meV_per_atom_per_ps"])
 
 
 def table(models: dict, columns: list) -> str:
