@@ -17,7 +17,7 @@ import time
 from ase.build import bulk
 
 from ffdistill.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
-from ffdistill.data import load_graphs, split_indices
+from ffdistill.data import split_indices
 from ffdistill.labels import LabelStore, label_file
 from ffdistill.sampling import sample_to_file
 from ffdistill.train import train_from_config
@@ -90,24 +90,43 @@ def _config(plan: DemoPlan, store: str, output: str, hessian: float) -> RunConfi
 
 
 def _evaluate(teacher, store: LabelStore, runs: dict, plan: DemoPlan) -> dict:
-    from ffdistill.calculator import load_student
-    from ffdistill.report import Candidate, EvalPlan, evaluate_models
+    from ffdistill.evaluate.candidates import Candidate, load_for_inference
+    from ffdistill.evaluate.report import Inputs, evaluate_models
 
-    _, _, test_idx = split_indices(len(store), plan.val_fraction, plan.test_fraction, 0)
-    test = load_graphs(store, test_idx, cutoff=5.0)
-    candidates = [Candidate.of_teacher(teacher)]
-    for name, run in runs.items():
-        student = load_student(run.best_path)
-        for p in student.parameters():
-            p.requires_grad_(False)
-        candidates.append(Candidate(name, student, student.cutoff))
-    # Frequencies on the 8-atom cell (an equilibrium by symmetry): the teacher's full Hessian of the
-    # 64-atom cell would cost ~2 minutes here.
+    test = _test_set(store, plan)
+    students = [Candidate.of_student(name, load_for_inference(run.best_path)) for name, run in runs.items()]
+    candidates = [Candidate.of_teacher(teacher), *students]
+    # Frequencies and phonons on the 8-atom cell (an equilibrium by symmetry): the teacher's full
+    # Hessian of the 64-atom cell would cost ~2 minutes here; phonopy needs one displacement for Si.
     crystal = bulk("Si", "diamond", a=5.43, cubic=True)
-    eval_plan = EvalPlan(md_runs=plan.md_runs, md_steps=plan.md_steps, nve_steps=plan.md_steps, teacher_md_steps=plan.teacher_md_steps, vib_structure=crystal)
-    models = evaluate_models(candidates, test, eval_plan)
+    inputs = Inputs(test, vib_structure=crystal, phonon_cell=crystal, threads=2)
+    models = evaluate_models(candidates, inputs, _demo_profile(plan))
     ratio = models["distilled"]["force_mae_meV_per_A"] / models["undistilled"]["force_mae_meV_per_A"]
-    return {"models": models, "distilled_vs_undistilled_force_mae": ratio, "test_frames": len(test), "structure": "Si, 64 atoms", "teacher": f"{teacher.spec} ({teacher.version})"}
+    return {
+        "models": models, "distilled_vs_undistilled_force_mae": ratio, "test_frames": len(test),
+        "structure": "Si, 64 atoms", "teacher": f"{teacher.spec} ({teacher.version})", "profile": _demo_profile(plan).name,
+    }
+
+
+def _test_set(store: LabelStore, plan: DemoPlan):
+    """The held-out frames of the students' own split (whole groups, as the trainer cuts them)."""
+    from ffdistill.evaluate.accuracy import store_test_set
+
+    seed = DataConfig().split_seed
+    _, _, test_idx = split_indices(store.groups(), plan.val_fraction, plan.test_fraction, seed)
+    return store_test_set(store, test_idx)
+
+
+def _demo_profile(plan: DemoPlan):
+    """The quick evaluation profile, shortened further when the plan asks for less (smoke runs)."""
+    from ffdistill.evaluate.report import PROFILES
+
+    quick = PROFILES["quick"]
+    scale = min(1.0, plan.md_steps / quick.nvt_steps)
+    return dataclasses.replace(
+        quick, nvt_runs=min(quick.nvt_runs, plan.md_runs), nvt_steps=min(quick.nvt_steps, plan.md_steps),
+        nve_steps=min(quick.nve_steps, plan.md_steps), teacher_md_budget_s=quick.teacher_md_budget_s * scale,
+    )
 
 
 def _teacher_cost(store: LabelStore, plan: DemoPlan) -> dict:
@@ -117,7 +136,7 @@ def _teacher_cost(store: LabelStore, plan: DemoPlan) -> dict:
 
 
 def format_table(metrics: dict) -> str:
-    from ffdistill.report import markdown_tables
+    from ffdistill.evaluate.report import markdown_tables, verdict
 
     cost = metrics["teacher_cost"]
     return (
@@ -126,34 +145,36 @@ def format_table(metrics: dict) -> str:
         + f"  ({metrics['test_frames']} held-out frames, errors against the teacher's labels)"
         + f"\nteacher cost of the training labels: {cost['undistilled_teacher_force_calls']} force calls (undistilled);"
         + f" the same plus {cost['distilled_extra_hessian_row_vjps']} Hessian-row VJPs (distilled)"
+        + f"\n\n{verdict(metrics['models'])}"
     )
 
 
 def _write_outputs(output: str, metrics: dict, runs: dict) -> None:
+    from ffdistill.evaluate.report import PROFILES, write_report
     from ffdistill.plots import learning_curves
-    from ffdistill.report import write_report
 
     extra = {k: v for k, v in metrics.items() if k != "models"}
-    write_report(output, metrics["models"], extra, title="ffdistill demo: SevenNet-0 → painn-small on 64-atom Si")
-
+    profile = PROFILES.get(metrics.get("profile", "quick"), PROFILES["quick"])
+    title = "ffdistill demo: SevenNet-0 → painn-small on 64-atom Si"
+    plots = ("force_parity.png", "learning_curves.png")
+    write_report(output, metrics["models"], extra, profile, title=title, extra_plots=plots)
     learning_curves({name: run.history for name, run in runs.items()}, os.path.join(output, "learning_curves.png"))
 
 
 def _parity(store: LabelStore, runs: dict, plan: DemoPlan, path: str) -> None:
+    """Force parity on the held-out frames, each student through the forces it uses in MD (a direct
+    student's force head, not -dE/dR of its energy head), on graphs at its own cutoff."""
     import numpy as np
 
-    from ffdistill import derivatives
-    from ffdistill.calculator import load_student
+    from ffdistill.evaluate.candidates import load_for_inference, model_forces
     from ffdistill.plots import force_parity
 
-    _, _, test_idx = split_indices(len(store), plan.val_fraction, plan.test_fraction, 0)
-    test = load_graphs(store, test_idx, cutoff=5.0)
-    reference = np.concatenate([g.forces.numpy() for g in test])
+    test = _test_set(store, plan)
     predictions = {}
     for name, run in runs.items():
-        student = load_student(run.best_path)
-        predictions[name] = np.concatenate([derivatives.predict(student, g).forces.numpy() for g in test])
-    force_parity(reference, predictions, path)
+        student = load_for_inference(run.best_path)
+        predictions[name] = np.concatenate([model_forces(student, g).numpy() for g in test.graphs(student.cutoff)])
+    force_parity(test.reference_forces(), predictions, path)
 
 
 def _say(message: str) -> None:
