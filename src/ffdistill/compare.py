@@ -42,35 +42,41 @@ def method_config(config: RunConfig, method: str, seed: int, output: str) -> Run
 
 def compare(config: RunConfig, methods: Sequence[str], seeds: int, output: str, md_steps: int = 200, progress: bool = True) -> dict:
     """Train and evaluate every method for every seed; returns {method: {metric: [value per seed]}}."""
-    from ffdistill.calculator import load_student
-    from ffdistill.data import load_graphs, split_indices
-    from ffdistill.evaluate import accuracy, seconds_per_force_call
-    from ffdistill.graph import to_ase
+    from ffdistill.data import split_indices
+    from ffdistill.evaluate.accuracy import store_test_set
     from ffdistill.labels import LabelStore
-    from ffdistill.simulate import md_stability
     from ffdistill.train import train_from_config
 
     if config.data.test_fraction <= 0:
         raise InputError("compare needs held-out frames: set data.test_fraction (e.g. 0.2)")
     store = LabelStore(config.data.store)
-    _, _, test_idx = split_indices(len(store), config.data.val_fraction, config.data.test_fraction, config.data.split_seed)
+    _, _, test_idx = split_indices(store.groups(), config.data.val_fraction, config.data.test_fraction, config.data.split_seed)
+    test = store_test_set(store, test_idx, reference=config.data.use_reference)
     results: dict = {}
     for method in methods:
         for seed in range(seeds):
             run = train_from_config(method_config(config, method, seed, output), progress=progress)
-            student = load_student(run.best_path)
-            test = load_graphs(store, test_idx, student.cutoff, reference=config.data.use_reference)
-            metrics = accuracy(student, test)
-            metrics["seconds_per_force_call"] = seconds_per_force_call(student, test[0], repeats=5)
-            from ffdistill.calculator import EnergyModelCalculator
-
-            calc = EnergyModelCalculator(student, student.cutoff)
-            metrics["md_stable_fraction"] = float(md_stability(calc, to_ase(test[0])[0], md_steps, seed=seed)["stable"])
+            metrics = evaluate_student(method, run.best_path, test, md_steps, seed)
             for key in COLUMNS:
                 results.setdefault(method, {}).setdefault(key, []).append(metrics[key])
     with open(os.path.join(output, "compare.json"), "w") as handle:
         json.dump({"methods": results, "seeds": seeds, "test_frames": len(test_idx)}, handle, indent=2)
     return results
+
+
+def evaluate_student(name: str, path: str, test, md_steps: int, seed: int) -> dict:
+    """Accuracy on ``test`` (graphs at the student's own cutoff), time per force call and whether one
+    NVT run from the first test frame stays stable: the same functions ``ffdistill evaluate`` uses."""
+    from ffdistill.evaluate.accuracy import accuracy
+    from ffdistill.evaluate.candidates import Candidate, load_for_inference
+    from ffdistill.evaluate.md import md_stability
+    from ffdistill.evaluate.speed import force_call_seconds
+
+    student = Candidate.of_student(name, load_for_inference(path))
+    metrics = accuracy(student.model, test.graphs(student.cutoff, student.dtype))
+    metrics["seconds_per_force_call"] = force_call_seconds([student], test.atoms[0])[name]
+    metrics["md_stable_fraction"] = float(md_stability(student.calculator(), test.atoms[0], md_steps, seed=seed)["stable"])
+    return metrics
 
 
 def table(results: dict) -> str:
