@@ -120,3 +120,14 @@ def test_hessian_weight_is_halved_once_near_the_teacher_error():
     unknown = TrainState(hessian_weight=200.0)
     _end_of_epoch(unknown, {"force_mae_meV_per_A": 1.0}, {}, teacher_force_mae=None, config=config)
     assert unknown.hessian_weight == 200.0  # teacher error unknown: no halving
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_it_fails_with_one_line_naming_the_key(emt_store, tmp_path, capsys):
+    from ffdistill.cli import main
+
+    argv = ["train", f"data.store={emt_store}", f"output={tmp_path / 'run'}", "train.device=cuda", "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.device=cuda" in err[0] and "CUDA is not available" in err[0]
+    assert not (tmp_path / "run").exists()

@@ -63,7 +63,7 @@ class TrainConfig:
     refit_references: bool = True  #: after each epoch, refit per-element energies to the energy residuals
     patience: int = 40  #: stop after this many epochs without validation improvement
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"  #: cpu, cuda, cuda:K or auto; under data parallelism cuda is each rank's LOCAL_RANK GPU
     devices: int = 1  #: data-parallel processes on this node (gloo on CPU, NCCL on GPUs)
 
 

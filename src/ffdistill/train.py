@@ -92,9 +92,10 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
 
     With ``train.devices > 1`` this spawns that many data-parallel workers and returns what rank 0 wrote.
     """
-    if config.train.devices > 1 and not distributed.from_environment():
+    backend = distributed.backend_for(distributed.resolve_device(config.train.device))  # fails early without CUDA
+    if config.train.devices > 1 and not distributed.from_environment(backend):
         LabelStore(config.data.store)  # fail here, with one clear line, before spawning anything
-        distributed.spawn(train_from_config, config.train.devices, config, resume, progress)
+        distributed.spawn(train_from_config, config.train.devices, backend, config, resume, progress)
         return _result_on_disk(config.output)
     store = LabelStore(config.data.store)
     d = config.data
@@ -179,8 +180,13 @@ def train(
     if ranks.is_main:
         save_config(config, os.path.join(run_dir, "config.yaml"))
     torch.manual_seed(t.seed)
-    step_model = DistributedDataParallel(model) if ranks.world > 1 else model
+    device = distributed.resolve_device(t.device)
+    model.to(device)
+    step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.world > 1 else model
     loss = _loss(config, model, train_graphs)
+    for term in loss.terms:
+        if isinstance(term, torch.nn.Module):
+            term.to(device)
     optimizer = torch.optim.AdamW([*model.parameters(), *loss.parameters()], lr=t.lr, weight_decay=t.weight_decay)
     ema = AveragedModel(model, avg_fn=ema_update(t.ema_decay), use_buffers=True)
     state = TrainState(hessian_weight=config.loss.hessian)
@@ -198,7 +204,7 @@ def train(
                 group["lr"] = lr_at(state.step, total_steps, t)
             loss.term("hessian").weight = hessian_weight_at(state.step, total_steps, state.hessian_weight, config.loss.hessian_decay_from)
             mine = ranks.shard(graphs)
-            batch = batch_graphs(mine or graphs[:1])
+            batch = batch_graphs(mine or graphs[:1]).to(device)
             for name, value in train_step(step_model, batch, loss, optimizer, t.grad_clip, ranks, idle=not mine).items():
                 sums[name] = sums.get(name, 0.0) + value / steps_per_epoch
             ema.update_parameters(model)
@@ -265,7 +271,7 @@ def _load_checkpoint(path: str, model, ema, optimizer, loss: DistillationLoss) -
     if not os.path.isfile(path):
         raise InputError(f"nothing to resume: no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
         model.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])
         optimizer.load_state_dict(payload["optimizer"])

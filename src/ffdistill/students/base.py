@@ -119,7 +119,8 @@ class EnergyStudent(nn.Module):
         Solving the linear part exactly keeps the energy term for what depends on the configuration.
         """
         counts = np.array([[int((g.Z == z).sum()) for z in self.elements] for g in graphs], dtype=np.float64)
-        residuals = np.array([float(g.energy.sum() - self(g).sum()) for g in graphs])
+        device = self.energy_ref.device
+        residuals = np.array([float(g.energy.sum() - self(g.to(device)).sum().cpu()) for g in graphs])
         delta, *_ = np.linalg.lstsq(counts, residuals, rcond=None)
         self.energy_ref.add_(torch.as_tensor(delta, dtype=self.energy_ref.dtype, device=self.energy_ref.device))
 
