@@ -20,7 +20,7 @@ from ffdistill.errors import InputError
 METHODS = {
     "undistilled": {"loss": {"hessian": 0.0}},
     "hessian": {},
-    "n2n": {"loss": {"hessian": 0.0, "n2n": 1.0}},
+    "n2n": {"loss": {"hessian": 0.0, "n2n": 1000.0}},  # the reference code's weight on the feature MSE
     "a2a": {"loss": {"hessian": 0.0}, "model": {"a2a": True}},
     "teacher-forces": {"loss": {"hessian": 0.0}, "data": {"use_reference": False}},
 }
@@ -40,7 +40,33 @@ def method_config(config: RunConfig, method: str, seed: int, output: str) -> Run
     return from_dict(RunConfig, raw)
 
 
-def compare(config: RunConfig, methods: Sequence[str], seeds: int, output: str, md_steps: int = 200, progress: bool = True) -> dict:
+def default_methods(store) -> list[str]:
+    """Every method that means something on ``store``: teacher-forces only with reference labels."""
+    return [m for m in METHODS if m != "teacher-forces" or has_distinct_reference(store)]
+
+
+def has_distinct_reference(store) -> bool:
+    """Whether the store's reference energies and forces (e.g. DFT) exist and differ from the teacher's."""
+    group = store.group
+    ref_e, ref_f = group["ref_energy"][:], group["ref_forces"][:]
+    if not (np.isfinite(ref_e).all() and np.isfinite(ref_f).all()):
+        return False
+    return not (np.allclose(ref_e, group["energy"][:]) and np.allclose(ref_f, group["forces"][:]))
+
+
+def check_methods(methods: Sequence[str], store) -> None:
+    """Refuse, before any training, a method that does not exist or cannot mean anything here."""
+    for method in methods:
+        if method not in METHODS:
+            raise InputError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
+    if "teacher-forces" in methods and not has_distinct_reference(store):
+        raise InputError(
+            f"teacher-forces needs reference labels (e.g. DFT) distinct from the teacher's, and {store.path} has none:"
+            " it would train exactly like undistilled"
+        )
+
+
+def compare(config: RunConfig, methods: Sequence[str] | None, seeds: int, output: str, md_steps: int = 200, progress: bool = True) -> dict:
     """Train and evaluate every method for every seed; returns {method: {metric: [value per seed]}}."""
     from ffdistill.data import split_indices
     from ffdistill.evaluate.accuracy import store_test_set
@@ -50,6 +76,8 @@ def compare(config: RunConfig, methods: Sequence[str], seeds: int, output: str, 
     if config.data.test_fraction <= 0:
         raise InputError("compare needs held-out frames: set data.test_fraction (e.g. 0.2)")
     store = LabelStore(config.data.store)
+    methods = default_methods(store) if methods is None else methods
+    check_methods(methods, store)
     _, _, test_idx = split_indices(store.groups(), config.data.val_fraction, config.data.test_fraction, config.data.split_seed)
     test = store_test_set(store, test_idx, reference=config.data.use_reference)
     results: dict = {}

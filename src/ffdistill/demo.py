@@ -2,10 +2,12 @@
 
 Steps (each skipped when its output already exists, so an interrupted demo resumes):
 
-1. sample frames with teacher Langevin MD at 300/600/900 K plus rattled and strained copies;
+1. sample training frames with teacher Langevin MD (two runs at each of 300/600/900 K) plus rattled and
+   strained copies, and held-out frames from a trajectory of their own (750 K, its own seed);
 2. label them with energies, forces, stress and K = 4 random Hessian rows per frame;
-3. train an undistilled (λH = 0) and a Hessian-distilled student with identical settings and seeds;
-4. evaluate teacher and students on held-out frames, time them on the same structure, print the table.
+3. train an undistilled (λH = 0) and a Hessian-distilled student with identical settings and seeds,
+   validating on whole groups of the training frames;
+4. evaluate teacher and students on the held-out trajectory, print the table.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import time
 from ase.build import bulk
 
 from ffdistill.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
-from ffdistill.data import split_indices
 from ffdistill.labels import LabelStore, label_file
 from ffdistill.sampling import sample_to_file
 from ffdistill.train import train_from_config
@@ -29,17 +30,22 @@ ROWS_PER_FRAME = 4
 
 @dataclasses.dataclass
 class DemoPlan:
-    n_frames: int = 32  #: 20 train, 4 validation, 8 test
-    test_fraction: float = 8 / 32
-    val_fraction: float = 4 / 32
+    n_frames: int = 32  #: training and validation frames (validation: whole groups, about 5 frames)
+    val_fraction: float = 5 / 32
+    test_frames: int = 8  #: held-out frames, from a trajectory of their own
+    test_temperature: float = 750.0
+    test_interval: int = 10  #: MD steps (2 fs) between held-out frames
     epochs: int = 90
     temperatures: tuple = (300.0, 600.0, 900.0)
+    runs: int = 2  #: independent teacher MD runs per temperature
     md_runs: int = 3  #: NVT stability runs per student
     md_steps: int = 300  #: steps (1 fs) per student stability / NVE run
     teacher_md_steps: int = 40  #: the teacher costs ~0.4 s a step on 2 cores: short runs only
 
 
-QUICK = DemoPlan(n_frames=12, test_fraction=3 / 12, val_fraction=2 / 12, epochs=5, temperatures=(300.0, 600.0), md_runs=1, md_steps=50, teacher_md_steps=5)
+QUICK = DemoPlan(n_frames=12, val_fraction=2 / 12, test_frames=2, epochs=5, temperatures=(300.0, 600.0), runs=1, md_runs=1, md_steps=50, teacher_md_steps=5)
+#: Seed of the held-out trajectory: no training run shares it.
+TEST_SEED = 1000
 
 
 def run_demo(output: str = "demo_out", quick: bool = False, progress: bool = True, teacher_spec: str = TEACHER) -> dict:
@@ -49,18 +55,17 @@ def run_demo(output: str = "demo_out", quick: bool = False, progress: bool = Tru
     os.makedirs(output, exist_ok=True)
     started = time.perf_counter()
     teacher = load_teacher(teacher_spec)
-    frames, store_path = os.path.join(output, "frames.extxyz"), os.path.join(output, "labels.zarr")
+    paths = {name: os.path.join(output, name) for name in ("frames.extxyz", "labels.zarr", "heldout.extxyz", "heldout.zarr")}
     timings = {}
-    if not os.path.exists(frames):
-        _say(f"[1/4] sampling {plan.n_frames} frames of 64-atom Si with {teacher.spec} ({teacher.version})")
-        t0 = time.perf_counter()
-        sample_to_file(teacher, STRUCTURE, frames, n_frames=plan.n_frames, temperatures=plan.temperatures, progress=progress)
-        timings["sampling_s"] = time.perf_counter() - t0
-    if not os.path.exists(store_path):
+    _sample(teacher, plan, paths, timings, progress)
+    if not os.path.exists(paths["labels.zarr"]) or not os.path.exists(paths["heldout.zarr"]):
         _say(f"[2/4] labelling: energy, forces, stress and {ROWS_PER_FRAME} Hessian rows per frame")
         t0 = time.perf_counter()
-        label_file(teacher, frames, store_path, rows=ROWS_PER_FRAME, seed=0, progress=progress)
+        for name in ("labels", "heldout"):
+            if not os.path.exists(paths[f"{name}.zarr"]):
+                label_file(teacher, paths[f"{name}.extxyz"], paths[f"{name}.zarr"], rows=ROWS_PER_FRAME, seed=0, progress=progress)
         timings["labelling_s"] = time.perf_counter() - t0
+    store_path = paths["labels.zarr"]
     store = LabelStore(store_path)
     runs = {}
     for name, weight in (("undistilled", 0.0), ("distilled", 100.0)):
@@ -79,9 +84,24 @@ def run_demo(output: str = "demo_out", quick: bool = False, progress: bool = Tru
     return metrics
 
 
+def _sample(teacher, plan: DemoPlan, paths: dict, timings: dict, progress: bool) -> None:
+    t0 = time.perf_counter()
+    if not os.path.exists(paths["frames.extxyz"]):
+        runs = len(plan.temperatures) * plan.runs
+        _say(f"[1/4] sampling {plan.n_frames} frames of 64-atom Si with {teacher.spec} ({teacher.version}), {runs} MD runs")
+        sample_to_file(teacher, STRUCTURE, paths["frames.extxyz"], n_frames=plan.n_frames, temperatures=plan.temperatures, runs=plan.runs, progress=progress)
+    if not os.path.exists(paths["heldout.extxyz"]):
+        _say(f"      and {plan.test_frames} held-out frames from their own {plan.test_temperature:.0f} K trajectory")
+        sample_to_file(
+            teacher, STRUCTURE, paths["heldout.extxyz"], n_frames=plan.test_frames, temperatures=(plan.test_temperature,),
+            md_fraction=1.0, interval=plan.test_interval, seed=TEST_SEED, progress=progress,
+        )
+    timings["sampling_s"] = time.perf_counter() - t0
+
+
 def _config(plan: DemoPlan, store: str, output: str, hessian: float) -> RunConfig:
     return RunConfig(
-        data=DataConfig(store=store, val_fraction=plan.val_fraction, test_fraction=plan.test_fraction, batch_size=4),
+        data=DataConfig(store=store, val_fraction=plan.val_fraction, test_fraction=0.0, batch_size=4),
         model=ModelConfig(student="painn-small", cutoff=5.0),
         loss=LossConfig(energy=5.0, forces=100.0, hessian=hessian),
         train=TrainConfig(epochs=plan.epochs, lr=3e-3, patience=plan.epochs, seed=0),
@@ -109,12 +129,11 @@ def _evaluate(teacher, store: LabelStore, runs: dict, plan: DemoPlan) -> dict:
 
 
 def _test_set(store: LabelStore, plan: DemoPlan):
-    """The held-out frames of the students' own split (whole groups, as the trainer cuts them)."""
+    """The held-out frames: the demo's own trajectory (own seed and temperature) beside the training store."""
     from ffdistill.evaluate.accuracy import store_test_set
 
-    seed = DataConfig().split_seed
-    _, _, test_idx = split_indices(store.groups(), plan.val_fraction, plan.test_fraction, seed)
-    return store_test_set(store, test_idx)
+    heldout = LabelStore(os.path.join(os.path.dirname(os.path.abspath(store.path)), "heldout.zarr"))
+    return store_test_set(heldout, range(len(heldout)))
 
 
 def _demo_profile(plan: DemoPlan):
@@ -130,9 +149,13 @@ def _demo_profile(plan: DemoPlan):
 
 
 def _teacher_cost(store: LabelStore, plan: DemoPlan) -> dict:
-    train_val = len(store) - int(round(len(store) * plan.test_fraction))
-    rows = int(store.n_rows.sum() * train_val / len(store))
-    return {"frames_for_training": train_val, "undistilled_teacher_force_calls": train_val, "distilled_teacher_force_calls": train_val, "distilled_extra_hessian_row_vjps": rows}
+    """Teacher calls behind the training labels (validation frames included: they cost the same)."""
+    return {
+        "frames_for_training": len(store),
+        "undistilled_teacher_force_calls": len(store),
+        "distilled_teacher_force_calls": len(store),
+        "distilled_extra_hessian_row_vjps": int(store.n_rows.sum()),
+    }
 
 
 def format_table(metrics: dict) -> str:

@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -247,11 +248,9 @@ def fd_hessian_vector_products(force_fn: ForceFn, graph: AtomicGraph, vectors: T
     return torch.stack(out) if out else graph.R.new_zeros(0, *graph.R.shape)
 
 
-def random_probes(n_atoms: int, k: int, seed: int, frame: int) -> "np.ndarray":
+def random_probes(n_atoms: int, k: int, seed: int, frame: int) -> np.ndarray:
     """K Gaussian (Hutchinson) probe directions for one frame, (K, N, 3), each scaled to unit norm so that
     a probe weighs in the loss like one one-hot row. Reproducible per (seed, frame)."""
-    import numpy as np
-
     v = np.random.default_rng([seed, frame, 7]).standard_normal((k, n_atoms, 3))
     return v / np.linalg.norm(v.reshape(k, -1), axis=1)[:, None, None]
 
