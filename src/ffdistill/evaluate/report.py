@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import ase
 import numpy as np
+import torch
 
 from ffdistill.evaluate.accuracy import TestSet, accuracy, teacher_accuracy
 from ffdistill.evaluate.candidates import Candidate
@@ -168,7 +169,7 @@ def _speed(candidates: Sequence[Candidate], atoms: ase.Atoms, profile: Profile, 
             "speedup_vs_teacher": seconds[teacher] / t,
             **rates[name],
             "cost_growth_s_per_call": growth.get(name, {}),
-            "timing_threads": threads,
+            "timing_threads": threads or torch.get_num_threads(),
         }
         for name, t in seconds.items()
     }
