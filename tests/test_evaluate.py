@@ -25,6 +25,16 @@ VIB_TOLERANCE = 1.0
 PHONON_TOLERANCE = 0.01
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: these tiny models gain nothing from more, and on a shared machine two
+    threads contending with other processes make every call many times slower."""
+    from ffdistill.evaluate.speed import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 def relaxed(atoms: Atoms, calc) -> Atoms:
     atoms = atoms.copy()
     atoms.calc = calc

@@ -18,6 +18,16 @@ EMT_DRIFT_BOUND = 1.0  # meV/atom/ps
 FREQUENCY_TOLERANCE = 0.5
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: these tiny models gain nothing from more, and on a shared machine two
+    threads contending with other processes make every call many times slower."""
+    from ffdistill.evaluate.speed import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 class UphillEMT(EMT):
     """EMT with its forces reversed and amplified: every step pushes atoms up the energy surface."""
 
