@@ -37,10 +37,15 @@ def main() -> None:
     parser.add_argument("--system", choices=sorted(SYSTEMS), default="si")
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--only-seed", type=int, default=None, help="run just this seed (results are cached per run, so "
+                        "several processes can share the work and a last one without it prints the summary)")
     parser.add_argument("--students", nargs="+", default=["painn-small", "painn-medium"])
     parser.add_argument("--methods", nargs="+", default=["undistilled", "rows", "probes"])
     parser.add_argument("--steps", type=int, default=600, help="optimiser steps per training (epochs follow from the size)")
     parser.add_argument("--overrides", nargs="*", default=[], help="config overrides for every run, e.g. loss.hessian=300")
+    parser.add_argument("--val-fraction", type=float, default=0.15, help="validation share of the pool (whole groups)")
+    parser.add_argument("--pool-frames", type=int, default=None, help="frames to sample (default: largest size / 0.8)")
+    parser.add_argument("--runs", type=int, default=None, help="MD runs per temperature (default: pool frames / 8, at least 2)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-o", "--output", default="gain_out")
     args = parser.parse_args()
@@ -48,12 +53,13 @@ def main() -> None:
     started = time.perf_counter()
     folder = os.path.join(args.output, args.system)
     os.makedirs(folder, exist_ok=True)
-    data = prepare_data(args.system, max(args.sizes), folder)
+    n_pool = args.pool_frames or int(math.ceil(max(args.sizes) / 0.8))
+    data = prepare_data(args.system, n_pool, args.runs or max(2, n_pool // 8), folder)
     rows = []
     for student in args.students:
         for size in args.sizes:
             for method in args.methods:
-                for seed in range(args.seeds):
+                for seed in range(args.seeds) if args.only_seed is None else [args.only_seed]:
                     rows.append(run_one(data, student, size, method, seed, args, folder))
                     print(json.dumps(rows[-1]), flush=True)
     summary = summarise(rows, data["cost"], args)
@@ -62,7 +68,7 @@ def main() -> None:
     print(json.dumps(summary))
 
 
-def prepare_data(system: str, largest: int, folder: str) -> dict:
+def prepare_data(system: str, n_pool: int, runs: int, folder: str) -> dict:
     """Sample, label and cost the frames once; later runs reuse them."""
     from ffdistill.labels import LabelStore, label_file
     from ffdistill.sampling import sample_to_file
@@ -71,8 +77,6 @@ def prepare_data(system: str, largest: int, folder: str) -> dict:
     structure, temperatures, test_temperature = SYSTEMS[system]
     teacher = load_teacher("sevenn")
     pool, test = os.path.join(folder, "pool.extxyz"), os.path.join(folder, "heldout.extxyz")
-    n_pool = int(math.ceil(largest / 0.8))  # a fifth of the pool is validation (whole groups)
-    runs = max(2, n_pool // 8)  # MD runs per temperature: enough groups to split
     if not os.path.exists(pool):
         sample_to_file(teacher, structure, pool, n_frames=n_pool, temperatures=temperatures, runs=runs, interval=INTERVAL)
     if not os.path.exists(test):
@@ -123,23 +127,30 @@ def run_one(data: dict, student: str, size: int, method: str, seed: int, args, f
     epochs = int(math.ceil(args.steps / math.ceil(size / 4)))
     labels = {"undistilled": "rows", "rows": "rows", "probes": "probes"}[method]
     overrides = [
-        f"data.store={data['pool']}", f"data.n_train={size}", "data.val_fraction=0.2", f"data.hessian_labels={labels}",
+        f"data.store={data['pool']}", f"data.n_train={size}", f"data.val_fraction={args.val_fraction}", f"data.hessian_labels={labels}",
         f"model.student={student}", f"train.epochs={epochs}", f"train.patience={epochs}", f"train.seed={seed}",
         f"output={folder}/{student}/n{size}/{method}/s{seed}", *args.overrides,
     ]
     if method == "undistilled":
         overrides.append("loss.hessian=0")
+    cached = os.path.join(folder, student, f"n{size}", method, f"s{seed}", "result.json")
+    if os.path.exists(cached):
+        with open(cached) as handle:
+            return json.load(handle)
     t0 = time.perf_counter()
     result = train_from_config(load_config(None, overrides), resume=False, progress=False)
     model = load_for_inference(result.best_path)
     test = LabelStore(data["test"])
     scores = accuracy(model, load_graphs(test, range(len(test)), model.cutoff))
-    return {
+    row = {
         "student": student, "size": size, "method": method, "seed": seed,
         "energy_meV_per_atom": scores["energy_mae_meV_per_atom"], "force_meV_per_A": scores["force_mae_meV_per_A"],
         "hessian_row_eV_per_A2": scores["hessian_row_mae"], "teacher_cost": teacher_cost(data["cost"], size, method),
-        "train_s": time.perf_counter() - t0,
+        "train_s": time.perf_counter() - t0, "overrides": args.overrides,
     }
+    with open(cached, "w") as handle:
+        json.dump(row, handle)
+    return row
 
 
 def teacher_cost(cost: dict, size: int, method: str) -> float:

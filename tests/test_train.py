@@ -82,7 +82,8 @@ def test_learning_rate_schedule_is_a_pure_function_of_the_step():
     assert lr_at(0, 100, cfg) == pytest.approx(0.1)
     assert lr_at(10, 100, cfg) == pytest.approx(1.0)
     assert lr_at(100, 100, cfg) == pytest.approx(0.1)
-    assert lr_at(55, 100, cfg) == pytest.approx(lr_at(55, 100, cfg))
+    # half-way through the cosine (45 of 90 decay steps): 0.1 + 0.9 · (1 + cos(π/2)) / 2
+    assert lr_at(55, 100, cfg) == pytest.approx(0.55)
 
 
 #: Two gloo ranks vs one process on the same global batch: equal up to float32 reduction order.
@@ -131,3 +132,12 @@ def test_asking_for_cuda_without_it_fails_with_one_line_naming_the_key(emt_store
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.device=cuda" in err[0] and "CUDA is not available" in err[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_hessian_weight_decays_by_cosine_over_the_last_part_of_training():
+    from ffdistill.train import hessian_weight_at
+
+    assert hessian_weight_at(69, 100, 400.0, 0.7) == 400.0  # before 70 % of the steps: untouched
+    assert hessian_weight_at(85, 100, 400.0, 0.7) == pytest.approx(200.0)  # half-way through the decay: cos(π/2)
+    assert hessian_weight_at(100, 100, 400.0, 0.7) == pytest.approx(0.0, abs=1e-9)
+    assert hessian_weight_at(100, 100, 400.0, None) == 400.0  # no decay asked

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ffdistill.config import RunConfig, from_dict
+from ffdistill.config import LossConfig, RunConfig, from_dict
 from ffdistill.errors import InputError
 
 #: method -> overrides of the user's config
@@ -34,7 +34,7 @@ def method_config(config: RunConfig, method: str, seed: int, output: str) -> Run
     for section, values in METHODS[method].items():
         raw[section].update(values)
     if method == "hessian" and not raw["loss"]["hessian"]:
-        raw["loss"]["hessian"] = 100.0
+        raw["loss"]["hessian"] = LossConfig().hessian
     raw["train"]["seed"] = seed
     raw["output"] = os.path.join(output, method, f"seed{seed}")
     return from_dict(RunConfig, raw)

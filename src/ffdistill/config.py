@@ -44,7 +44,7 @@ class ModelConfig:
 class LossConfig:
     energy: float = 5.0  #: λE
     forces: float = 100.0  #: λF
-    hessian: float = 100.0  #: λH; 0 trains the undistilled baseline
+    hessian: float = 1000.0  #: λH; 0 trains the undistilled baseline (chosen on validation frames: see README)
     halve_hessian_within: Optional[float] = 0.05  #: halve λH once val force MAE ≤ (1 + this) × teacher's
     hessian_decay_from: Optional[float] = None  #: from this fraction of the steps on, λH decays (cosine) to 0
     consistency: float = 0.0  #: direct-force students: weight tying -dE/dR of the energy head to the forces

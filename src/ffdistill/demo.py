@@ -55,7 +55,7 @@ def run_demo(output: str = "demo_out", quick: bool = False, progress: bool = Tru
     os.makedirs(output, exist_ok=True)
     started = time.perf_counter()
     teacher = load_teacher(teacher_spec)
-    paths = {name: os.path.join(output, name) for name in ("frames.extxyz", "labels.zarr", "heldout.extxyz", "heldout.zarr")}
+    paths = {name: os.path.join(output, name) for name in ("labels.extxyz", "labels.zarr", "heldout.extxyz", "heldout.zarr")}
     timings = {}
     _sample(teacher, plan, paths, timings, progress)
     if not os.path.exists(paths["labels.zarr"]) or not os.path.exists(paths["heldout.zarr"]):
@@ -68,7 +68,7 @@ def run_demo(output: str = "demo_out", quick: bool = False, progress: bool = Tru
     store_path = paths["labels.zarr"]
     store = LabelStore(store_path)
     runs = {}
-    for name, weight in (("undistilled", 0.0), ("distilled", 100.0)):
+    for name, weight in (("undistilled", 0.0), ("distilled", LossConfig().hessian)):
         _say(f"[3/4] training the {name} student (λH = {weight:g})")
         config = _config(plan, store_path, os.path.join(output, name), weight)
         resume = os.path.exists(os.path.join(config.output, "checkpoint.pt"))
@@ -86,10 +86,10 @@ def run_demo(output: str = "demo_out", quick: bool = False, progress: bool = Tru
 
 def _sample(teacher, plan: DemoPlan, paths: dict, timings: dict, progress: bool) -> None:
     t0 = time.perf_counter()
-    if not os.path.exists(paths["frames.extxyz"]):
+    if not os.path.exists(paths["labels.extxyz"]):
         runs = len(plan.temperatures) * plan.runs
         _say(f"[1/4] sampling {plan.n_frames} frames of 64-atom Si with {teacher.spec} ({teacher.version}), {runs} MD runs")
-        sample_to_file(teacher, STRUCTURE, paths["frames.extxyz"], n_frames=plan.n_frames, temperatures=plan.temperatures, runs=plan.runs, progress=progress)
+        sample_to_file(teacher, STRUCTURE, paths["labels.extxyz"], n_frames=plan.n_frames, temperatures=plan.temperatures, runs=plan.runs, progress=progress)
     if not os.path.exists(paths["heldout.extxyz"]):
         _say(f"      and {plan.test_frames} held-out frames from their own {plan.test_temperature:.0f} K trajectory")
         sample_to_file(
