@@ -195,7 +195,7 @@ def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True)
     first = shards[0].attrs
     for s in shards:
         for field in ("input_sha256", "teacher_spec", "teacher_version", "hessian_rows", "seed", "hessian_probes", "group_rule"):
-            if s.attrs[field] != first[field]:
+            if s.attrs.get(field) != first.get(field):
                 raise StoreError(f"cannot merge {s.path}: its {field} differs from {shards[0].path}'s")
     counts = sorted(s.attrs["shard"][0] for s in shards)
     n_shards = first["shard"][1]
@@ -431,9 +431,6 @@ class LabelStore:
             return self.group["group"][:]
         return self.group["frame_index"][:] // DEFAULT_GROUP_SIZE
 
-    def has_reference_labels(self) -> bool:
-        """Whether the input carried its own energies and forces (e.g. DFT) for every frame."""
-        return bool(np.isfinite(self.group["ref_energy"][:]).all())
 
     def graph(self, i: int, cutoff: float, dtype: torch.dtype = torch.float32, reference: bool = True) -> AtomicGraph:
         """Frame ``i`` as a labelled ``AtomicGraph`` of radius ``cutoff``.
