@@ -198,7 +198,7 @@ def structure(graph: AtomicGraph, b: int) -> AtomicGraph:
     return AtomicGraph(
         Z=graph.Z[lo:hi], R=graph.R[lo:hi], cell=graph.cell[b : b + 1], pbc=graph.pbc[b : b + 1],
         edge_index=graph.edge_index[:, edges] - lo, shifts=graph.shifts[edges],
-        batch=torch.zeros(hi - lo, dtype=torch.long, device=graph.Z.device), ptr=torch.tensor([0, hi - lo]), cutoff=graph.cutoff,
+        batch=torch.zeros(hi - lo, dtype=torch.long, device=graph.Z.device), ptr=torch.tensor([0, hi - lo], device=graph.Z.device), cutoff=graph.cutoff,
     )
 
 

@@ -28,12 +28,13 @@ def accuracy(model, graphs: Sequence[AtomicGraph], batch_size: int = 4, hessian:
     "rows" are columns of -dF/dR), an energy model by -dE/dR.
     """
     e_err, f_err, cos, h_err = [], [], [], []
+    device = _device_of(model)
     for start in range(0, len(graphs), batch_size):
-        batch = batch_graphs(graphs[start : start + batch_size])
+        batch = batch_graphs(graphs[start : start + batch_size]).to(device)
         out = student_output(model, batch, hessian=hessian, training=False)
-        e_err.append(((out.energy - batch.energy).abs() / batch.atoms_per_structure).numpy())
-        f_err.append((out.forces - batch.forces).abs().flatten().numpy())
-        cos.append(torch.nn.functional.cosine_similarity(out.forces, batch.forces, dim=-1).numpy())
+        e_err.append(((out.energy - batch.energy).abs() / batch.atoms_per_structure).cpu().numpy())
+        f_err.append((out.forces - batch.forces).abs().flatten().cpu().numpy())
+        cos.append(torch.nn.functional.cosine_similarity(out.forces, batch.forces, dim=-1).cpu().numpy())
         if out.hessian_rows is not None:
             h_err.append(_row_errors(out.hessian_rows, batch))
     return {
@@ -44,11 +45,17 @@ def accuracy(model, graphs: Sequence[AtomicGraph], batch_size: int = 4, hessian:
     }
 
 
+def _device_of(model) -> torch.device:
+    """Where a module's weights live; plain energy functions (teachers' methods) run on the CPU here."""
+    first = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+    return torch.device("cpu") if first is None else first.device
+
+
 def _row_errors(rows: torch.Tensor, batch: AtomicGraph) -> np.ndarray:
     """Absolute errors of each row's entries within its own structure."""
     owner = batch.batch[batch.row_index // 3]
     mask = batch.batch[None, :] == owner[:, None]
-    return (rows - batch.hessian_rows).abs()[mask].flatten().numpy()
+    return (rows - batch.hessian_rows).abs()[mask].flatten().cpu().numpy()
 
 
 @dataclass
