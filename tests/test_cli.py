@@ -11,9 +11,45 @@ from ffdistill import load_calculator
 from ffdistill.cli import main
 
 
-def test_sample_label_train_and_use_the_student(tmp_path, capsys):
+def _student_errors_by_hand(student_path, store, indices, h=1e-4):
+    """Energy MAE (meV/atom), force MAE (meV/Å) and Hessian-row MAE (eV/Å²) of a saved student on store
+    frames, in numpy: forces from its ASE calculator (float64 copy), rows -dF/dR_r by central differences."""
+    from ffdistill.calculator import PotentialCalculator, load_student
+
+    calc = PotentialCalculator(load_student(student_path).double(), dtype=torch.float64)
+
+    def energy_forces(atoms):
+        atoms = atoms.copy()
+        atoms.calc = calc
+        return atoms.get_potential_energy(), atoms.get_forces()
+
+    e_err, f_err, h_err = [], [], []
+    for i in indices:
+        atoms, labels = store.frame(i)
+        use_ref = np.isfinite(labels["ref_energy"]) and np.isfinite(labels["ref_forces"]).all()
+        energy, forces = energy_forces(atoms)
+        e_err.append(abs(energy - labels["ref_energy" if use_ref else "energy"]) / len(atoms))
+        f_err.append(np.abs(forces - labels["ref_forces" if use_ref else "forces"]).ravel())
+        for k, r in enumerate(labels["row_index"]):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[r // 3, r % 3] += h
+            minus.positions[r // 3, r % 3] -= h
+            row = -(energy_forces(plus)[1] - energy_forces(minus)[1]) / (2 * h)
+            h_err.append(np.abs(row - labels["hessian_rows"][k]).ravel())
+    return 1000 * np.mean(e_err), 1000 * np.concatenate(f_err).mean(), np.concatenate(h_err).mean()
+
+
+def test_train_reports_the_validation_errors_recomputed_by_hand_from_the_saved_student(tmp_path, capsys):
+    import re
+
+    import yaml
+
+    from ffdistill.data import split_indices
+    from ffdistill.labels import LabelStore
+
     frames, store, run = tmp_path / "frames.extxyz", tmp_path / "labels.zarr", tmp_path / "run"
-    assert main(["sample", "--teacher", "morse", "--structure", "Cu", "-n", "10", "--temperature", "300", "600", "--interval", "2", "-o", str(frames), "-q"]) == 0
+    sample = ["sample", "--teacher", "morse", "--structure", "Cu", "-n", "10", "--temperature", "300", "600"]
+    assert main([*sample, "--interval", "2", "-o", str(frames), "-q"]) == 0
     sampled = ase.io.read(frames, ":")
     assert len(sampled) == 10 and all(len(a) == 32 for a in sampled)
     assert main(["label", str(frames), "--teacher", "morse", "--hessian-rows", "3", "-o", str(store), "-q"]) == 0
@@ -21,12 +57,22 @@ def test_sample_label_train_and_use_the_student(tmp_path, capsys):
     capsys.readouterr()
     overrides = [f"data.store={store}", f"output={run}", "model.student=painn-tiny", "train.epochs=2", "data.batch_size=5"]
     assert main(["train", *overrides, "-q"]) == 0
-    assert "best student saved" in capsys.readouterr().out
-    atoms = sampled[0]
-    atoms.calc = load_calculator(str(run / "best.pt"))
-    assert torch.isfinite(torch.as_tensor(atoms.get_forces())).all()
+    printed = re.search(r"best student saved to .*best\.pt \(validation force MAE ([0-9.]+) meV/Å\)", capsys.readouterr().out)
     history = json.load(open(run / "history.json"))
-    assert len(history) == 2 and history[-1]["val"]["hessian_row_mae"] >= 0
+    assert printed and len(history) == 2
+    # best.pt holds the EMA weights of the epoch with the lowest validation force MAE (the first, on a tie).
+    best = min(range(len(history)), key=lambda k: history[k]["val"]["force_mae_meV_per_A"])
+    data = yaml.safe_load(open(run / "config.yaml"))["data"]
+    labels = LabelStore(str(store))
+    _, val_idx, _ = split_indices(labels.groups(), data["val_fraction"], data["test_fraction"], data["split_seed"])
+    assert 0 < len(val_idx) < len(sampled)  # whole groups of frames: at least the 20 % asked for
+    energy_mae, force_mae, row_mae = _student_errors_by_hand(str(run / "best.pt"), labels, val_idx)
+    reported = history[best]["val"]
+    assert force_mae > 1.0 and row_mae > 1e-3  # an untrained-ish student: the numbers below are not zeros
+    assert reported["force_mae_meV_per_A"] == pytest.approx(force_mae, rel=1e-4)
+    assert reported["energy_mae_meV_per_atom"] == pytest.approx(energy_mae, rel=1e-3, abs=1e-3)
+    assert reported["hessian_row_mae"] == pytest.approx(row_mae, rel=1e-3)
+    assert float(printed.group(1)) == pytest.approx(force_mae, abs=0.051)  # printed to 0.1 meV/Å
 
 
 def _write_bad_files(folder):

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from ffdistill.potential import Want
 from ffdistill import derivatives
 from ffdistill.data import split_indices
 from ffdistill.graph import batch_graphs, from_ase
-from ffdistill.loss import DistillationLoss, EnergyTerm, ForceTerm, HessianTerm, StudentOutput, build_loss, student_output
+from ffdistill.loss import DistillationLoss, EnergyTerm, ForceTerm, HessianTerm, StudentOutput, build_loss
 from ffdistill.students import build_student
 from ffdistill.teachers.toy import MorsePotential
 
@@ -104,10 +105,10 @@ def _central_difference(force_fn, graph, v, h=1e-5):
 def test_student_hessian_vector_products_equal_finite_differences_of_its_forces(student):
     graph = from_ase(rattled_cu(3, (2, 1, 1)), 4.0, dtype=torch.float64)
     vectors = torch.as_tensor(derivatives.random_probes(graph.n_atoms, 3, seed=0, frame=0))
-    pred = derivatives.predict(student, graph, create_graph=True)
+    pred = derivatives.predict(student.energy, graph, create_graph=True)
     owner = torch.zeros(3, dtype=torch.long)
     hv = derivatives.hessian_vector_products(pred.forces, pred.positions, vectors, owner, graph.batch).detach()
-    forces = lambda g: derivatives.predict(student, g).forces  # noqa: E731
+    forces = lambda g: derivatives.predict(student.energy, g).forces  # noqa: E731
     expected = torch.stack([_central_difference(forces, graph, v) for v in vectors])
     assert_close(hv, expected, 1e-8, what="conservative H·v")
     assert hv.abs().max() > 1e-3
@@ -122,10 +123,10 @@ def test_direct_student_jacobian_vector_products_equal_finite_differences_of_its
     vectors = [torch.as_tensor(derivatives.random_probes(g.n_atoms, 2, seed=1, frame=k)) for k, g in enumerate(graphs)]
     labelled = [g._replace(probe_vectors=v, probe_products=torch.zeros_like(v), probe_owner=torch.zeros(2, dtype=torch.long)) for g, v in zip(graphs, vectors)]
     batch = batch_graphs(labelled)
-    head = lambda g: model(g, return_forces=True)[1]  # noqa: E731
+    head = lambda g: model.predict(g).forces  # noqa: E731
     for mode in ("autograd", "fd"):
-        model.jacobian, model.fd_step = mode, 1e-6
-        out = student_output(model, batch, hessian=True, training=False).probe_products
+        model.set_jacobian(mode, 1e-6)
+        out = model.predict(batch, Want(hessian_rows=True, probe_products=True)).probe_products
         lo = 0
         for k, (g, v) in enumerate(zip(graphs, vectors)):
             expected = torch.stack([_central_difference(head, g, u) for u in v])
@@ -149,10 +150,10 @@ def test_probe_loss_is_zero_when_student_and_teacher_are_one_potential():
             probe_products=t(labels.probe_products), probe_owner=torch.zeros(2, dtype=torch.long)))
     batch = batch_graphs(graphs)
     loss = DistillationLoss([HessianTerm(1.0)])
-    assert loss(student_output(MorsePotential(), batch, hessian=True), batch)[1]["hessian"] < 1e-10
-    assert loss(student_output(MorsePotential(D=1.2, a=1.4), batch, hessian=True), batch)[1]["hessian"] > 1e-2
+    assert loss(MorsePotential().predict(batch, Want(hessian_rows=True, probe_products=True)), batch)[1]["hessian"] < 1e-10
+    assert loss(MorsePotential(D=1.2, a=1.4).predict(batch, Want(hessian_rows=True, probe_products=True)), batch)[1]["hessian"] > 1e-2
     only_probes = batch._replace(row_index=None, hessian_rows=None)
-    assert loss(student_output(MorsePotential(), only_probes, hessian=True), only_probes)[1]["hessian"] < 1e-10
+    assert loss(MorsePotential().predict(only_probes, Want(hessian_rows=True, probe_products=True)), only_probes)[1]["hessian"] < 1e-10
 
 
 def test_fd_teacher_probe_products_equal_its_full_hessian_times_the_probe(emt_teacher):
@@ -254,8 +255,8 @@ def test_refitting_references_solves_the_element_offsets_by_least_squares():
         atoms = molecule(name)
         atoms.rattle(0.05, seed=k)
         g = from_ase(atoms, 4.0, dtype=torch.float64)
-        graphs.append(g._replace(energy=model(g).detach() + 0.3 * g.n_atoms))
+        graphs.append(g._replace(energy=model.energy(g).detach() + 0.3 * g.n_atoms))
     model.refit_references(graphs)
     counts = np.array([[int((g.Z == z).sum()) for z in (1, 6, 8)] for g in graphs])
-    residuals = np.array([float(g.energy - model(g).detach()) for g in graphs])
+    residuals = np.array([float(g.energy - model.energy(g).detach()) for g in graphs])
     assert np.abs(residuals).max() < 1e-9 and np.abs(counts.T @ residuals).max() < 1e-9

@@ -228,14 +228,14 @@ def force_head(model, atoms) -> np.ndarray:
     from ffdistill.graph import from_ase
 
     with torch.no_grad():
-        return model(from_ase(atoms, model.cutoff, labels=False), return_forces=True)[1].double().numpy()
+        return model.predict(from_ase(atoms, model.cutoff, labels=False)).forces.double().numpy()
 
 
 def energy_head_forces(model, atoms) -> np.ndarray:
     from ffdistill import derivatives
     from ffdistill.graph import from_ase
 
-    return derivatives.predict(model, from_ase(atoms, model.cutoff, labels=False)).forces.double().numpy()
+    return derivatives.predict(model.energy, from_ase(atoms, model.cutoff, labels=False)).forces.double().numpy()
 
 
 def emt_labelled(seed: int) -> Atoms:
@@ -277,9 +277,9 @@ def test_direct_student_frequencies_come_from_its_force_head(direct_student):
         columns.append(-(force_head(direct_student, plus) - force_head(direct_student, minus)).ravel() / (2 * h))
     expected = vibrational_frequencies(np.array(columns).T, atoms)
     graph = from_ase(atoms, direct_student.cutoff, labels=False)
-    energy_head = vibrational_frequencies(
-        derivatives.full_hessian(direct_student, graph, vectorize=False).double().numpy(), atoms
-    )
+    pred = derivatives.predict(direct_student.energy, graph, create_graph=True)  # the energy head's Hessian
+    energy_rows = derivatives.hessian_rows(pred.forces, pred.positions, range(n))
+    energy_head = vibrational_frequencies(energy_rows.reshape(n, n).detach().double().numpy(), atoms)
     scale = np.abs(expected).max()
     assert np.abs(got - expected).max() < 0.02 * scale, (got, expected)
     assert np.abs(energy_head - expected).max() > 0.5 * scale
@@ -289,15 +289,15 @@ def test_direct_student_timing_calls_its_force_head_only(direct_student, monkeyp
     from ffdistill.evaluate.speed import force_call_seconds
 
     seen = []
-    original = type(direct_student).forward
+    original = type(direct_student).compute
 
-    def spy(self, graph, return_features=False, return_forces=False):
-        seen.append((return_forces, graph.R.requires_grad))
-        return original(self, graph, return_features=return_features, return_forces=return_forces)
+    def spy(self, graph, want):
+        seen.append(graph.R.requires_grad)
+        return original(self, graph, want)
 
-    monkeypatch.setattr(type(direct_student), "forward", spy)
+    monkeypatch.setattr(type(direct_student), "compute", spy)
     times = force_call_seconds([Candidate.of_student("d", direct_student)], emt_labelled(0), repeats=5, warmup=1)
-    assert times["d"] > 0 and seen == [(True, False)] * 6
+    assert times["d"] > 0 and seen == [False] * 6
 
 
 def test_demo_parity_plots_the_force_head(direct_student, emt_teacher, tmp_path, monkeypatch):

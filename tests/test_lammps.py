@@ -14,7 +14,7 @@ from ase.build import bulk, molecule
 from ase.md.verlet import VelocityVerlet
 
 from ffdistill import load_calculator
-from ffdistill.calculator import EnergyModelCalculator, save_student
+from ffdistill.calculator import PotentialCalculator, save_student
 from ffdistill.cli import main
 from ffdistill.errors import InputError
 from ffdistill.export import export_mliap, export_student
@@ -57,7 +57,7 @@ def random_student(elements, cutoff=4.0, name="painn-tiny", seed=0):
 
 
 def float64_calculator(student):
-    return EnergyModelCalculator(student, student.cutoff, dtype=torch.float64, check_elements=student.check_elements)
+    return PotentialCalculator(student, dtype=torch.float64)
 
 
 def with_velocities(atoms, temperature=300.0, seed=0):
@@ -268,9 +268,9 @@ def test_direct_student_exports_and_runs_its_force_head(tmp_path):
     atoms.rattle(0.05, seed=5)
     float32 = load_student_float32(path)
     graph = from_ase(atoms, float32.cutoff, labels=False)
-    head = float32(graph, return_forces=True)[1].detach().double().numpy()
+    head = float32.predict(graph).forces.detach().double().numpy()
     R = graph.R.requires_grad_(True)
-    autograd = -torch.autograd.grad(float32(graph._replace(R=R)).sum(), R)[0].double().numpy()
+    autograd = -torch.autograd.grad(float32.energy(graph._replace(R=R)).sum(), R)[0].double().numpy()
     assert np.abs(head - autograd).max() > 0.1  # -dE/dR of the perturbed energy head is not the answer
     exported = atoms.copy()
     exported.calc = ExportedStudent(str(tmp_path / "exported.pt"))

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from ffdistill.potential import Want
 from ffdistill import derivatives
 from ffdistill.graph import batch_graphs, from_ase
-from ffdistill.loss import DistillationLoss, ConsistencyTerm, NodeFeatureTerm, StudentOutput, student_output
+from ffdistill.loss import DistillationLoss, ConsistencyTerm, NodeFeatureTerm, StudentOutput
 from ffdistill.students import build_student
 from ffdistill.students.base import teacher_embedding_table
 
@@ -33,25 +34,32 @@ def test_direct_force_jacobian_by_autograd_equals_finite_differences(direct_stud
     graph = from_ase(rattled_cu(0), 4.0, dtype=torch.float64)
     rows = torch.tensor([0, 5, 11])
     R = graph.R.detach().requires_grad_(True)
-    _, forces, _ = direct_student(graph._replace(R=R), return_forces=True)
+    forces = direct_student.compute(graph._replace(R=R), Want()).forces
     autograd = derivatives.force_jacobian_columns(forces, R, rows, graph.batch)
-    fd = derivatives.fd_force_jacobian_columns(lambda g: direct_student(g, return_forces=True)[1], graph, rows, h=1e-6)
+    fd = derivatives.fd_force_jacobian_columns(lambda g: direct_student.predict(g).forces, graph, rows, h=1e-6)
     assert_close(autograd.detach(), fd.detach(), JACOBIAN_ATOL, what="direct-force Jacobian")
     assert autograd.abs().max() > 1e-2
     # the force head is not conservative: its Jacobian is not symmetric
-    J = derivatives.fd_force_jacobian_columns(lambda g: direct_student(g, return_forces=True)[1], graph, range(12), h=1e-6).reshape(12, 12)
+    J = derivatives.fd_force_jacobian_columns(lambda g: direct_student.predict(g).forces, graph, range(12), h=1e-6).reshape(12, 12)
     assert (J - J.T).abs().max() > 1e-3 * J.abs().max()
 
 
 @pytest.mark.parametrize("jacobian", ["autograd", "fd"])
-def test_direct_student_output_matches_between_jacobian_modes(direct_student, jacobian):
+def test_direct_student_rows_in_each_jacobian_mode_equal_central_differences_of_its_force_head(direct_student, jacobian):
     graphs = [from_ase(rattled_cu(k), 4.0, dtype=torch.float64)._replace(row_index=torch.tensor([1, 7])) for k in range(2)]
     batch = batch_graphs([g._replace(hessian_rows=torch.zeros(2, 4, 3, dtype=torch.float64)) for g in graphs])
-    direct_student.jacobian, direct_student.fd_step = "autograd", 1e-6
-    reference = student_output(direct_student, batch, hessian=True, training=False).hessian_rows
-    direct_student.jacobian = jacobian
-    out = student_output(direct_student, batch, hessian=True, training=False, conservative=True)
-    assert_close(out.hessian_rows, reference, JACOBIAN_ATOL, what=f"{jacobian} rows")
+    direct_student.set_jacobian(jacobian, 1e-6)
+    out = direct_student.predict(batch, Want(hessian_rows=True, conservative_forces=True))
+    h, expected = 1e-5, torch.zeros(4, 8, 3, dtype=torch.float64)
+    with torch.no_grad():  # written out here: -(F(R + h e_r) - F(R - h e_r)) / 2h of the force head alone
+        for k, r in enumerate(batch.row_index.tolist()):
+            step = torch.zeros(8 * 3, dtype=torch.float64)
+            step[r] = h
+            plus = direct_student.compute(batch._replace(R=batch.R + step.view(8, 3)), Want()).forces
+            minus = direct_student.compute(batch._replace(R=batch.R - step.view(8, 3)), Want()).forces
+            expected[k] = -(plus - minus) / (2 * h)
+    assert_close(out.hessian_rows, expected, JACOBIAN_ATOL, what=f"{jacobian} rows")
+    assert expected.abs().max() > 1e-2
     assert out.conservative_forces is not None and not torch.allclose(out.conservative_forces, out.forces)
 
 
@@ -62,13 +70,13 @@ def test_second_family_passes_the_conformance_checks(name, cu_atoms):
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.2)
     graph = from_ase(cu_atoms, 4.0, dtype=torch.float64)
-    assert_close(derivatives.predict(model, graph).forces, derivatives.fd_forces(model, graph), 1e-6, what=f"{name} forces")
-    pred = derivatives.predict(model, graph, create_graph=True)
+    assert_close(derivatives.predict(model.energy, graph).forces, derivatives.fd_forces(model.energy, graph), 1e-6, what=f"{name} forces")
+    pred = derivatives.predict(model.energy, graph, create_graph=True)
     rows = derivatives.hessian_rows(pred.forces, pred.positions, [0, 9])
-    fd = derivatives.fd_hessian_rows(lambda g: derivatives.predict(model, g).forces, graph, [0, 9], h=1e-4)
+    fd = derivatives.fd_hessian_rows(lambda g: derivatives.predict(model.energy, g).forces, graph, [0, 9], h=1e-4)
     assert_close(rows, fd, 1e-5, what=f"{name} Hessian rows")
     batch = batch_graphs([graph, from_ase(rattled_cu(2, (2, 1, 1)), 4.0, dtype=torch.float64)])
-    assert_close(model(batch).detach()[:1], model(graph).detach(), 1e-10, what="batched == single")
+    assert_close(model.energy(batch).detach()[:1], model.energy(graph).detach(), 1e-10, what="batched == single")
 
 
 def test_n2n_term_is_zero_at_its_optimum_and_its_gradient_reaches_the_projection():
@@ -88,7 +96,7 @@ def test_n2n_term_is_zero_at_its_optimum_and_its_gradient_reaches_the_projection
 
 def test_consistency_term_is_zero_when_the_energy_head_agrees(direct_student):
     graph = from_ase(rattled_cu(0), 4.0, dtype=torch.float64)
-    out = student_output(direct_student, graph, hessian=False, training=True, conservative=True)
+    out = direct_student(graph, Want(conservative_forces=True, differentiable=True))
     loss = DistillationLoss([ConsistencyTerm(1.0)])
     assert loss(out, graph._replace(forces=out.conservative_forces.detach()))[1]["consistency"] < 1e-12
     total, values = loss(out, graph._replace(forces=out.forces.detach()))
@@ -113,12 +121,12 @@ def test_a2a_keeps_the_teacher_table_frozen_and_learns_its_map(tmp_path):
     by_hand = torch.stack([W @ torch.as_tensor(teacher[int(z)], dtype=torch.float32) + b for z in graph.Z])
     assert_close(student.embed(graph.Z).detach(), by_hand, 1e-6, what="a2a input features")
     torch.nn.init.normal_(student.readout[-1].weight, std=0.3)  # a read-out that depends on the embeddings
-    derivatives.predict(student, graph, create_graph=True).forces.pow(2).sum().backward()
+    derivatives.predict(student.energy, graph, create_graph=True).forces.pow(2).sum().backward()
     assert student.teacher_map.weight.grad.abs().sum() > 0
     assert student.teacher_embeddings.grad is None and not student.teacher_embeddings.requires_grad
     save_student(student, str(tmp_path / "a2a.pt"))
     again = load_student(str(tmp_path / "a2a.pt"))
-    assert_close(again(graph).detach(), student(graph).detach(), 1e-6, what="a2a student after save/load")
+    assert_close(again.energy(graph).detach(), student.energy(graph).detach(), 1e-6, what="a2a student after save/load")
 
 
 def test_nonconservative_teacher_still_gives_a_conservative_student(tmp_path):

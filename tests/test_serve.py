@@ -13,7 +13,7 @@ from ase.build import bulk
 from ase.calculators.socketio import SocketIOCalculator
 
 from ffdistill import load_calculator
-from ffdistill.calculator import EnergyModelCalculator, save_student
+from ffdistill.calculator import PotentialCalculator, save_student
 from ffdistill.cli import main
 from ffdistill.errors import InputError
 from ffdistill.serve import serve
@@ -46,7 +46,7 @@ def random_student(seed=0):
 
 
 def float64_calculator(student):
-    return EnergyModelCalculator(student, student.cutoff, dtype=torch.float64, check_elements=student.check_elements)
+    return PotentialCalculator(student, dtype=torch.float64)
 
 
 def silicon(seed=0):

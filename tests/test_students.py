@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from ffdistill.potential import Want
 from ffdistill import derivatives, load_calculator
 from ffdistill.calculator import load_student, save_student
 from ffdistill.errors import InputError
 from ffdistill.graph import batch_graphs, from_ase
-from ffdistill.loss import DistillationLoss, HessianRowTerm, StudentOutput, student_output
+from ffdistill.loss import DistillationLoss, HessianRowTerm, StudentOutput
 from ffdistill.students import PRESETS, build_student
 from ffdistill.teachers.toy import MorsePotential
 
@@ -29,16 +30,16 @@ def test_presets_have_growing_parameter_counts():
 
 def test_student_forces_equal_finite_differences(student, cu_atoms):
     graph = from_ase(cu_atoms, 4.0, dtype=torch.float64)
-    forces = derivatives.predict(student, graph).forces
-    assert_close(forces, derivatives.fd_forces(student, graph), 1e-6, what="student forces")
+    forces = derivatives.predict(student.energy, graph).forces
+    assert_close(forces, derivatives.fd_forces(student.energy, graph), 1e-6, what="student forces")
 
 
 def test_student_hessian_rows_equal_finite_differences_of_forces(student, cu_atoms):
     graph = from_ase(cu_atoms, 4.0, dtype=torch.float64)
     rows = [1, 6, 11]
-    pred = derivatives.predict(student, graph, create_graph=True)
+    pred = derivatives.predict(student.energy, graph, create_graph=True)
     autograd = derivatives.hessian_rows(pred.forces, pred.positions, rows)
-    fd = derivatives.fd_hessian_rows(lambda g: derivatives.predict(student, g).forces, graph, rows, h=1e-4)
+    fd = derivatives.fd_hessian_rows(lambda g: derivatives.predict(student.energy, g).forces, graph, rows, h=1e-4)
     assert_close(autograd, fd, 1e-5, what="student Hessian rows")
 
 
@@ -50,22 +51,22 @@ def test_student_is_translation_and_rotation_invariant(student, cluster):
     rotated = cluster.copy()
     rotated.rotate(37, "x", center="COM")
     rotated.translate([0.3, -1.0, 2.0])
-    e1, e2 = model(graph), model(from_ase(rotated, 3.0, dtype=torch.float64))
+    e1, e2 = model.energy(graph), model.energy(from_ase(rotated, 3.0, dtype=torch.float64))
     assert_close(e1.detach(), e2.detach(), 1e-10, what="energy invariance")
 
 
 def test_batched_student_equals_single(student):
     graphs = [from_ase(rattled_cu(k, (1 + k, 1, 1)), 4.0, dtype=torch.float64) for k in range(3)]
     batch = batch_graphs(graphs)
-    pred = derivatives.predict(student, batch)
-    singles = [derivatives.predict(student, g) for g in graphs]
+    pred = derivatives.predict(student.energy, batch)
+    singles = [derivatives.predict(student.energy, g) for g in graphs]
     assert_close(pred.energy, torch.cat([p.energy for p in singles]), 1e-10, what="energies")
     assert_close(pred.forces, torch.cat([p.forces for p in singles]), 1e-10, what="forces")
 
 
 def _labelled(potential, atoms, rows):
     graph = from_ase(atoms, 5.0, dtype=torch.float64)
-    pred = derivatives.predict(potential, graph, create_graph=True)
+    pred = derivatives.predict(potential.energy, graph, create_graph=True)
     hess = derivatives.hessian_rows(pred.forces, pred.positions, rows).detach()
     return graph._replace(energy=pred.energy.detach(), forces=pred.forces.detach(), hessian_rows=hess, row_index=torch.tensor(rows))
 
@@ -74,11 +75,11 @@ def test_hessian_loss_is_zero_for_the_teacher_itself_and_positive_otherwise(cu_a
     teacher = MorsePotential()
     batch = batch_graphs([_labelled(teacher, cu_atoms, [2, 7]), _labelled(teacher, rattled_cu(5), [0])])
     loss = DistillationLoss([HessianRowTerm(weight=1.0)])
-    _, same = loss(student_output(teacher, batch, hessian=True), batch)
+    _, same = loss(teacher.predict(batch, Want(hessian_rows=True, probe_products=True)), batch)
     assert same["hessian"] < 1e-10
-    _, other = loss(student_output(MorsePotential(D=1.2, a=1.4), batch, hessian=True), batch)
+    _, other = loss(MorsePotential(D=1.2, a=1.4).predict(batch, Want(hessian_rows=True, probe_products=True)), batch)
     assert other["hessian"] > 1e-2
-    out = student_output(teacher, batch, hessian=True)
+    out = teacher.predict(batch, Want(hessian_rows=True, probe_products=True))
     assert loss(StudentOutput(out.energy, out.forces, out.hessian_rows * 1.01), batch)[1]["hessian"] > 0
 
 
@@ -89,10 +90,10 @@ def test_saved_student_loads_as_plain_data_and_as_calculator(student, tmp_path, 
     assert payload["format"] == "ffdistill-student" and payload["arch"] == "painn"
     reloaded = load_student(path)
     graph = from_ase(cu_atoms, 4.0)
-    assert_close(reloaded(graph).detach(), student.float()(graph).detach(), 1e-6, what="reloaded energy")
+    assert_close(reloaded.energy(graph).detach(), student.float().energy(graph).detach(), 1e-6, what="reloaded energy")
     atoms = cu_atoms.copy()
     atoms.calc = load_calculator(path)
-    pred = derivatives.predict(student, graph, stress=True)
+    pred = derivatives.predict(student.energy, graph, stress=True)
     assert atoms.get_potential_energy() == pytest.approx(float(pred.energy), rel=1e-6)
     assert_close(atoms.get_forces(), pred.forces, 1e-5, what="calculator forces")
     assert_close(atoms.get_stress(voigt=False), pred.stress[0], 1e-6, what="calculator stress")

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 import ffdistill.train as train_module
+from ffdistill import derivatives
 from ffdistill.config import load_config
 from ffdistill.errors import InputError
 from ffdistill.train import lr_at, train_from_config
@@ -30,10 +31,12 @@ def test_a_few_epochs_lower_every_loss_term(emt_store, tmp_path):
 
 def test_undistilled_run_never_computes_hessian_rows(emt_store, tmp_path, monkeypatch):
     calls = []
-    original = train_module.student_output
-    monkeypatch.setattr(train_module, "student_output", lambda m, b, hessian, training, **kw: calls.append(hessian) or original(m, b, hessian, training, **kw))
+    original = derivatives.hessian_vector_products
+    monkeypatch.setattr(derivatives, "hessian_vector_products", lambda *a, **kw: calls.append(kw.get("create_graph")) or original(*a, **kw))
     train_from_config(_config(emt_store, tmp_path / "run", **{"loss.hessian": 0, "train.epochs": 1}), progress=False)
-    assert calls and not any(calls)
+    assert not any(calls)  # validation may score rows; training steps (create_graph) never compute them
+    train_from_config(_config(emt_store, tmp_path / "distilled", **{"train.epochs": 1}), progress=False)
+    assert any(calls)  # the spy sees training rows when they are asked for
 
 
 def test_resume_repeats_the_uninterrupted_run(emt_store, tmp_path, monkeypatch):
@@ -77,13 +80,38 @@ def test_config_rejects_unknown_keys_with_the_nearest_name(tmp_path):
         load_config(None, ["nonsense"])
 
 
-def test_learning_rate_schedule_is_a_pure_function_of_the_step():
+def test_learning_rate_follows_the_hand_computed_warm_up_and_cosine_at_every_optimizer_step(
+    emt_store, tmp_path, monkeypatch
+):
+    import math
+
+    import torch
+
     cfg = load_config(None, ["train.lr=1.0", "train.warmup_steps=10", "train.min_lr_factor=0.1"]).train
-    assert lr_at(0, 100, cfg) == pytest.approx(0.1)
-    assert lr_at(10, 100, cfg) == pytest.approx(1.0)
-    assert lr_at(100, 100, cfg) == pytest.approx(0.1)
-    # half-way through the cosine (45 of 90 decay steps): 0.1 + 0.9 · (1 + cos(π/2)) / 2
-    assert lr_at(55, 100, cfg) == pytest.approx(0.55)
+    assert lr_at(0, 100, cfg) == pytest.approx(0.1)  # warm-up: lr · (step + 1) / 10
+    assert lr_at(4, 100, cfg) == pytest.approx(0.5)
+    assert lr_at(10, 100, cfg) == pytest.approx(1.0)  # cosine starts at lr
+    assert lr_at(55, 100, cfg) == pytest.approx(0.55)  # 45 of 90 decay steps: 0.1 + 0.9 · (1 + cos(π/2)) / 2
+    assert lr_at(100, 100, cfg) == pytest.approx(0.1)  # the floor, lr · min_lr_factor
+    # What AdamW actually steps with in a run: 4 training frames in batches of 2 for 3 epochs = 6 steps,
+    # 2 of warm-up, then 4 of cosine from 1e-3 towards 1e-4 (step s at progress (s - 2) / 4).
+    used = []
+    original_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append([group["lr"] for group in self.param_groups])
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    extra = {"train.epochs": 3, "train.lr": 1e-3, "train.warmup_steps": 2, "train.min_lr_factor": 0.1,
+             "data.n_train": 4, "data.batch_size": 2, "loss.hessian": 0}
+    train_from_config(_config(emt_store, tmp_path / "run", **extra), progress=False)
+    cosine = lambda progress: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # noqa: E731
+    expected = [5e-4, 1e-3, 1e-3, 1e-3 * cosine(0.25), 5.5e-4, 1e-3 * cosine(0.75)]
+    assert expected[3] == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.sqrt(0.5))))  # cos(π/4) = √½
+    assert len(used) == len(expected), used
+    for step, (lrs, want) in enumerate(zip(used, expected)):
+        assert lrs == pytest.approx([want] * len(lrs), rel=1e-12), (step, lrs, want)
 
 
 #: Two gloo ranks vs one process on the same global batch: equal up to float32 reduction order.

@@ -3,49 +3,58 @@
 from __future__ import annotations
 
 import os
-from typing import Callable
-
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from ffdistill import __version__, derivatives
+from ffdistill import __version__
 from ffdistill.errors import InputError
-from ffdistill.graph import AtomicGraph, from_ase
+from ffdistill.graph import from_ase
+from ffdistill.potential import Potential, Want
 
 STUDENT_FORMAT = "ffdistill-student"
 
 
-class EnergyModelCalculator(Calculator):
-    """Energy, forces and stress of any energy-only model on ``AtomicGraph``.
+class PotentialCalculator(Calculator):
+    """Any ``Potential`` (student or teacher) as an ASE calculator, through ``predict``.
 
     numpy in eV, eV/Å and eV/Å³ (Voigt order) at this boundary only. Stress is computed when the
-    cell is periodic in all three directions.
+    cell is periodic in all three directions and the potential declares stress (direct-force
+    students do not: their force head is not a derivative of any energy).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress"]
-
-    def __init__(self, energy_fn: Callable[[AtomicGraph], torch.Tensor], cutoff: float, dtype=torch.float32, check_elements=None, **kwargs):
+    def __init__(self, potential: Potential, dtype=torch.float32, **kwargs):
         super().__init__(**kwargs)
-        self.energy_fn, self.cutoff, self.dtype, self.check_elements = energy_fn, cutoff, dtype, check_elements
+        self.potential, self.dtype = potential, dtype
+        stress = ["stress"] if potential.capabilities.stress else []
+        self.implemented_properties = ["energy", "free_energy", "forces", *stress]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        if self.check_elements is not None:
-            self.check_elements(self.atoms.numbers)
-        graph = from_ase(self.atoms, self.cutoff, dtype=self.dtype, labels=False)
-        if getattr(self.energy_fn, "direct", False):  # a force head: forces are predicted, not -dE/dR
-            with torch.no_grad():
-                energy, forces, _ = self.energy_fn(graph, return_forces=True)
-            self.results = {"energy": float(energy.sum()), "free_energy": float(energy.sum()), "forces": forces.double().numpy()}
-            return
-        want_stress = "stress" in properties and bool(np.all(self.atoms.pbc))
-        pred = derivatives.predict(self.energy_fn, graph, stress=want_stress)
-        energy = float(pred.energy.sum())
-        self.results = {"energy": energy, "free_energy": energy, "forces": pred.forces.double().numpy()}
-        if want_stress:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(pred.stress[0].double().numpy())
+        self.potential.check_elements(self.atoms.numbers)
+        graph = from_ase(self.atoms, self.potential.cutoff, dtype=self.dtype, labels=False)
+        device = _device_of(self.potential)
+        stress = "stress" in properties and "stress" in self.implemented_properties and bool(np.all(self.atoms.pbc))
+        out = self.potential.predict(graph.to(device), Want(stress=stress))
+        energy = float(out.energy.sum())
+        self.results = {"energy": energy, "free_energy": energy, "forces": out.forces.double().cpu().numpy()}
+        if stress:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out.stress[0].double().cpu().numpy())
+
+
+#: The name older code uses.
+EnergyModelCalculator = PotentialCalculator
+
+
+def _device_of(potential) -> torch.device:
+    """Where a module potential's parameters live (inputs are moved there); CPU for the rest."""
+    if isinstance(potential, torch.nn.Module):
+        for tensor in potential.parameters():
+            return tensor.device
+        for tensor in potential.buffers():
+            return tensor.device
+    return torch.device("cpu")
 
 
 def save_student(model, path: str, **metadata) -> None:
@@ -80,9 +89,9 @@ def load_student(path: str):
     return model.eval()
 
 
-def load_calculator(path: str, **kwargs) -> EnergyModelCalculator:
+def load_calculator(path: str, **kwargs) -> PotentialCalculator:
     """An ASE calculator for the student saved at ``path``."""
     model = load_student(path)
     for p in model.parameters():
         p.requires_grad_(False)
-    return EnergyModelCalculator(model, model.cutoff, check_elements=model.check_elements, **kwargs)
+    return PotentialCalculator(model, **kwargs)

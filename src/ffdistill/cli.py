@@ -20,7 +20,7 @@ def cmd_label(args) -> None:
     from ffdistill.labels import label_file
     from ffdistill.teachers import load_teacher
 
-    teacher = load_teacher(args.teacher, trust=args.trust_teacher)
+    teacher = load_teacher(args.teacher, trust=args.trust_teacher, python=args.teacher_python)
     store = label_file(
         teacher, args.input, args.output, rows=args.hessian_rows, seed=args.seed, progress=not args.quiet,
         shard=args.shard, node_features=args.node_features, probes=args.hessian_probes, group_by=args.group_by,
@@ -74,7 +74,7 @@ def cmd_sample(args) -> None:
     from ffdistill.sampling import sample_to_file
     from ffdistill.teachers import load_teacher
 
-    teacher = load_teacher(args.teacher, trust=args.trust_teacher)
+    teacher = load_teacher(args.teacher, trust=args.trust_teacher, python=args.teacher_python)
     n = sample_to_file(
         teacher, args.structure, args.output, n_frames=args.n, temperatures=args.temperature,
         md_fraction=args.md_fraction, interval=args.interval, seed=args.seed, progress=not args.quiet, runs=args.runs,
@@ -117,7 +117,10 @@ def cmd_evaluate(args) -> None:
         from ffdistill.sampling import load_structure
 
         phonon_cell = load_structure(args.phonons)
-    models = evaluate_from_paths(args.models, args.data, args.teacher, args.output, profile=profile, trust=args.trust_teacher, phonon_cell=phonon_cell, threads=args.threads)
+    models = evaluate_from_paths(
+        args.models, args.data, args.teacher, args.output, profile=profile, trust=args.trust_teacher,
+        phonon_cell=phonon_cell, threads=args.threads, teacher_python=args.teacher_python,
+    )
     print(markdown_tables(models))
     print(f"report, metrics.json and plots in {args.output}/")
 
@@ -125,7 +128,10 @@ def cmd_evaluate(args) -> None:
 def cmd_phonons(args) -> None:
     from ffdistill.evaluate.phonons import phonons_from_paths
 
-    summary = phonons_from_paths(args.models, args.structure, args.teacher, args.output, tuple(args.supercell), trust=args.trust_teacher)
+    summary = phonons_from_paths(
+        args.models, args.structure, args.teacher, args.output, tuple(args.supercell), trust=args.trust_teacher,
+        teacher_python=args.teacher_python,
+    )
     for name, m in summary.items():
         print(f"{name}: band MAE {m['phonon_band_mae_cm1']:.1f} cm⁻¹, Γ MAE {m['phonon_gamma_mae_cm1']:.1f} cm⁻¹ (vs teacher)")
     print(f"phonons.png and phonons.json in {args.output}/")
@@ -194,7 +200,7 @@ def cmd_serve(args) -> None:
     from ffdistill.serve import load_template, serve
 
     calc = load_calculator(args.model)
-    template = load_template(args.structure, calc.energy_fn.elements)
+    template = load_template(args.structure, calc.potential.elements)
     answered = serve(calc, template, unix=args.unix, port=args.port, host=args.host)
     print(f"served {answered} force requests; the server closed the connection")
 
@@ -206,6 +212,7 @@ def cmd_distill(args) -> None:
         rounds=args.rounds, ensemble=args.ensemble, new_frames=args.new_frames, md_steps=args.md_steps, md_temperature=args.md_temperature,
         timestep_fs=args.timestep, md_interval=args.md_interval, threshold=args.threshold, spot_check=args.spot_check,
         teacher=args.teacher, test_store=args.test, test_fraction=args.test_fraction, seed=args.seed,
+        teacher_python=args.teacher_python,
     )
     config = _config(args)
     rounds = distill(config, settings, progress=not args.quiet)
@@ -370,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_distill)
 
+    for name in ("label", "sample", "evaluate", "phonons", "distill"):
+        sub.choices[name].add_argument(
+            "--teacher-python", metavar="PYTHON", default=None,
+            help="run the teacher in this interpreter of another environment (a worker; ffdistill importable there)",
+        )
     for p in sub.choices.values():
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser

@@ -49,30 +49,132 @@ def predict(
     Hessian rows.
     """
     R = graph.R.detach().requires_grad_(True)
-    inputs = [R]
-    cell = graph.cell
-    if stress:
-        # Homogeneous strain applied to positions and cell; dE/d(strain) is the virial.
-        strain = torch.zeros_like(graph.cell, requires_grad=True)
-        sym = 0.5 * (strain + strain.transpose(1, 2))
-        R_used = R + torch.einsum("ni,nij->nj", R, sym[graph.batch])
-        cell = graph.cell + torch.bmm(graph.cell, sym)
-        inputs.append(strain)
-    else:
-        R_used = R
-    energy = energy_fn(graph._replace(R=R_used, cell=cell))
+    strain, used = _strained(graph._replace(R=R), stress)
+    energy = energy_fn(used)
+    inputs = [R] + ([strain] if stress else [])
     grads = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph, allow_unused=True)
     forces = -_zeros_if_none(grads[0], R)
-    sigma = None
-    if stress:
-        volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)
-        sigma = _zeros_if_none(grads[1], graph.cell) / volume[:, None, None]
-        periodic = graph.pbc.all(dim=1)
-        sigma = torch.where(periodic[:, None, None], sigma, torch.full_like(sigma, float("nan")))
+    sigma = _virial_to_stress(grads[1], graph) if stress else None
     if not create_graph:
         energy, forces = energy.detach(), forces.detach()
         sigma = None if sigma is None else sigma.detach()
     return Predictions(energy, forces, sigma, R)
+
+
+def evaluate(potential, graph: AtomicGraph, want) -> "Outputs":
+    """What ``want`` asks of ``potential`` on ``graph``: the body of every ``Potential.predict``.
+
+    Energy models get forces, stress, rows and products by autograd; direct-force models get their
+    force Jacobian's columns by two VJPs or forward differences; models without an autograd graph
+    get rows and products by central differences of their forces.
+    """
+    from ffdistill.potential import Outputs, Want
+
+    caps = potential.capabilities
+    if not caps.autograd:
+        return _evaluate_by_differences(potential, graph, want)
+    stress = want.stress and caps.stress and not caps.direct
+    second = want.hessian_rows or want.probe_products
+    if not (want.differentiable or second or want.conservative_forces or (not caps.direct and (want.forces or stress))):
+        with torch.no_grad():  # a force head alone, or energies alone: no autograd graph at all
+            raw = potential.compute(graph, Want(features=want.features))
+        return Outputs(raw.energy, raw.forces if want.forces else None, features=raw.features)
+    R = graph.R.detach().requires_grad_(True)
+    strain, used = _strained(graph._replace(R=R), stress)
+    raw = potential.compute(used, Want(forces=False, features=want.features))
+    keep = want.differentiable or second
+    forces, sigma, consistent = raw.forces, None, None
+    if not caps.direct and (want.forces or second or stress):
+        inputs = [R] + ([strain] if stress else [])
+        grads = torch.autograd.grad(raw.energy.sum(), inputs, create_graph=keep, allow_unused=True)
+        forces = -_zeros_if_none(grads[0], R)
+        sigma = _virial_to_stress(grads[1], graph) if stress else None
+    if caps.direct and want.conservative_forces:
+        (grad,) = torch.autograd.grad(raw.energy.sum(), R, create_graph=want.differentiable, retain_graph=True)
+        consistent = -grad
+    rows = probes = None
+    if want.hessian_rows and _has(graph.row_index):
+        vectors = one_hot_rows(graph.row_index, graph.n_atoms, forces)
+        rows = _second(potential, graph, forces, R, vectors, graph.batch[graph.row_index // 3], want.differentiable)
+    if want.probe_products and _has(graph.probe_vectors):
+        probes = _second(potential, graph, forces, R, graph.probe_vectors, graph.probe_owner, want.differentiable)
+    out = Outputs(raw.energy, forces if want.forces else None, rows, raw.features, consistent, probes, sigma)
+    return out if want.differentiable else _detached(out)
+
+
+def _has(x: Optional[Tensor]) -> bool:
+    return x is not None and len(x) > 0
+
+
+def _strained(graph: AtomicGraph, stress: bool):
+    """(strain leaf, graph) with a homogeneous strain applied to positions and cell; dE/d(strain) is the virial."""
+    if not stress:
+        return None, graph
+    strain = torch.zeros_like(graph.cell, requires_grad=True)
+    sym = 0.5 * (strain + strain.transpose(1, 2))
+    R = graph.R + torch.einsum("ni,nij->nj", graph.R, sym[graph.batch])
+    return strain, graph._replace(R=R, cell=graph.cell + torch.bmm(graph.cell, sym))
+
+
+def _virial_to_stress(grad: Optional[Tensor], graph: AtomicGraph) -> Tensor:
+    volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)
+    sigma = _zeros_if_none(grad, graph.cell) / volume[:, None, None]
+    periodic = graph.pbc.all(dim=1)
+    return torch.where(periodic[:, None, None], sigma, torch.full_like(sigma, float("nan")))
+
+
+def _second(potential, graph: AtomicGraph, forces: Tensor, R: Tensor, vectors: Tensor, owner: Tensor, keep: bool) -> Tensor:
+    """-(dF/dR) v for each vector: the Hessian for energy models, the force-Jacobian column for direct ones."""
+    caps = potential.capabilities
+    if not caps.direct:
+        return hessian_vector_products(forces, R, vectors, owner, graph.batch, create_graph=keep,
+                                       vectorize=potential.vectorize_rows)
+    if caps.second_derivatives == "forward-difference":
+        return _forward_differences(potential, graph, vectors, owner)
+    return force_jacobian_products(forces, R, vectors, owner, graph.batch, create_graph=keep)
+
+
+def _forward_differences(potential, graph: AtomicGraph, vectors: Tensor, owner: Tensor) -> Tensor:
+    """Direct-force heads: forward differences along each vector, one batched forward pass per structure.
+    Differentiable in the parameters (the displaced forward passes are ordinary forward passes)."""
+    from ffdistill.graph import structure
+    from ffdistill.potential import Want
+
+    force_fn = lambda g: potential.compute(g, Want()).forces  # noqa: E731
+    out = graph.R.new_zeros(len(vectors), graph.n_atoms, 3)
+    for b in range(graph.n_structures):
+        lo, hi = int(graph.ptr[b]), int(graph.ptr[b + 1])
+        picked = (owner == b).nonzero().squeeze(1)
+        if len(picked):
+            single = structure(graph._replace(R=graph.R.detach()), b)
+            out[picked, lo:hi] = fd_force_jacobian_products(force_fn, single, vectors[picked, lo:hi], h=potential.fd_step)
+    return out
+
+
+def _evaluate_by_differences(potential, graph: AtomicGraph, want) -> "Outputs":
+    """Models without an autograd graph (ASE calculators): rows and products by central differences."""
+    from ffdistill.potential import Outputs, Want
+
+    raw = potential.compute(graph, Want(stress=want.stress, features=want.features))
+    force_fn = lambda g: potential.compute(g, Want()).forces  # noqa: E731
+    rows = probes = None
+    if want.hessian_rows and _has(graph.row_index):
+        rows = torch.zeros(len(graph.row_index), graph.n_atoms, 3, dtype=graph.R.dtype, device=graph.R.device)
+        for b in range(graph.n_structures):
+            picked = (graph.batch[graph.row_index // 3] == b).nonzero().squeeze(1)
+            lo, hi = int(graph.ptr[b]), int(graph.ptr[b + 1])
+            from ffdistill.graph import structure
+
+            local = graph.row_index[picked] - 3 * lo
+            rows[picked, lo:hi] = fd_hessian_rows(force_fn, structure(graph, b), local, h=potential.fd_step).to(rows)
+    if want.probe_products and _has(graph.probe_vectors):
+        probes = fd_hessian_vector_products(force_fn, graph, graph.probe_vectors.to(graph.R.dtype), h=potential.fd_step)
+    sigma = raw.stress if want.stress else None
+    return _detached(Outputs(raw.energy, raw.forces if want.forces else None, rows, raw.features, None, probes, sigma))
+
+
+def _detached(out):
+    return type(out)(*(x.detach() if isinstance(x, Tensor) else x for x in out))
 
 
 def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
@@ -218,11 +320,16 @@ def _rows_looped(forces: Tensor, positions: Tensor, vectors: Tensor, create_grap
     return torch.stack(out)
 
 
-def full_hessian(energy_fn: EnergyFn, graph: AtomicGraph, *, vectorize: bool = True) -> Tensor:
-    """The whole (3N, 3N) Hessian: all 3N rows (for small systems and tests)."""
-    pred = predict(energy_fn, graph, create_graph=True)
-    rows = hessian_rows(pred.forces, pred.positions, range(3 * graph.n_atoms), vectorize=vectorize)
-    return rows.reshape(3 * graph.n_atoms, 3 * graph.n_atoms)
+def full_hessian(potential, graph: AtomicGraph) -> Tensor:
+    """The whole (3N, 3N) matrix ``-dF_i/dR_r`` (row i, column r) of a one-structure graph, from all 3N
+    second-derivative outputs of ``potential.predict`` (for small systems, vibrations and tests): the
+    Hessian of an energy model; the negative force Jacobian of a direct-force model (not symmetric)."""
+    from ffdistill.potential import Want
+
+    rows = torch.arange(3 * graph.n_atoms, device=graph.R.device)
+    out = potential.predict(graph._replace(row_index=rows), Want(forces=False, hessian_rows=True))
+    # item r is -dF/dR_r over all i: a column of the matrix
+    return out.hessian_rows.reshape(3 * graph.n_atoms, 3 * graph.n_atoms).T
 
 
 def fd_hessian_rows(force_fn: ForceFn, graph: AtomicGraph, rows: Tensor | Sequence[int], h: float = 1e-3) -> Tensor:

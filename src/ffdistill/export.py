@@ -23,6 +23,7 @@ from ase.build import bulk
 from ffdistill.calculator import load_student
 from ffdistill.errors import InputError
 from ffdistill.graph import AtomicGraph, from_ase
+from ffdistill.potential import Want
 
 STANDALONE = os.path.join(os.path.dirname(__file__), "standalone_calculator.py")
 
@@ -33,7 +34,7 @@ class _EnergyOfOneStructure(torch.nn.Module):
         self.student = student
 
     def forward(self, Z, R, cell, edge_index, shifts):
-        return self.student(self.graph(Z, R, cell, edge_index, shifts))[0]
+        return self.student.energy(self.graph(Z, R, cell, edge_index, shifts))[0]
 
     def graph(self, Z, R, cell, edge_index, shifts) -> AtomicGraph:
         n = Z.shape[0]
@@ -47,8 +48,8 @@ class _DirectForcesOfOneStructure(_EnergyOfOneStructure):
     """(E, F) with F from the force head: -dE/dR of the energy head is not what the student was trained to give."""
 
     def forward(self, Z, R, cell, edge_index, shifts):
-        energy, forces, _ = self.student(self.graph(Z, R, cell, edge_index, shifts), return_forces=True)
-        return energy[0], forces
+        raw = self.student.compute(self.graph(Z, R, cell, edge_index, shifts), Want())
+        return raw.energy[0], raw.forces
 
 
 FORMATS = ("torchscript", "mliap")
@@ -68,12 +69,12 @@ def export_student(student_path: str, output: str, format: str = "torchscript") 
     for p in student.parameters():
         p.requires_grad_(False)
     example = _example_graph(student)
-    wrapper = (_DirectForcesOfOneStructure if student.direct else _EnergyOfOneStructure)(student).eval()
+    wrapper = (_DirectForcesOfOneStructure if student.capabilities.direct else _EnergyOfOneStructure)(student).eval()
     inputs = (example.Z, example.R, example.cell[0], example.edge_index, example.shifts)
     with torch.jit.optimized_execution(False):
         traced = torch.jit.trace(wrapper, inputs, check_trace=False)
     meta = {"cutoff": student.cutoff, "elements": student.elements, "format": "ffdistill-exported-energy",
-            "dtype": "float32", "forces": "direct" if student.direct else "autograd"}
+            "dtype": "float32", "forces": "direct" if student.capabilities.direct else "autograd"}
     torch.jit.save(traced, output, _extra_files={"ffdistill.json": json.dumps(meta)})
     calculator = os.path.join(os.path.dirname(os.path.abspath(output)), "standalone_calculator.py")
     shutil.copyfile(STANDALONE, calculator)

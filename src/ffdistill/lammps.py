@@ -244,7 +244,7 @@ def as_calculator(model, dtype=None) -> Calculator:
     """An ASE calculator from a student file, a student module or a calculator."""
     import torch
 
-    from ffdistill.calculator import EnergyModelCalculator, load_calculator
+    from ffdistill.calculator import PotentialCalculator, load_calculator
 
     dtype = torch.float32 if dtype is None else dtype
     if isinstance(model, Calculator):
@@ -252,7 +252,7 @@ def as_calculator(model, dtype=None) -> Calculator:
     if isinstance(model, (str, os.PathLike)):
         return load_calculator(os.fspath(model), dtype=dtype)
     if isinstance(model, torch.nn.Module):
-        return EnergyModelCalculator(model, model.cutoff, dtype=dtype, check_elements=model.check_elements)
+        return PotentialCalculator(model, dtype=dtype)
     raise InputError(f"expected a student file, a student or an ASE calculator, got {type(model).__name__}")
 
 
@@ -359,7 +359,7 @@ class _StudentOnPairs:
         import ase.data
         import torch
 
-        if getattr(student, "direct", False):
+        if student.capabilities.direct:
             raise InputError("a direct-force student has no pair forces for ML-IAP: run it with ffdistill lammps")
         self.dtype = dtype or next(student.parameters()).dtype
         self.student = copy.deepcopy(student).to(self.dtype).eval()  # the caller's student stays as it was
@@ -412,7 +412,7 @@ class _StudentOnPairs:
             edge_index=torch.as_tensor(np.stack([pair_i, pair_j]), dtype=torch.long), shifts=rij,
             batch=torch.arange(n), ptr=torch.arange(n + 1), cutoff=self.student.cutoff,
         )
-        return self.student(graph), rij
+        return self.student.energy(graph), rij
 
     def __reduce__(self):
         return (_rebuild_mliap, (_student_bytes(self.student), str(self.dtype).replace("torch.", "")))

@@ -22,101 +22,16 @@ single-process loss of the global batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from ffdistill import derivatives
-from ffdistill.graph import AtomicGraph, structure
+from ffdistill.graph import AtomicGraph
+from ffdistill.potential import Outputs, Want
 
 
-class StudentOutput(NamedTuple):
-    energy: Tensor  #: (B,)
-    forces: Tensor  #: (N, 3)
-    hessian_rows: Optional[Tensor]  #: (K, N, 3), rows ``batch.row_index``, or None
-    features: Optional[Tensor] = None  #: (N, channels) student node features, when asked
-    conservative_forces: Optional[Tensor] = None  #: -dE/dR of a direct-force student's energy head
-    probe_products: Optional[Tensor] = None  #: (P, N, 3) H·v along ``batch.probe_vectors``, or None
-
-
-def student_output(model, batch: AtomicGraph, hessian: bool, training: bool = True, features: bool = False, conservative: bool = False) -> StudentOutput:
-    """What the loss needs from the student: energies, forces and (if asked) the batch's Hessian rows and
-    probe products, node features, and the energy head's own forces (direct-force students).
-
-    Rows and probes are VJPs of the forces (one backward pass per item of each structure), never the
-    full Hessian.
-    """
-    core = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    if getattr(core, "direct", False):  # a force head (students); teachers' energy functions have none
-        out = _direct_output(model, core, batch, hessian, training, conservative)
-    else:
-        captured = {}
-
-        def energy_fn(graph):
-            energy, _, captured["features"] = model(graph, return_features=True)
-            return energy
-
-        pred = derivatives.predict(energy_fn if features else model, batch, create_graph=training or hessian)
-        rows = probes = None
-        if _has_rows(batch, hessian):
-            rows = derivatives.hessian_rows(pred.forces, pred.positions, batch.row_index, batch=batch.batch, create_graph=training)
-        if _has_probes(batch, hessian):
-            probes = derivatives.hessian_vector_products(
-                pred.forces, pred.positions, batch.probe_vectors, batch.probe_owner, batch.batch, create_graph=training
-            )
-        out = StudentOutput(pred.energy, pred.forces, rows, captured.get("features"), probe_products=probes)
-    if not training:
-        return StudentOutput(*(None if x is None else x.detach() for x in out))
-    return out
-
-
-def _has_rows(batch: AtomicGraph, hessian: bool) -> bool:
-    return hessian and batch.row_index is not None and len(batch.row_index) > 0
-
-
-def _has_probes(batch: AtomicGraph, hessian: bool) -> bool:
-    return hessian and batch.probe_vectors is not None and len(batch.probe_vectors) > 0
-
-
-def _direct_output(model, core, batch: AtomicGraph, hessian: bool, training: bool, conservative: bool) -> StudentOutput:
-    """A force-head student: its "Hessian rows" and probe products are -dF/dR of the force head times
-    one-hot or probe vectors (columns: autograd by two VJPs, or batched forward differences)."""
-    R = batch.R.detach().requires_grad_(True)
-    graph = batch._replace(R=R)
-    energy, forces, features = model(graph, return_features=True, return_forces=True)
-    rows = probes = None
-    if _has_rows(batch, hessian):
-        owner = batch.batch[batch.row_index // 3]
-        vectors = derivatives.one_hot_rows(batch.row_index, batch.n_atoms, forces)
-        rows = _direct_products(model, core, graph, batch, forces, R, vectors, owner, training)
-    if _has_probes(batch, hessian):
-        probes = _direct_products(model, core, graph, batch, forces, R, batch.probe_vectors, batch.probe_owner, training)
-    consistent = None
-    if conservative:
-        (grad,) = torch.autograd.grad(energy.sum(), R, create_graph=training)
-        consistent = -grad
-    return StudentOutput(energy, forces, rows, features, consistent, probes)
-
-
-def _direct_products(model, core, graph, batch, forces, R, vectors, owner, training) -> Tensor:
-    if core.jacobian == "fd":
-        return _fd_products(model, graph, batch, vectors, owner)
-    return derivatives.force_jacobian_products(forces, R, vectors, owner, batch.batch, create_graph=training)
-
-
-def _fd_products(model, graph: AtomicGraph, batch: AtomicGraph, vectors: Tensor, owner: Tensor) -> Tensor:
-    """Forward differences along each vector, one batched forward pass per structure."""
-    force_fn = lambda g: model(g, return_forces=True)[1]  # noqa: E731
-    out = batch.R.new_zeros(len(vectors), batch.n_atoms, 3)
-    for b in range(batch.n_structures):
-        lo, hi = int(batch.ptr[b]), int(batch.ptr[b + 1])
-        picked = (owner == b).nonzero().squeeze(1)
-        if len(picked):
-            single = structure(graph, b)
-            h = getattr(model, "fd_step", 1e-4)
-            out[picked, lo:hi] = derivatives.fd_force_jacobian_products(force_fn, single, vectors[picked, lo:hi], h=h)
-    return out
+#: The name older code uses for the outputs the loss reads.
+StudentOutput = Outputs
 
 
 def per_structure_mean(values: Tensor, owner: Tensor, n_structures: int) -> Tensor:
@@ -130,9 +45,9 @@ def per_structure_mean(values: Tensor, owner: Tensor, n_structures: int) -> Tens
 class EnergyTerm:
     weight: float
     name: str = "energy"
-    needs_hessian: bool = False
+    needs: tuple = ()
 
-    def contribution(self, out: StudentOutput, batch: AtomicGraph) -> tuple[Tensor, int]:
+    def contribution(self, out: Outputs, batch: AtomicGraph) -> tuple[Tensor, int]:
         """Σ_b |ΔE_b| / N_b over B structures: per-atom energy, as in the paper."""
         return ((out.energy - batch.energy).abs() / batch.atoms_per_structure).sum(), batch.n_structures
 
@@ -141,9 +56,9 @@ class EnergyTerm:
 class ForceTerm:
     weight: float
     name: str = "forces"
-    needs_hessian: bool = False
+    needs: tuple = ("forces",)
 
-    def contribution(self, out: StudentOutput, batch: AtomicGraph) -> tuple[Tensor, int]:
+    def contribution(self, out: Outputs, batch: AtomicGraph) -> tuple[Tensor, int]:
         return (out.forces - batch.forces).norm(dim=-1).sum(), batch.n_atoms
 
 
@@ -154,9 +69,9 @@ class HessianTerm:
 
     weight: float
     name: str = "hessian"
-    needs_hessian: bool = True
+    needs: tuple = ("hessian_rows", "probe_products")
 
-    def contribution(self, out: StudentOutput, batch: AtomicGraph) -> tuple[Tensor, int]:
+    def contribution(self, out: Outputs, batch: AtomicGraph) -> tuple[Tensor, int]:
         errors, owners = [], []
         if out.hessian_rows is not None:
             errors.append((out.hessian_rows - batch.hessian_rows).norm(dim=-1).sum(dim=1))
@@ -180,9 +95,9 @@ class ConsistencyTerm:
 
     weight: float
     name: str = "consistency"
-    needs_hessian: bool = False
+    needs: tuple = ("conservative_forces",)
 
-    def contribution(self, out: StudentOutput, batch: AtomicGraph) -> tuple[Tensor, int]:
+    def contribution(self, out: Outputs, batch: AtomicGraph) -> tuple[Tensor, int]:
         if out.conservative_forces is None:
             return batch.R.new_zeros(()), batch.n_atoms
         return (out.conservative_forces - batch.forces).norm(dim=-1).sum(), batch.n_atoms
@@ -192,7 +107,7 @@ class NodeFeatureTerm(torch.nn.Module):
     """n2n baseline: a learned linear projection of the student's node features matched to the teacher's
     node features stored at labelling time, by the MSE over atoms and channels (``nn.MSELoss``)."""
 
-    needs_hessian = False
+    needs = ("features",)
     name = "n2n"
 
     def __init__(self, weight: float, student_channels: int, teacher_channels: int):
@@ -200,7 +115,7 @@ class NodeFeatureTerm(torch.nn.Module):
         self.weight = weight
         self.projection = torch.nn.Linear(student_channels, teacher_channels)
 
-    def contribution(self, out: StudentOutput, batch: AtomicGraph) -> tuple[Tensor, int]:
+    def contribution(self, out: Outputs, batch: AtomicGraph) -> tuple[Tensor, int]:
         if out.features is None or batch.node_features is None:
             return batch.R.new_zeros(()), batch.n_atoms
         return (self.projection(out.features) - batch.node_features).pow(2).mean(dim=-1).sum(), batch.n_atoms
@@ -216,26 +131,32 @@ class DistillationLoss:
     def __init__(self, terms):
         self.terms = list(terms)
 
+    def want(self, batch: AtomicGraph) -> Want:
+        """The outputs the weighted terms need, for training (differentiable) on this batch."""
+        needs = {need for t in self.terms if t.weight > 0 for need in t.needs}
+        has_rows = batch.row_index is not None and len(batch.row_index) > 0
+        has_probes = batch.probe_vectors is not None and len(batch.probe_vectors) > 0
+        return Want(
+            forces=True,
+            hessian_rows="hessian_rows" in needs and has_rows,
+            probe_products="probe_products" in needs and has_probes,
+            features="features" in needs,
+            conservative_forces="conservative_forces" in needs,
+            differentiable=True,
+        )
+
     @property
     def needs_hessian(self) -> bool:
-        return any(t.needs_hessian and t.weight > 0 for t in self.terms)
-
-    @property
-    def needs_features(self) -> bool:
-        return any(t.name == "n2n" and t.weight > 0 for t in self.terms)
-
-    @property
-    def needs_conservative_forces(self) -> bool:
-        return any(t.name == "consistency" and t.weight > 0 for t in self.terms)
+        return any(t.weight > 0 and "hessian_rows" in t.needs for t in self.terms)
 
     def parameters(self):
         """Trainable parameters of the terms themselves (the n2n projection)."""
         return [p for t in self.terms if isinstance(t, torch.nn.Module) for p in t.parameters()]
 
-    def contributions(self, out: StudentOutput, batch: AtomicGraph) -> dict[str, tuple[Tensor, int]]:
+    def contributions(self, out: Outputs, batch: AtomicGraph) -> dict[str, tuple[Tensor, int]]:
         return {t.name: t.contribution(out, batch) for t in self.terms}
 
-    def __call__(self, out: StudentOutput, batch: AtomicGraph, global_counts: dict | None = None, world: int = 1) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, out: Outputs, batch: AtomicGraph, global_counts: dict | None = None, world: int = 1) -> tuple[Tensor, dict[str, float]]:
         values = {}
         for name, (total, count) in self.contributions(out, batch).items():
             count = count if global_counts is None else global_counts[name] / world

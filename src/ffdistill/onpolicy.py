@@ -57,6 +57,7 @@ class OnPolicySettings:
     test_store: Optional[str] = None  #: held-out store; default a test_fraction split of the initial store
     test_fraction: float = 0.2
     seed: int = 0
+    teacher_python: Optional[str] = None  #: run the teacher in this interpreter (a worker) when given
 
 
 def distill(config, settings: OnPolicySettings, progress: bool = True) -> list[dict]:
@@ -70,7 +71,7 @@ def distill(config, settings: OnPolicySettings, progress: bool = True) -> list[d
     labelled_by = _attrs(pool)["teacher_spec"]
     if settings.teacher and settings.teacher != labelled_by:  # a union store must hold one teacher's labels
         raise InputError(f"{config.data.store} was labelled by {labelled_by}, not by {settings.teacher}")
-    teacher = load_teacher(labelled_by)
+    teacher = load_teacher(labelled_by, python=settings.teacher_python)
     rounds: list[dict] = []
     for r in range(settings.rounds):
         folder = os.path.join(out, f"round_{r}")

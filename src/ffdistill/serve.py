@@ -41,8 +41,8 @@ def serve(calc, template: ase.Atoms, unix: Optional[str] = None, port: Optional[
     atoms = template.copy()
     atoms.calc = calc
     if use_stress is None:
-        direct = getattr(getattr(calc, "energy_fn", None), "direct", False)  # a force head gives no stress
-        use_stress = bool(np.all(atoms.pbc)) and "stress" in calc.implemented_properties and not direct
+        # a direct-force student's calculator declares no stress: its force head is no energy derivative
+        use_stress = bool(np.all(atoms.pbc)) and "stress" in calc.implemented_properties
     client = socket_client(unix, port, host)
     answered = 0
     for _ in client.irun(atoms, use_stress=use_stress):

@@ -31,7 +31,7 @@ from ffdistill.evaluate import accuracy
 from ffdistill.distributed import Ranks
 from ffdistill.graph import AtomicGraph, batch_graphs
 from ffdistill.labels import LabelStore
-from ffdistill.loss import DistillationLoss, build_loss, student_output
+from ffdistill.loss import DistillationLoss, build_loss
 from ffdistill.students import build_student
 from ffdistill.students.base import teacher_embedding_table
 
@@ -78,7 +78,7 @@ def train_step(model, batch: AtomicGraph, loss: DistillationLoss, optimizer, gra
     """One optimiser step. ``idle``: this rank has no structures in the batch; it steps with zero
     weight so the gradient all-reduce still happens."""
     optimizer.zero_grad(set_to_none=True)
-    out = student_output(model, batch, hessian=loss.needs_hessian, training=True, features=loss.needs_features, conservative=loss.needs_conservative_forces)
+    out = model(batch, loss.want(batch))  # one forward call: DistributedDataParallel sees every output
     counts = {name: 0 if idle else count for name, (_, count) in loss.contributions(out, batch).items()}
     total, terms = loss(out, batch, ranks.sum_counts(counts), ranks.world) if ranks.world > 1 else loss(out, batch)
     (total * (0.0 if idle else 1.0)).backward()
@@ -121,7 +121,8 @@ def _build_model(config: RunConfig, store: LabelStore, train_graphs: Sequence[At
     model = build_student(config.model.student, elements, config.model.cutoff, teacher_embedding_dim=dim, **config.model.hparams)
     if table:
         model.set_teacher_embeddings(teacher_embedding_table(model, table))
-    model.jacobian, model.fd_step = config.model.jacobian, config.model.fd_step
+    if model.capabilities.direct:
+        model.set_jacobian(config.model.jacobian, config.model.fd_step)
     model.fit_references(train_graphs)
     return model
 
@@ -238,7 +239,7 @@ def _loss(config: RunConfig, model, train_graphs: Sequence[AtomicGraph]) -> Dist
         if train_graphs[0].node_features is None:
             raise InputError("loss.n2n needs teacher node features: label with --node-features")
         channels = (model.hparams["channels"], train_graphs[0].node_features.shape[1])
-    if c.consistency and not model.direct:
+    if c.consistency and not model.capabilities.direct:
         raise InputError("loss.consistency is for direct-force students (e.g. painn-direct-small)")
     return build_loss(c.energy, c.forces, c.hessian, consistency=c.consistency, n2n=c.n2n, channels=channels)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ffdistill.graph import AtomicGraph, batch_graphs, from_ase, to_ase
-from ffdistill.loss import student_output
+from ffdistill.potential import Want
 
 #: Label fields carried from the store to every model's graphs.
 LABELS = ("energy", "forces", "stress", "hessian_rows", "row_index")
@@ -24,14 +24,14 @@ LABELS = ("energy", "forces", "stress", "hessian_rows", "row_index")
 def accuracy(model, graphs: Sequence[AtomicGraph], batch_size: int = 4, hessian: bool = True) -> dict[str, float]:
     """Energy MAE (meV/atom), force MAE (meV/Å), force cosine and Hessian-row MAE (eV/Å²) on ``graphs``.
 
-    Scored through ``student_output``: a direct-force student is judged by its force head (and its
+    Scored through ``predict``: a direct-force student is judged by its force head (and its
     "rows" are columns of -dF/dR), an energy model by -dE/dR.
     """
     e_err, f_err, cos, h_err = [], [], [], []
     device = _device_of(model)
     for start in range(0, len(graphs), batch_size):
         batch = batch_graphs(graphs[start : start + batch_size]).to(device)
-        out = student_output(model, batch, hessian=hessian, training=False)
+        out = model.predict(batch, Want(hessian_rows=hessian))
         e_err.append(((out.energy - batch.energy).abs() / batch.atoms_per_structure).cpu().numpy())
         f_err.append((out.forces - batch.forces).abs().flatten().cpu().numpy())
         cos.append(torch.nn.functional.cosine_similarity(out.forces, batch.forces, dim=-1).cpu().numpy())

@@ -31,30 +31,15 @@ def freeze(model):
     return model.eval()
 
 
-def is_direct(model) -> bool:
-    return bool(getattr(model, "direct", False))
-
-
 def model_forces(model, graph: AtomicGraph) -> torch.Tensor:
-    """(N, 3) forces of a student: its force head if it has one, else -dE/dR."""
-    if is_direct(model):
-        with torch.no_grad():
-            return model(graph, return_forces=True)[1]
-    return derivatives.predict(model, graph).forces
+    """(N, 3) forces of any potential through its contract: a force head if it has one, else -dE/dR."""
+    return model.predict(graph).forces
 
 
 def model_hessian(model, graph: AtomicGraph) -> np.ndarray:
-    """(3N, 3N) -dF/dR of a one-structure graph (float64). For a force head this is not symmetric;
+    """(3N, 3N) -dF_i/dR_r of a one-structure graph (float64). For a force head this is not symmetric;
     callers that need a Hessian (frequencies) symmetrise it."""
-    n = 3 * graph.n_atoms
-    if not is_direct(model):
-        return derivatives.full_hessian(model, graph, vectorize=False).detach().double().numpy()
-    R = graph.R.detach().requires_grad_(True)
-    with torch.enable_grad():
-        forces = model(graph._replace(R=R), return_forces=True)[1]
-        columns = derivatives.force_jacobian_columns(forces, R, range(n), graph.batch)
-    # columns[r] = -dF/dR_r: the transpose of the row layout -dF_i/dR_r used for energy models
-    return columns.detach().double().numpy().reshape(n, n).T
+    return derivatives.full_hessian(model, graph).double().cpu().numpy()
 
 
 @dataclass
@@ -83,9 +68,9 @@ class Candidate:
         """A fresh ASE calculator (direct-force students answer with their force head)."""
         if self.is_teacher:
             return self.teacher.as_calculator()
-        from ffdistill.calculator import EnergyModelCalculator
+        from ffdistill.calculator import PotentialCalculator
 
-        return EnergyModelCalculator(self.model, self.cutoff, dtype=self.dtype)
+        return PotentialCalculator(self.model, dtype=self.dtype)
 
     def graph(self, atoms: ase.Atoms) -> AtomicGraph:
         return from_ase(atoms, self.cutoff, dtype=self.dtype, labels=False)
@@ -98,13 +83,9 @@ class Candidate:
 
     def hessian(self, atoms: ase.Atoms) -> np.ndarray:
         """(3N, 3N) -dF/dR in eV/Å² (autograd, or the teacher's own finite-difference rows)."""
-        if not self.is_teacher:
-            return model_hessian(self.model, self.graph(atoms))
-        n = 3 * len(atoms)
-        if self.teacher.has_autograd:
-            graph = self.teacher.graph(atoms)
-            return derivatives.full_hessian(self.teacher.energy, graph, vectorize=False).detach().double().numpy()
-        return self.teacher.label(atoms, rows=range(n)).hessian_rows.reshape(n, n)
+        if self.is_teacher:
+            return model_hessian(self.teacher, self.teacher.graph(atoms))
+        return model_hessian(self.model, self.graph(atoms))
 
 
 def student_candidates(paths: Sequence[str], taken: Sequence[str] = ("teacher",)) -> list[Candidate]:

@@ -11,18 +11,18 @@ from torch import Tensor, nn
 
 from ffdistill.errors import InputError
 from ffdistill.graph import AtomicGraph
+from ffdistill.potential import Capabilities, Outputs, Potential, Raw, Want
 
 
-class EnergyStudent(nn.Module):
+class EnergyStudent(nn.Module, Potential):
     """E = sum_atoms (scale * readout(h_atom) + e_ref[Z]) with e_ref fitted to the training energies.
 
     Subclasses build ``self.embedding`` (an ``nn.Embedding`` over ``self.elements``) and implement
     ``node_features(graph) -> (N, channels)``; ``make_readout`` gives the shared energy read-out.
+    The module's ``forward`` is ``predict`` (one call, so DistributedDataParallel sees every output).
     """
 
-    #: True for students with a force head (forces are not -dE/dR); see ``DirectForcePaiNN``.
-    direct: bool = False
-
+    capabilities = Capabilities(forces="conservative", second_derivatives="autograd", stress=True, features=True)
     arch: str = "base"
 
     def __init__(self, elements: Sequence[int], cutoff: float):
@@ -80,25 +80,12 @@ class EnergyStudent(nn.Module):
         per_atom = self.energy_scale * self.readout(features).squeeze(-1) + self.energy_ref[self.species(graph.Z)]
         return per_atom.new_zeros(graph.n_structures).index_add(0, graph.batch, per_atom)
 
-    def energy_and_features(self, graph: AtomicGraph) -> tuple[Tensor, Tensor]:
-        """(B,) energies and the (N, channels) features they were read from, in one pass."""
+    def compute(self, graph: AtomicGraph, want: Want) -> Raw:
         features = self.node_features(graph)
-        return self.energy_from_features(graph, features), features
+        return Raw(self.energy_from_features(graph, features), features=features)
 
-    def forward(self, graph: AtomicGraph, return_features: bool = False, return_forces: bool = False):
-        """(B,) total energies in eV; with a flag, the tuple (energies, direct forces or None, features or None).
-
-        One module call serves every output, so wrappers such as DistributedDataParallel see a single forward.
-        """
-        if return_forces and not self.direct:
-            raise TypeError(f"{self.arch} has no force head: its forces are -dE/dR")
-        if return_forces:
-            energy, forces, features = self.energy_forces_features(graph)
-        else:
-            (energy, features), forces = self.energy_and_features(graph), None
-        if not (return_features or return_forces):
-            return energy
-        return energy, forces, features if return_features else None
+    def forward(self, graph: AtomicGraph, want: Want = Want()) -> Outputs:
+        return self.predict(graph, want)
 
     @torch.no_grad()
     def fit_references(self, graphs: Sequence[AtomicGraph]) -> None:
@@ -120,7 +107,7 @@ class EnergyStudent(nn.Module):
         """
         counts = np.array([[int((g.Z == z).sum()) for z in self.elements] for g in graphs], dtype=np.float64)
         device = self.energy_ref.device
-        residuals = np.array([float(g.energy.sum() - self(g.to(device)).sum().cpu()) for g in graphs])
+        residuals = np.array([float(g.energy.sum() - self.energy(g.to(device)).detach().sum().cpu()) for g in graphs])
         delta, *_ = np.linalg.lstsq(counts, residuals, rcond=None)
         self.energy_ref.add_(torch.as_tensor(delta, dtype=self.energy_ref.dtype, device=self.energy_ref.device))
 

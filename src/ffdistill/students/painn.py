@@ -6,6 +6,7 @@ conservative by construction.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -13,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ffdistill.graph import AtomicGraph, edge_vectors
+from ffdistill.potential import Capabilities, Raw, Want
 from ffdistill.students.base import EnergyStudent
 
 
@@ -97,16 +99,30 @@ class PaiNN(EnergyStudent):
 
 class DirectForcePaiNN(PaiNN):
     """PaiNN with a force head: F_i = W v_i, a linear map of the vector features (equivariant,
-    not conservative). The energy head is kept for energies and the optional consistency term."""
+    not conservative). The energy head is kept for energies and the optional consistency term.
+
+    Its second derivatives are the force head's Jacobian columns, by two VJPs (``autograd``) or by
+    forward differences of the force head (``forward-difference``, step ``fd_step``): see
+    ``set_jacobian``."""
 
     arch = "painn-direct"
-    direct = True
+    capabilities = Capabilities(forces="direct", second_derivatives="autograd", stress=False, features=True)
 
     def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 2, n_basis: int = 16, cutoff: float = 5.0, teacher_embedding_dim: int = 0):
         super().__init__(elements, channels, layers, n_basis, cutoff, teacher_embedding_dim)
         self.force_head = nn.Linear(channels, 1, bias=False)
+        self.fd_step = 1e-4
 
-    def energy_forces_features(self, graph: AtomicGraph) -> tuple[Tensor, Tensor, Tensor]:
+    def set_jacobian(self, mode: str, fd_step: float = 1e-4) -> None:
+        """Force-Jacobian columns by ``autograd`` (two VJPs) or ``fd`` (forward differences, step Å)."""
+        modes = {"autograd": "autograd", "fd": "forward-difference"}
+        if mode not in modes:
+            raise ValueError(f"jacobian must be one of {', '.join(modes)}, got {mode!r}")
+        self.capabilities = dataclasses.replace(self.capabilities, second_derivatives=modes[mode])
+        self.fd_step = fd_step
+
+    def compute(self, graph: AtomicGraph, want: Want) -> Raw:
         """(B,) energies, (N, 3) direct forces (eV/Å) and (N, channels) features, in one pass."""
         s, v = self.scalar_and_vector_features(graph)
-        return self.energy_from_features(graph, s), self.energy_scale * self.force_head(v).squeeze(-1), s
+        forces = self.energy_scale * self.force_head(v).squeeze(-1)
+        return Raw(self.energy_from_features(graph, s), forces=forces, features=s)

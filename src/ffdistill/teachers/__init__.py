@@ -1,20 +1,31 @@
 """Teachers behind one interface, chosen by a spec string.
 
-=====================  ============================================================
-spec                   teacher
-=====================  ============================================================
-``sevenn``             SevenNet-0, bundled in the sevenn package (the default)
-``sevenn:NAME|PATH``   another bundled SevenNet model, or a local checkpoint
-``chgnet``             CHGNet (optional extra), Hessian rows by finite differences
-``mace:PATH``          a MACE model file (optional extra ``mace``)
-``ase:MODULE:FACTORY`` any ASE calculator, Hessian rows by finite differences
-``morse``              a torch Morse pair potential (tests, tutorials)
-=====================  ============================================================
+===========================  ======================================================================
+spec                         teacher
+===========================  ======================================================================
+``sevenn``                   SevenNet-0 (11Jul2024), bundled in the sevenn package (the default)
+``sevenn:7net-0``            the same model, by name
+``sevenn:7net-0_22may2024``  the earlier SevenNet-0 release, bundled
+``sevenn:7net-l3i5``         SevenNet-l3i5 (l_max 3, 5 layers), bundled
+``sevenn:7net-mf-0@MODAL``   multi-fidelity SevenNet-MF-0, bundled; MODAL is ``PBE`` or ``R2SCAN``
+                             (required, any case)
+``sevenn:PATH[@MODAL]``      a local SevenNet checkpoint (needs ``trust``); ``@MODAL`` if multi-modal
+``chgnet``                   CHGNet 0.3.0, weights in the chgnet package (extra ``chgnet``);
+                             Hessian rows by central differences of its forces
+``dxtb`` / ``dxtb:gfn1``     GFN1-xTB by dxtb (extra ``dxtb`` + requirements-dxtb.txt), molecules
+                             only, float64; Hessian rows by autograd through the SCF
+``dxtb:gfn2``                GFN2-xTB by dxtb, the same way (needs tad-libcint, in requirements-dxtb.txt)
+``mace:PATH``                a MACE model file (optional extra ``mace``)
+``ase:MODULE:FACTORY``       any ASE calculator, Hessian rows by central differences
+``morse``                    a torch Morse pair potential (tests, tutorials)
+===========================  ======================================================================
 
 Heavy packages are imported inside the factories, never at ``import ffdistill``.
 """
 
 from __future__ import annotations
+
+import os
 
 from ffdistill.errors import TeacherError
 from ffdistill.teachers.base import Teacher, TeacherLabels
@@ -22,13 +33,21 @@ from ffdistill.teachers.base import Teacher, TeacherLabels
 __all__ = ["Teacher", "TeacherLabels", "load_teacher"]
 
 
-def load_teacher(spec: str, trust: bool = False) -> Teacher:
-    """Build the teacher named by ``spec``; ``trust`` allows loading pickled model files."""
+def load_teacher(spec: str, trust: bool = False, python: str | None = None) -> Teacher:
+    """Build the teacher named by ``spec``; ``trust`` allows loading pickled model files. With ``python``
+    (an interpreter of another environment) the teacher is loaded and run there, behind a worker."""
+    if python is not None:
+        from ffdistill.teachers.worker import WorkerTeacher
+
+        return WorkerTeacher(python, spec, trust=trust)
     kind, _, target = spec.partition(":")
     if kind == "sevenn":
         from ffdistill.teachers.sevenn import SevenNetTeacher
 
-        return SevenNetTeacher(target or "7net-0", trust=trust)
+        name, at, modal = target.rpartition("@")
+        if not at or os.path.isfile(target):  # a checkpoint path may itself hold an @
+            name, modal = target, ""
+        return SevenNetTeacher(name or "7net-0", trust=trust, modal=modal or None)
     if kind == "mace":
         from ffdistill.teachers.mace import MACETeacher
 
@@ -39,11 +58,18 @@ def load_teacher(spec: str, trust: bool = False) -> Teacher:
         return ASETeacher.from_spec(target)
     if kind == "chgnet":
         return _chgnet()
+    if kind == "dxtb":
+        from ffdistill.teachers.dxtb import DXTBTeacher
+
+        return DXTBTeacher(target or "gfn1")
     if kind == "morse":
         from ffdistill.teachers.toy import morse_teacher
 
         return morse_teacher()
-    raise TeacherError(f"unknown teacher spec {spec!r}: use sevenn, sevenn:NAME, chgnet, mace:PATH, ase:MODULE:FACTORY or morse")
+    raise TeacherError(
+        f"unknown teacher spec {spec!r}: use sevenn, sevenn:NAME[@MODAL], chgnet, dxtb[:gfn1|gfn2], mace:PATH, "
+        "ase:MODULE:FACTORY or morse"
+    )
 
 
 def _chgnet() -> Teacher:
@@ -51,7 +77,9 @@ def _chgnet() -> Teacher:
         import chgnet
         from chgnet.model.dynamics import CHGNetCalculator
     except ImportError as error:
-        raise TeacherError(f"the chgnet teacher needs the chgnet package (pip install 'ffdistill[chgnet]'): {error}") from error
+        message = f"the chgnet teacher needs the chgnet package (pip install 'ffdistill[chgnet]'): {error}"
+        raise TeacherError(message) from error
     from ffdistill.teachers.ase_calc import ASETeacher
 
-    return ASETeacher(CHGNetCalculator(use_device="cpu"), spec="chgnet", version=f"chgnet {chgnet.__version__}")
+    calc = CHGNetCalculator(use_device="cpu")  # CHGNet 0.3.0, its weights inside the chgnet wheel
+    return ASETeacher(calc, spec="chgnet", version=f"chgnet {chgnet.__version__}, model {calc.version}")

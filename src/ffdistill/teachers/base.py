@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ffdistill import derivatives
 from ffdistill.errors import TeacherError
-from ffdistill.graph import AtomicGraph, from_ase
+from ffdistill.graph import AtomicGraph, from_ase, structure
+from ffdistill.potential import Capabilities, Potential, Raw, Want
 
 #: Teacher outputs beyond these are treated as a broken model or structure, not physics.
 MAX_ABS_FORCE = 1e3  # eV/Å
@@ -33,11 +33,13 @@ class TeacherLabels:
     probe_products: Optional[np.ndarray] = None  #: (P, N, 3) H·v, eV/Å²
 
 
-class Teacher(ABC):
+class Teacher(Potential, ABC):
     """A foundation model seen through one interface.
 
     Subclasses set ``spec`` (how the CLI names it), ``version`` and ``elements`` (atomic numbers it
-    covers, or None for any), and implement either ``energy`` (autograd teachers) or ``forces``.
+    covers, or None for any), and implement either ``energy`` (autograd teachers) or
+    ``energy_forces_stress`` (``has_autograd = False``: rows and products by central differences).
+    Everything else goes through the potential contract (``predict``).
     """
 
     spec: str
@@ -71,8 +73,18 @@ class Teacher(ABC):
         self.check_elements(atoms.numbers)
         graph = self.graph(atoms)
         periodic = bool(np.all(atoms.pbc))
-        vectors = torch.as_tensor(np.zeros((0, len(atoms), 3)) if probes is None else probes, dtype=self.dtype)
-        energy, forces, stress, hess, hv = self._compute(graph, torch.as_tensor(rows, dtype=torch.long), vectors, periodic)
+        vectors = np.zeros((0, len(atoms), 3)) if probes is None else probes
+        graph = graph._replace(
+            row_index=torch.as_tensor(rows, dtype=torch.long),
+            probe_vectors=torch.as_tensor(vectors, dtype=self.dtype),
+            probe_owner=torch.zeros(len(vectors), dtype=torch.long),
+        )
+        want = Want(stress=periodic, hessian_rows=len(rows) > 0, probe_products=len(vectors) > 0)
+        out = self.predict(graph, want)
+        stress = None if out.stress is None else out.stress[0]
+        energy, forces, hess, hv = out.energy.sum(), out.forces, out.hessian_rows, out.probe_products
+        hess = np.zeros((0, len(atoms), 3)) if hess is None else hess
+        hv = np.zeros((0, len(atoms), 3)) if hv is None else hv
         labels = TeacherLabels(
             energy=float(energy),
             forces=_np(forces),
@@ -85,29 +97,29 @@ class Teacher(ABC):
         validate_labels(labels, self.spec, len(atoms))
         return labels
 
-    def _compute(self, graph: AtomicGraph, rows: Tensor, probes: Tensor, periodic: bool):
-        if not self.has_autograd:
-            return self._compute_fd(graph, rows, probes, periodic)
-        pred = derivatives.predict(self.energy, graph, stress=periodic, create_graph=len(rows) + len(probes) > 0)
-        hess = derivatives.hessian_rows(pred.forces, pred.positions, rows, vectorize=self.vectorize_rows)
-        owner = torch.zeros(len(probes), dtype=torch.long)
-        hv = derivatives.hessian_vector_products(pred.forces, pred.positions, probes, owner, graph.batch, vectorize=self.vectorize_rows)
-        stress = None if pred.stress is None else pred.stress[0]
-        return pred.energy.sum().detach(), pred.forces.detach(), _detach(stress), hess.detach(), hv.detach()
+    @property
+    def capabilities(self) -> Capabilities:
+        features = type(self).node_features is not Teacher.node_features
+        second = "autograd" if self.has_autograd else "central-difference"
+        return Capabilities(forces="conservative", second_derivatives=second, stress=True, features=features)
 
-    def _compute_fd(self, graph: AtomicGraph, rows: Tensor, probes: Tensor, periodic: bool):
-        energy, forces, stress = self.energy_forces_stress(graph, periodic)
-        force_fn = lambda g: self.energy_forces_stress(g, False)[1]  # noqa: E731
-        hess = derivatives.fd_hessian_rows(force_fn, graph, rows, h=self.fd_step)
-        hv = derivatives.fd_hessian_vector_products(force_fn, graph, probes, h=self.fd_step)
-        return energy, forces, stress, hess, hv
+    def compute(self, graph: AtomicGraph, want: Want) -> Raw:
+        if self.has_autograd:
+            return Raw(self.energy(graph), features=self.node_features(graph) if want.features else None)
+        parts = [self.energy_forces_stress(structure(graph, b), want.stress) for b in range(graph.n_structures)]
+        stress = [p[2] for p in parts]
+        return Raw(
+            energy=torch.stack([torch.as_tensor(p[0], dtype=graph.R.dtype).reshape(()) for p in parts]),
+            forces=torch.cat([p[1] for p in parts]),
+            stress=None if any(x is None for x in stress) else torch.stack(stress),
+        )
 
     #: Central-difference step for Hessian rows of force-only teachers (Å).
     fd_step: float = 1e-3
 
     def energy(self, graph: AtomicGraph) -> Tensor:
         """(B,) energies, differentiable in positions and cell (autograd teachers)."""
-        raise NotImplementedError
+        return self.compute(graph, Want(forces=False)).energy
 
     def energy_forces_stress(self, graph: AtomicGraph, stress: bool):
         """Energy, (N, 3) forces and (3, 3) stress or None (force-only teachers)."""
@@ -115,9 +127,9 @@ class Teacher(ABC):
 
     def as_calculator(self):
         """An ASE calculator for MD with the teacher (sampling, evaluation)."""
-        from ffdistill.calculator import EnergyModelCalculator
+        from ffdistill.calculator import PotentialCalculator
 
-        return EnergyModelCalculator(self.energy, self.cutoff, dtype=self.dtype, check_elements=self.check_elements)
+        return PotentialCalculator(self, dtype=self.dtype)
 
     def node_features(self, graph: AtomicGraph) -> Optional[Tensor]:
         """(N, D) per-atom features for feature-distillation baselines, when the teacher exposes them."""
@@ -133,10 +145,6 @@ class Teacher(ABC):
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
-
-
-def _detach(x: Optional[Tensor]) -> Optional[Tensor]:
-    return None if x is None else x.detach()
 
 
 def validate_labels(labels: TeacherLabels, spec: str, n_atoms: int) -> None:

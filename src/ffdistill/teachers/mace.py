@@ -30,7 +30,10 @@ class MACETeacher(Teacher):
         try:
             import mace
         except ImportError as error:
-            raise TeacherError("MACE teachers need mace-torch (pip install 'ffdistill[mace]' in an environment without sevenn)") from error
+            raise TeacherError(
+                "MACE teachers need mace-torch: install it in an environment of its own (it pins e3nn 0.4.4) and pass"
+                " that environment's python with --teacher-python (README: Teachers in their own environment)"
+            ) from error
         if not os.path.isfile(path):
             raise TeacherError(f"MACE model file not found: {path}")
         if not trust:

@@ -32,8 +32,11 @@ class SevenNetTeacher(Teacher):
             raise TeacherError(f"the sevenn package is needed for this teacher: {error}") from error
         path = _resolve(name, _const, trust)
         checkpoint = load_checkpoint(path)
+        modal = _check_modal(name, modal, checkpoint.config.get(KEY.MODAL_MAP))
         model = checkpoint.build_model()
         model.set_is_batch_data(False)
+        if modal:  # the modal's index as a first module, as sevenn deploys one (plain dicts lack data.x)
+            model.prepare_modal_deploy(modal)
         model.delete_module_by_key("force_output")
         model.key_grad = None  # positions carry the gradient, not the model's own edge vectors
         model.eval()
@@ -44,7 +47,7 @@ class SevenNetTeacher(Teacher):
         self.vectorize_rows = False
         self.cutoff = float(checkpoint.config[KEY.CUTOFF])
         self.elements = frozenset(int(z) for z in checkpoint.config[KEY.TYPE_MAP])
-        self.spec = "sevenn" if name == "7net-0" else f"sevenn:{name}"
+        self.spec = "sevenn" if name == "7net-0" else f"sevenn:{name}{'@' + modal if modal else ''}"
         self.version = f"sevenn {sevenn.__version__}, {os.path.basename(os.path.dirname(path))}"
 
     def _data(self, graph: AtomicGraph, b: int) -> dict:
@@ -86,6 +89,22 @@ class SevenNetTeacher(Teacher):
                     data = module(data)
                 features.append(data[self.KEY.NODE_FEATURE])
         return torch.cat(features)
+
+
+def _check_modal(name: str, modal: str | None, modal_map: dict | None) -> str | None:
+    """The modal (fidelity) of a multi-modal checkpoint, spelled as the checkpoint spells it (matched
+    without regard to case, as sevenn's calculator documents); refuse a missing or unknown one."""
+    if not modal_map:
+        if modal:
+            raise TeacherError(f"SevenNet model {name} has a single fidelity: drop @{modal} from the spec")
+        return None
+    available = ", ".join(sorted(modal_map))
+    if not modal:
+        raise TeacherError(f"SevenNet model {name} is multi-modal: choose sevenn:{name}@MODAL, one of {available}")
+    for key in modal_map:
+        if key.casefold() == modal.casefold():
+            return key
+    raise TeacherError(f"unknown modal {modal!r} for SevenNet model {name}: use one of {available}")
 
 
 def _resolve(name: str, const, trust: bool) -> str:

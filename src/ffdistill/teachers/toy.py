@@ -6,15 +6,22 @@ import torch
 from torch import Tensor, nn
 
 from ffdistill.graph import AtomicGraph, edge_vectors
+from ffdistill.potential import Capabilities, Potential, Raw, Want
 from ffdistill.teachers.base import Teacher
 
 
-class MorsePotential(nn.Module):
-    """Smooth Morse pair potential, energy-only: E = 1/2 sum_ij D (1 - exp(-a (r - r0)))^2 f_c(r)."""
+class MorsePotential(nn.Module, Potential):
+    """Smooth Morse pair potential, energy-only: E = 1/2 sum_ij D (1 - exp(-a (r - r0)))^2 f_c(r).
+    ``forward`` gives (B,) energies; ``predict`` everything else, as for any potential."""
+
+    capabilities = Capabilities(forces="conservative", second_derivatives="autograd", stress=True)
 
     def __init__(self, D: float = 1.0, a: float = 1.5, r0: float = 2.35, cutoff: float = 5.0):
         super().__init__()
         self.D, self.a, self.r0, self.cutoff = D, a, r0, cutoff
+
+    def compute(self, graph: AtomicGraph, want: Want) -> Raw:
+        return Raw(self(graph))
 
     def forward(self, graph: AtomicGraph) -> Tensor:
         atom_energy = self.atomic_energies(graph)
@@ -59,6 +66,7 @@ class CurlTeacher(Teacher):
     which no energy produces. Its NVE runs gain energy; a conservative student trained on it cannot."""
 
     has_autograd = False
+    capabilities = Capabilities(forces="direct", second_derivatives="central-difference", stress=False)
     dtype = torch.float64
     spec, version, cutoff = "curl", "ffdistill", 5.0
 
@@ -66,26 +74,7 @@ class CurlTeacher(Teacher):
         self.morse, self.strength = MorsePotential(), strength
 
     def energy_forces_stress(self, graph: AtomicGraph, stress: bool):
-        from ffdistill import derivatives
-
-        pred = derivatives.predict(self.morse, graph, stress=stress)
+        pred = self.morse.predict(graph, Want(stress=stress))
         offset = graph.R - graph.R.mean(dim=0)
         curl = self.strength * torch.stack([-offset[:, 1], offset[:, 0], torch.zeros_like(offset[:, 0])], dim=1)
         return pred.energy.sum(), pred.forces + curl, None if pred.stress is None else pred.stress[0]
-
-    def as_calculator(self):
-        from ase.calculators.calculator import Calculator, all_changes
-
-        from ffdistill.graph import from_ase
-
-        teacher = self
-
-        class CurlCalculator(Calculator):
-            implemented_properties = ["energy", "forces"]
-
-            def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-                super().calculate(atoms, properties, system_changes)
-                energy, forces, _ = teacher.energy_forces_stress(from_ase(self.atoms, teacher.cutoff, dtype=torch.float64), False)
-                self.results = {"energy": float(energy), "forces": forces.numpy()}
-
-        return CurlCalculator()
