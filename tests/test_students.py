@@ -19,7 +19,10 @@ from conftest import assert_close, rattled_cu
 @pytest.fixture
 def student():
     torch.manual_seed(0)
-    return build_student("painn-tiny", [29], cutoff=4.0).double()
+    model = build_student("painn-tiny", [29], cutoff=4.0).double()
+    with torch.no_grad():  # a fresh read-out is zero (E = element references): forces would be 0 and every
+        model.readout[-1].weight.normal_(0.0, 0.5)  # derivative check trivially true
+    return model
 
 
 def test_presets_have_growing_parameter_counts():
@@ -114,3 +117,20 @@ def test_student_refuses_unknown_elements_and_non_student_files(student, tmp_pat
     torch.save({"a": np.float64(1.0).item()}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="not an ffdistill student"):
         load_student(str(tmp_path / "other.pt"))
+
+
+def test_forward_difference_rows_track_the_exact_rows_and_train(student, cu_atoms):
+    """``model.jacobian=fd`` (the training default): rows by forward differences of the forces agree with
+    the autograd rows to O(h), and the loss's gradient reaches the parameters through them."""
+    graph = from_ase(cu_atoms, 4.0, dtype=torch.float64)._replace(row_index=torch.tensor([1, 6, 11]))
+    want = Want(hessian_rows=True, differentiable=True)
+    exact = student.predict(graph, want).hessian_rows
+    student.set_jacobian("fd", 1e-6)
+    try:
+        approx = student.predict(graph, want).hessian_rows
+        assert_close(approx.detach(), exact.detach(), 1e-4, what="fd rows vs autograd rows")
+        assert exact.abs().max() > 1e-2
+        approx.pow(2).sum().backward()
+        assert any(p.grad is not None and p.grad.abs().max() > 0 for p in student.parameters())
+    finally:
+        student.set_jacobian("autograd")

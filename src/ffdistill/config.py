@@ -35,8 +35,11 @@ class ModelConfig:
     student: str = "painn-small"  #: preset (painn-tiny|small|medium) or architecture name
     cutoff: float = 5.0  #: graph radius, Å
     hparams: dict = field(default_factory=dict)  #: overrides of the preset's hyper-parameters
-    jacobian: str = "autograd"  #: direct-force students: force-Jacobian rows by "autograd" or "fd"
-    fd_step: float = 1e-4  #: forward-difference step (Å) when jacobian = "fd"
+    #: student second derivatives in training: "fd" (forward differences of the forces, one more force
+    #: evaluation per wave of rows: 1.99x an undistilled step on CPU, rows within 3e-3 eV/Å² of autograd's
+    #: in float32 at 1e-3 Å) or "autograd" (exact VJPs, a double backward: 3.5x); benchmarks/training_step.py
+    jacobian: str = "fd"
+    fd_step: float = 1e-3  #: forward-difference step (Å) when jacobian = "fd" (float32: 1e-3 measured best)
     a2a: bool = False  #: a2a baseline: the teacher's frozen element embeddings through a learned linear map
 
 

@@ -121,8 +121,7 @@ def _build_model(config: RunConfig, store: LabelStore, train_graphs: Sequence[At
     model = build_student(config.model.student, elements, config.model.cutoff, teacher_embedding_dim=dim, **config.model.hparams)
     if table:
         model.set_teacher_embeddings(teacher_embedding_table(model, table))
-    if model.capabilities.direct:
-        model.set_jacobian(config.model.jacobian, config.model.fd_step)
+    model.set_jacobian(config.model.jacobian, config.model.fd_step)
     model.fit_references(train_graphs)
     return model
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import ase.data
@@ -24,6 +25,8 @@ class EnergyStudent(nn.Module, Potential):
 
     capabilities = Capabilities(forces="conservative", second_derivatives="autograd", stress=True, features=True)
     arch: str = "base"
+    #: forward-difference step (Å) when second derivatives are taken by ``fd`` (``set_jacobian``)
+    fd_step: float = 1e-4
 
     def __init__(self, elements: Sequence[int], cutoff: float):
         super().__init__()
@@ -86,6 +89,16 @@ class EnergyStudent(nn.Module, Potential):
 
     def forward(self, graph: AtomicGraph, want: Want = Want()) -> Outputs:
         return self.predict(graph, want)
+
+    def set_jacobian(self, mode: str, fd_step: float = 1e-4) -> None:
+        """Second derivatives (Hessian rows, H·v; a force head's Jacobian columns) by ``autograd`` (VJPs:
+        a double backward when training) or ``fd`` (forward differences of the forces, step ``fd_step`` Å:
+        one more force evaluation per wave of rows instead; see ``derivatives._forward_differences``)."""
+        modes = {"autograd": "autograd", "fd": "forward-difference"}
+        if mode not in modes:
+            raise InputError(f"model.jacobian must be one of {', '.join(modes)}, got {mode!r}")
+        self.capabilities = dataclasses.replace(self.capabilities, second_derivatives=modes[mode])
+        self.fd_step = fd_step
 
     @torch.no_grad()
     def fit_references(self, graphs: Sequence[AtomicGraph]) -> None:

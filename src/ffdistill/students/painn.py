@@ -6,7 +6,6 @@ conservative by construction.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Sequence
 
@@ -103,7 +102,7 @@ class DirectForcePaiNN(PaiNN):
 
     Its second derivatives are the force head's Jacobian columns, by two VJPs (``autograd``) or by
     forward differences of the force head (``forward-difference``, step ``fd_step``): see
-    ``set_jacobian``."""
+    ``EnergyStudent.set_jacobian``."""
 
     arch = "painn-direct"
     capabilities = Capabilities(forces="direct", second_derivatives="autograd", stress=False, features=True)
@@ -111,15 +110,6 @@ class DirectForcePaiNN(PaiNN):
     def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 2, n_basis: int = 16, cutoff: float = 5.0, teacher_embedding_dim: int = 0):
         super().__init__(elements, channels, layers, n_basis, cutoff, teacher_embedding_dim)
         self.force_head = nn.Linear(channels, 1, bias=False)
-        self.fd_step = 1e-4
-
-    def set_jacobian(self, mode: str, fd_step: float = 1e-4) -> None:
-        """Force-Jacobian columns by ``autograd`` (two VJPs) or ``fd`` (forward differences, step Å)."""
-        modes = {"autograd": "autograd", "fd": "forward-difference"}
-        if mode not in modes:
-            raise ValueError(f"jacobian must be one of {', '.join(modes)}, got {mode!r}")
-        self.capabilities = dataclasses.replace(self.capabilities, second_derivatives=modes[mode])
-        self.fd_step = fd_step
 
     def compute(self, graph: AtomicGraph, want: Want) -> Raw:
         """(B,) energies, (N, 3) direct forces (eV/Å) and (N, channels) features, in one pass."""
