@@ -131,3 +131,17 @@ def test_broken_potentials_fail_with_the_check_named(broken, check):
     report = check_potential(broken(), _cu_cells(), raise_on_failure=False)
     assert check in {r.name for r in report.failed}
     assert "outputs" not in {r.name for r in report.failed}
+
+
+def test_check_verb_passes_a_saved_student_and_fails_with_one_line(tmp_path, capsys):
+    from ffdistill.calculator import save_student
+    from ffdistill.cli import main
+
+    path = str(tmp_path / "student.pt")
+    save_student(_non_trivial(build_student("schnet-tiny", [29], cutoff=4.0)), path)
+    assert main(["check", path]) == 0
+    assert "ok   forces-vs-energy" in capsys.readouterr().out
+    empty = tmp_path / "empty.extxyz"
+    empty.write_text("")
+    assert main(["check", path, "--structures", str(empty)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -16,15 +16,29 @@ def _rows(value: str) -> str | int:
     raise argparse.ArgumentTypeError("--hessian-rows takes 'all' or a number of rows per frame")
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError("takes a whole number >= 1")
+    return int(value)
+
+
+def _device(args):
+    """``--device`` as a torch device, with ``train.device``'s rules: CUDA asked for and missing is one line."""
+    from ffdistill.devices import resolve
+
+    return resolve(args.device, "--device")
+
+
 def cmd_label(args) -> None:
     from ffdistill.labels import label_file
     from ffdistill.teachers import load_teacher
 
-    teacher = load_teacher(args.teacher, trust=args.trust_teacher, python=args.teacher_python)
+    device = _device(args)
+    teacher = load_teacher(args.teacher, trust=args.trust_teacher, python=args.teacher_python, device=device)
     store = label_file(
         teacher, args.input, args.output, rows=args.hessian_rows, seed=args.seed, progress=not args.quiet,
         shard=args.shard, node_features=args.node_features, probes=args.hessian_probes, group_by=args.group_by,
-        group_size=args.group_size,
+        group_size=args.group_size, batch_size=args.batch_size,
     )
     print(f"wrote {len(store)} frames to {args.output}")
 
@@ -74,7 +88,8 @@ def cmd_sample(args) -> None:
     from ffdistill.sampling import sample_to_file
     from ffdistill.teachers import load_teacher
 
-    teacher = load_teacher(args.teacher, trust=args.trust_teacher, python=args.teacher_python)
+    device = _device(args)
+    teacher = load_teacher(args.teacher, trust=args.trust_teacher, python=args.teacher_python, device=device)
     n = sample_to_file(
         teacher, args.structure, args.output, n_frames=args.n, temperatures=args.temperature,
         md_fraction=args.md_fraction, interval=args.interval, seed=args.seed, progress=not args.quiet, runs=args.runs,
@@ -101,7 +116,7 @@ def _config(args):
 def cmd_demo(args) -> None:
     from ffdistill.demo import run_demo
 
-    run_demo(args.output, quick=args.quick, progress=not args.quiet)
+    run_demo(args.output, quick=args.quick, progress=not args.quiet, device=_device(args))
 
 
 def cmd_evaluate(args) -> None:
@@ -109,6 +124,7 @@ def cmd_evaluate(args) -> None:
 
     from ffdistill.evaluate.report import PROFILES, evaluate_from_paths, markdown_tables
 
+    device = _device(args)
     profile = PROFILES[args.profile]
     lengths = {"nvt_steps": args.md_steps, "nve_steps": args.md_steps, "nvt_runs": args.md_runs}
     profile = dataclasses.replace(profile, **{k: v for k, v in lengths.items() if v is not None})
@@ -119,7 +135,7 @@ def cmd_evaluate(args) -> None:
         phonon_cell = load_structure(args.phonons)
     models = evaluate_from_paths(
         args.models, args.data, args.teacher, args.output, profile=profile, trust=args.trust_teacher,
-        phonon_cell=phonon_cell, threads=args.threads, teacher_python=args.teacher_python,
+        phonon_cell=phonon_cell, threads=args.threads, teacher_python=args.teacher_python, device=device,
     )
     print(markdown_tables(models))
     print(f"report, metrics.json and plots in {args.output}/")
@@ -130,7 +146,7 @@ def cmd_phonons(args) -> None:
 
     summary = phonons_from_paths(
         args.models, args.structure, args.teacher, args.output, tuple(args.supercell), trust=args.trust_teacher,
-        teacher_python=args.teacher_python,
+        teacher_python=args.teacher_python, device=_device(args),
     )
     for name, m in summary.items():
         print(f"{name}: band MAE {m['phonon_band_mae_cm1']:.1f} cm⁻¹, Γ MAE {m['phonon_gamma_mae_cm1']:.1f} cm⁻¹ (vs teacher)")
@@ -142,8 +158,12 @@ def cmd_md(args) -> None:
     from ffdistill.sampling import load_structure
     from ffdistill.evaluate.md import run_md
 
+    calc = load_calculator(args.model, device=_device(args))
     atoms = load_structure(args.structure)
-    run_md(load_calculator(args.model), atoms, args.ensemble, args.temperature, args.steps, args.output, timestep_fs=args.timestep, interval=args.interval, resume=args.resume, progress=not args.quiet)
+    run_md(
+        calc, atoms, args.ensemble, args.temperature, args.steps, args.output, timestep_fs=args.timestep,
+        interval=args.interval, resume=args.resume, progress=not args.quiet,
+    )
     print(f"{args.steps} steps done: trajectory {args.output}, energies {args.output}.log")
 
 
@@ -161,14 +181,19 @@ def cmd_export(args) -> None:
 
 
 def cmd_compare(args) -> None:
+    import dataclasses
     import json
     import os
 
     from ffdistill.compare import compare, table
 
     config = _config(args)
+    if args.device is not None:  # one device for training and evaluation, as --device means everywhere
+        _device(args)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, device=args.device))
     os.makedirs(args.output, exist_ok=True)
-    results = compare(config, args.methods.split(",") if args.methods else None, args.seeds, args.output, md_steps=args.md_steps, progress=not args.quiet)
+    methods = args.methods.split(",") if args.methods else None
+    results = compare(config, methods, args.seeds, args.output, md_steps=args.md_steps, progress=not args.quiet)
     print(table(results))
     print(json.dumps({"methods": results, "seeds": args.seeds}))
 
@@ -205,6 +230,19 @@ def cmd_serve(args) -> None:
     print(f"served {answered} force requests; the server closed the connection")
 
 
+def cmd_check(args) -> None:
+    from ffdistill.testing import check_potential, load_check_target
+
+    potential, structures = load_check_target(args.target, args.structures, trust=args.trust_teacher,
+                                               python=args.teacher_python)
+    report = check_potential(potential, structures, raise_on_failure=False)
+    print(report)
+    if not report.passed:
+        from ffdistill.errors import InputError
+
+        raise InputError(f"{len(report.failed)} check(s) failed: {', '.join(r.name for r in report.failed)}")
+
+
 def cmd_distill(args) -> None:
     from ffdistill.onpolicy import OnPolicySettings, distill
 
@@ -237,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hessian-probes", type=int, default=0, help="K random unit probes v per frame, stored with H·v")
     p.add_argument("--group-by", default=None, help="info key naming each frame's group (default: 'group' when present)")
     p.add_argument("--group-size", type=int, default=10, help="without group ids: blocks of this many consecutive frames")
+    p.add_argument("--batch-size", type=_positive, default=1,
+                   help="frames per teacher call, as one batched graph (default 1); committed together on disk")
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("merge", help="join the shards of one labelling job into one store")
@@ -377,6 +417,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_distill)
 
+    p = sub.add_parser("check", help="conformance kit: a student file or a teacher spec against finite differences, "
+                       "rotations, batching, ASE and its TorchScript export")
+    p.add_argument("target", help="student file (best.pt) or teacher spec (sevenn, chgnet, dxtb, mace:PATH, ...)")
+    p.add_argument("--structures", help="a few small structures (any ASE-readable file; default: the first two "
+                   "frames of a rattled cell of the target's elements)")
+    p.add_argument("--trust-teacher", action="store_true")
+    p.add_argument("--teacher-python", metavar="PYTHON", default=None)
+    p.set_defaults(func=cmd_check)
+
+    for name in ("label", "sample", "evaluate", "md", "demo", "phonons"):
+        sub.choices[name].add_argument(
+            "--device", default="auto",
+            help="cpu, cuda, cuda:K or auto (default: a GPU when there is one); ASE-calculator teachers stay on CPU",
+        )
+    sub.choices["compare"].add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:K or auto for training and evaluation (default: train.device)"
+    )
     for name in ("label", "sample", "evaluate", "phonons", "distill"):
         sub.choices[name].add_argument(
             "--teacher-python", metavar="PYTHON", default=None,

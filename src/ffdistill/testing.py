@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import ase
+import ase.io
 import numpy as np
 import torch
 from torch import Tensor
@@ -131,10 +132,9 @@ def dtype_of(potential) -> torch.dtype:
 
 
 def _device_of(potential) -> torch.device:
-    if isinstance(potential, torch.nn.Module):
-        for p in potential.parameters():
-            return p.device
-    return torch.device("cpu")
+    from ffdistill.devices import device_of
+
+    return device_of(potential)
 
 
 def _max_error(got: Tensor, expected: Tensor) -> float:
@@ -358,3 +358,41 @@ def _rotation(seed: int) -> np.ndarray:
     q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((3, 3)))
     q = q * np.sign(np.diag(r))
     return q if np.linalg.det(q) > 0 else -q
+
+
+def load_check_target(target: str, structures: Optional[str], trust: bool = False, python: Optional[str] = None):
+    """(potential, structures) for ``ffdistill check``: a student file or a teacher spec, and the frames of
+    ``structures`` (default: two rattled small cells of the potential's elements)."""
+    from ffdistill.calculator import load_student
+    from ffdistill.errors import InputError
+
+    if os.path.isfile(target):
+        potential = load_student(target).double()
+        elements = potential.elements
+    else:
+        from ffdistill.teachers import load_teacher
+
+        potential = load_teacher(target, trust=trust, python=python)
+        elements = sorted(potential.elements or {14})
+    if structures:
+        try:
+            frames = ase.io.read(structures, ":")
+        except Exception as error:  # ASE raises many kinds for unreadable files; one line for the user
+            raise InputError(f"cannot read {structures}: {str(error).splitlines()[0] if str(error) else error}") from error
+        if not frames:
+            raise InputError(f"{structures} holds no structures")
+        return potential, frames[:2]
+    return potential, _default_cells(elements)
+
+
+def _default_cells(elements: Sequence[int]) -> list:
+    """Two rattled periodic cells (8 and 16 atoms) cycling through ``elements`` on a diamond lattice."""
+    from ase.build import bulk
+
+    cells = []
+    for k, reps in enumerate(((1, 1, 1), (2, 1, 1))):
+        atoms = bulk("Si", "diamond", a=5.43, cubic=True).repeat(reps)
+        atoms.numbers = [elements[i % len(elements)] for i in range(len(atoms))]
+        atoms.rattle(0.03, seed=k)
+        cells.append(atoms)
+    return cells
