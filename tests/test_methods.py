@@ -149,11 +149,15 @@ def test_nonconservative_teacher_still_gives_a_conservative_student(tmp_path):
     assert abs(teacher_drift) > 10 * max(abs(student_drift), 0.1), (teacher_drift, student_drift)
 
 
-def test_compare_trains_every_method_on_the_same_split(tmp_path, capsys):
-    from ffdistill.cli import main
-
+def test_compare_reports_each_seeds_test_errors_and_their_mean_and_spread_as_recomputed_by_hand(tmp_path, capsys):
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
+
+    from ffdistill.calculator import PotentialCalculator, load_student
+    from ffdistill.cli import main
+    from ffdistill.config import load_config
+    from ffdistill.data import split_indices
+    from ffdistill.labels import LabelStore
 
     frames = []
     for k in range(10):  # EMT energies and forces play the reference (DFT) labels; Morse is the teacher
@@ -163,13 +167,42 @@ def test_compare_trains_every_method_on_the_same_split(tmp_path, capsys):
         atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
         frames.append(atoms)
     ase.io.write(tmp_path / "f.extxyz", frames)
-    frames = tmp_path / "f.extxyz"
     store = tmp_path / "s.zarr"
-    assert main(["label", str(frames), "--teacher", "morse", "--hessian-rows", "3", "--node-features", "-o", str(store), "-q"]) == 0
-    argv = ["compare", f"data.store={store}", "data.test_fraction=0.2", "model.student=painn-tiny", "model.cutoff=4.0", "train.epochs=2", "--seeds", "2", "--md-steps", "20", "-o", str(tmp_path / "cmp"), "-q"]
+    label = ["label", str(tmp_path / "f.extxyz"), "--teacher", "morse", "--hessian-rows", "3", "--node-features"]
+    assert main([*label, "-o", str(store), "-q"]) == 0
+    argv = ["compare", f"data.store={store}", "data.test_fraction=0.2", "model.student=painn-tiny", "model.cutoff=4.0",
+            "train.epochs=1", "--seeds", "2", "--md-steps", "5", "-o", str(tmp_path / "cmp"), "-q"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])["methods"]
     assert set(result) == {"undistilled", "hessian", "n2n", "a2a", "teacher-forces"}
-    assert all(len(v["force_mae_meV_per_A"]) == 2 for v in result.values())
-    assert "| hessian |" in out and "±" in out
+    # The held-out frames, and every method scored on them against the EMT reference labels, in numpy.
+    data = load_config(None, []).data
+    labels = LabelStore(str(store))
+    _, _, test_idx = split_indices(labels.groups(), data.val_fraction, 0.2, data.split_seed)
+    assert len(test_idx) == 2
+    test = [labels.frame(i) for i in test_idx]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
+    for method, per_seed in result.items():
+        energy_mae, force_mae = [], []
+        for seed in range(2):
+            path = tmp_path / "cmp" / method / f"seed{seed}" / "best.pt"
+            calc = PotentialCalculator(load_student(str(path)).double(), dtype=torch.float64)
+            e_err, f_err = [], []
+            for atoms, lab in test:
+                atoms = atoms.copy()
+                atoms.calc = calc
+                e_err.append(abs(atoms.get_potential_energy() - lab["ref_energy"]) / len(atoms))
+                f_err.append(np.abs(atoms.get_forces() - lab["ref_forces"]).ravel())
+            energy_mae.append(1000 * np.mean(e_err))
+            force_mae.append(1000 * np.concatenate(f_err).mean())
+        assert per_seed["force_mae_meV_per_A"] == pytest.approx(force_mae, rel=1e-4), method
+        assert per_seed["energy_mae_meV_per_atom"] == pytest.approx(energy_mae, rel=1e-4, abs=1e-3), method
+        assert min(force_mae) > 1.0 and abs(force_mae[0] - force_mae[1]) > 0.01  # the seeds differ: a real spread
+        # the table: mean ± population spread of the two seeds, (a + b) / 2 ± |a - b| / 2, to 3 and 2 digits
+        for cell, (a, b) in ((rows[method][0], energy_mae), (rows[method][1], force_mae)):
+            mean, spread = (float(x) for x in cell.split("±"))
+            assert mean == pytest.approx((a + b) / 2, rel=5e-3, abs=1e-3), (method, cell)
+            assert spread == pytest.approx(abs(a - b) / 2, rel=5e-2, abs=1e-3), (method, cell)
+    saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert saved["methods"] == result and saved["test_frames"] == 2

@@ -101,76 +101,116 @@ TINY = dict(
 )
 
 
-def test_evaluate_writes_report_and_all_metrics(emt_store, tmp_path):
-    import torch
+def _internal_wavenumbers_by_hand(hessian_2d, masses):
+    """Signed wavenumbers (cm⁻¹) of a crystal's Hessian with the 3 rigid translations projected out, written
+    out from SI constants: ω² = eigenvalue of H / √(m_i m_j) on the complement of the translations."""
+    from ase import units
+    from scipy.linalg import null_space
 
-    from ffdistill.calculator import save_student
+    sqrt_m = np.repeat(np.sqrt(masses), 3)
+    translations = np.stack([np.tile(np.eye(3)[k], len(masses)) * sqrt_m for k in range(3)], axis=1)
+    q = null_space(translations.T)  # (3N, 3N - 3), orthonormal
+    weighted = hessian_2d / np.outer(sqrt_m, sqrt_m)
+    eig = np.linalg.eigvalsh(q.T @ (0.5 * (weighted + weighted.T)) @ q)  # eV / (Å² amu)
+    omega = np.sqrt(np.abs(eig) * units._e / units._amu) * 1e10  # rad/s
+    return np.sort(np.sign(eig) * omega / (2 * np.pi * units._c * 100))
+
+
+def _ase_hessian(atoms, calc, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    atoms = atoms.copy()
+    atoms.calc = calc
+    vib = Vibrations(atoms, delta=0.005, nfree=4, name=name)
+    vib.run()
+    data = vib.get_vibrations()
+    return data.get_hessian_2d(), vib.get_frequencies()
+
+
+def test_evaluate_report_numbers_equal_ase_vibrations_and_errors_recomputed_by_hand(
+    emt_teacher, tmp_path, monkeypatch
+):
+    import ase.io
+    import torch
+    from conftest import rattled_cu
+
+    from ffdistill.calculator import PotentialCalculator, load_student, save_student
     from ffdistill.evaluate.report import Profile, evaluate_from_paths
     from ffdistill.evaluate.speed import replicas
-    from ffdistill.labels import LabelStore
+    from ffdistill.labels import label_file
     from ffdistill.students import build_student
 
+    # The first test frame is the perfect crystal: the teacher's relaxation leaves it in place (zero forces
+    # by symmetry), so the frequencies are those of fcc Cu at a = 3.6 Å, for the teacher and the student.
+    perfect = bulk("Cu", "fcc", a=3.6, cubic=True)
+    frames = [perfect] + [rattled_cu(k) for k in range(1, 4)]
+    for k, atoms in enumerate(frames):
+        atoms.info["group"] = k
+    ase.io.write(tmp_path / "frames.extxyz", frames)
+    store = label_file(emt_teacher, str(tmp_path / "frames.extxyz"), str(tmp_path / "s.zarr"), rows=6, progress=False)
     torch.manual_seed(0)
     model = build_student("painn-tiny", [29], cutoff=4.0)
     with torch.no_grad():
         model.readout[-1].weight.normal_(0.0, 0.01)  # an untrained but not force-free student, stable for 250 fs
     os.makedirs(tmp_path / "run")
-    save_student(model, str(tmp_path / "run" / "best.pt"))
     student = str(tmp_path / "run" / "best.pt")
+    save_student(model, student)
     out = tmp_path / "eval"
-    cell = bulk("Cu", "fcc", a=3.6, cubic=True)
-    evaluate_from_paths(
-        [student],
-        emt_store,
-        "ase:ase.calculators.emt:EMT",
-        str(out),
-        profile=Profile(**TINY),
-        phonon_cell=cell,
-        threads=1,
-    )
-    metrics = json.load(open(out / "metrics.json"))["models"]
+    evaluate_from_paths([student], str(tmp_path / "s.zarr"), "ase:ase.calculators.emt:EMT", str(out),
+                        profile=Profile(**TINY), phonon_cell=bulk("Cu", "fcc", a=3.6, cubic=True), threads=1)
+    metrics = json.loads((out / "metrics.json").read_text())["models"]
     assert set(metrics) == {"teacher", "run"}
+    teacher, run = metrics["teacher"], metrics["run"]
+
+    # Frequencies: ASE's Vibrations (4-point differences of each model's forces), translations projected by hand.
+    h_teacher, ase_freqs = _ase_hessian(perfect, EMT(), "teacher", tmp_path, monkeypatch)
+    calc = PotentialCalculator(load_student(student).double(), dtype=torch.float64)
+    h_student, _ = _ase_hessian(perfect, calc, "student", tmp_path, monkeypatch)
+    f_teacher = _internal_wavenumbers_by_hand(h_teacher, perfect.get_masses())
+    f_student = _internal_wavenumbers_by_hand(h_student, perfect.get_masses())
+    signed = np.where(np.abs(ase_freqs.imag) > 1e-9, -np.abs(ase_freqs.imag), ase_freqs.real)
+    assert np.allclose(np.sort(signed[np.argsort(np.abs(signed))[3:]]), f_teacher, atol=1e-3)  # the hand units
+    assert f_teacher.min() > 100 and np.abs(f_student).max() < 0.5 * f_teacher.min()  # far apart: a telling MAE
+    # both sides are finite differences of the same forces (steps 1e-3 and 5e-3 Å): seen to agree to 1e-4 cm⁻¹
+    assert run["frequency_mae_cm1"] == pytest.approx(np.abs(f_student - f_teacher).mean(), abs=0.01)
+    assert teacher["imaginary_modes"] == 0 and run["imaginary_modes"] == int(np.sum(f_student < -10.0))
+    assert teacher["frequency_mae_cm1"] is None and teacher["relax_steps"] == 0 and run["relaxed_rmsd_A"] < 1e-6
+
+    # Accuracy on every store frame against the teacher's labels, in numpy (rows by central differences).
+    e_err, f_err, h_err, step = [], [], [], 1e-4
+    for i in range(len(store)):
+        atoms, labels = store.frame(i)
+        atoms.calc = calc
+        e_err.append(abs(atoms.get_potential_energy() - labels["energy"]) / len(atoms))
+        f_err.append(np.abs(atoms.get_forces() - labels["forces"]).ravel())
+        for k, r in enumerate(labels["row_index"]):
+            moved = []
+            for sign in (1, -1):
+                shifted = atoms.copy()
+                shifted.positions[r // 3, r % 3] += sign * step
+                shifted.calc = calc
+                moved.append(shifted.get_forces())
+            h_err.append(np.abs(-(moved[0] - moved[1]) / (2 * step) - labels["hessian_rows"][k]).ravel())
+    assert run["force_mae_meV_per_A"] == pytest.approx(1000 * np.concatenate(f_err).mean(), rel=1e-4)
+    assert run["energy_mae_meV_per_atom"] == pytest.approx(1000 * np.mean(e_err), rel=1e-4, abs=1e-3)
+    assert run["hessian_row_mae"] == pytest.approx(np.concatenate(h_err).mean(), rel=1e-3)
+    # The teacher is the yardstick here (its own labels): no made-up zeros.
+    assert teacher["force_mae_meV_per_A"] is None and teacher["is_reference"]
+
     required = {
-        "energy_mae_meV_per_atom",
-        "force_mae_meV_per_A",
-        "hessian_row_mae",
-        "seconds_per_force_call",
-        "speedup_vs_teacher",
-        "md_stable_fraction",
-        "mean_time_to_instability_ps",
-        "md_check_interval",
-        "nve_drift_meV_per_atom_per_ps",
-        "frequency_mae_cm1",
-        "imaginary_modes",
-        "relaxed_rmsd_A",
-        "md_steps_per_second",
-        "ns_per_day",
-        "rdf_mae_vs_teacher",
-        "vdos_overlap_vs_teacher",
-        "phonon_band_mae_cm1",
-        "phonon_gamma_mae_cm1",
+        "seconds_per_force_call", "speedup_vs_teacher", "md_stable_fraction", "mean_time_to_instability_ps",
+        "md_check_interval", "nve_drift_meV_per_atom_per_ps", "md_steps_per_second", "ns_per_day",
+        "rdf_mae_vs_teacher", "vdos_overlap_vs_teacher", "phonon_band_mae_cm1", "phonon_gamma_mae_cm1",
         "cost_growth_s_per_call",
     }
     for name, block in metrics.items():
         assert required <= set(block), (name, required - set(block))
-    teacher, run = metrics["teacher"], metrics["run"]
-    # The teacher is the yardstick here (its own labels): no made-up zeros.
-    assert teacher["force_mae_meV_per_A"] is None and teacher["frequency_mae_cm1"] is None and teacher["is_reference"]
-    assert run["force_mae_meV_per_A"] > 0 and run["frequency_mae_cm1"] > 0 and run["phonon_band_mae_cm1"] > 0
+    assert run["phonon_band_mae_cm1"] > 0
     assert run["md_runs"] == 2 and run["md_steps"] == 20 and 0 < run["vdos_overlap_vs_teacher"] <= 1.0 + 1e-9
-    start = LabelStore(emt_store).frame(0)[0]  # timing and growth run on the first test frame
-    assert set(run["cost_growth_s_per_call"]) == {str(len(start) * replicas(start, t) ** 3) for t in (8, 32)}
-    for name in (
-        "report.md",
-        "nve_energy.png",
-        "frequencies.png",
-        "rdf.png",
-        "vdos.png",
-        "phonons.png",
-        "cost_growth.png",
-    ):
+    assert set(run["cost_growth_s_per_call"]) == {str(len(perfect) * replicas(perfect, t) ** 3) for t in (8, 32)}
+    for name in ("report.md", "nve_energy.png", "frequencies.png", "rdf.png", "vdos.png", "phonons.png",
+                 "cost_growth.png"):
         assert os.path.getsize(out / name) > 0
-    report = open(out / "report.md").read()
+    report = (out / "report.md").read_text()
     assert "Verdict" in report and "| teacher | reference | reference |" in report
     assert "bond change > 0.5 Å or |F| > 50 eV/Å, checked every step" in report and "(limit 1)" in report
 
