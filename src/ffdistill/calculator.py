@@ -10,6 +10,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from ffdistill import __version__
 from ffdistill.errors import InputError
+from ffdistill.devices import device_of
 from ffdistill.graph import from_ase
 from ffdistill.potential import Potential, Want
 
@@ -34,27 +35,22 @@ class PotentialCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         self.potential.check_elements(self.atoms.numbers)
         graph = from_ase(self.atoms, self.potential.cutoff, dtype=self.dtype, labels=False)
-        device = _device_of(self.potential)
         stress = "stress" in properties and "stress" in self.implemented_properties and bool(np.all(self.atoms.pbc))
-        out = self.potential.predict(graph.to(device), Want(stress=stress))
-        energy = float(out.energy.sum())
-        self.results = {"energy": energy, "free_energy": energy, "forces": out.forces.double().cpu().numpy()}
-        if stress:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(out.stress[0].double().cpu().numpy())
+        out = self.potential.predict(graph.to(device_of(self.potential)), Want(stress=stress))
+        self.results = _results(out, stress)
+
+
+def _results(out, stress: bool) -> dict:
+    """The potential's outputs copied to the host as ASE wants them: the calculator's I/O boundary."""
+    energy = float(out.energy.sum())
+    results = {"energy": energy, "free_energy": energy, "forces": out.forces.double().cpu().numpy()}
+    if stress:
+        results["stress"] = full_3x3_to_voigt_6_stress(out.stress[0].double().cpu().numpy())
+    return results
 
 
 #: The name older code uses.
 EnergyModelCalculator = PotentialCalculator
-
-
-def _device_of(potential) -> torch.device:
-    """Where a module potential's parameters live (inputs are moved there); CPU for the rest."""
-    if isinstance(potential, torch.nn.Module):
-        for tensor in potential.parameters():
-            return tensor.device
-        for tensor in potential.buffers():
-            return tensor.device
-    return torch.device("cpu")
 
 
 def save_student(model, path: str, **metadata) -> None:
@@ -89,9 +85,11 @@ def load_student(path: str):
     return model.eval()
 
 
-def load_calculator(path: str, **kwargs) -> PotentialCalculator:
-    """An ASE calculator for the student saved at ``path``."""
-    model = load_student(path)
+def load_calculator(path: str, device: str | torch.device = "cpu", **kwargs) -> PotentialCalculator:
+    """An ASE calculator for the student saved at ``path``, computing on ``device`` (cpu, cuda, cuda:K, auto)."""
+    from ffdistill.devices import resolve
+
+    model = load_student(path).to(resolve(device, "device"))
     for p in model.parameters():
         p.requires_grad_(False)
     return PotentialCalculator(model, **kwargs)

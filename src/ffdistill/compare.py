@@ -84,7 +84,7 @@ def compare(config: RunConfig, methods: Sequence[str] | None, seeds: int, output
     for method in methods:
         for seed in range(seeds):
             run = train_from_config(method_config(config, method, seed, output), progress=progress)
-            metrics = evaluate_student(method, run.best_path, test, md_steps, seed)
+            metrics = evaluate_student(method, run.best_path, test, md_steps, seed, config.train.device)
             for key in COLUMNS:
                 results.setdefault(method, {}).setdefault(key, []).append(metrics[key])
     with open(os.path.join(output, "compare.json"), "w") as handle:
@@ -92,15 +92,16 @@ def compare(config: RunConfig, methods: Sequence[str] | None, seeds: int, output
     return results
 
 
-def evaluate_student(name: str, path: str, test, md_steps: int, seed: int) -> dict:
+def evaluate_student(name: str, path: str, test, md_steps: int, seed: int, device: str = "cpu") -> dict:
     """Accuracy on ``test`` (graphs at the student's own cutoff), time per force call and whether one
-    NVT run from the first test frame stays stable: the same functions ``ffdistill evaluate`` uses."""
+    NVT run from the first test frame stays stable: the same functions ``ffdistill evaluate`` uses, on
+    ``device`` (the device the student was trained on)."""
     from ffdistill.evaluate.accuracy import accuracy
     from ffdistill.evaluate.candidates import Candidate, load_for_inference
     from ffdistill.evaluate.md import md_stability
     from ffdistill.evaluate.speed import force_call_seconds
 
-    student = Candidate.of_student(name, load_for_inference(path))
+    student = Candidate.of_student(name, load_for_inference(path, device))
     metrics = accuracy(student.model, test.graphs(student.cutoff, student.dtype))
     metrics["seconds_per_force_call"] = force_call_seconds([student], test.atoms[0])[name]
     metrics["md_stable_fraction"] = float(md_stability(student.calculator(), test.atoms[0], md_steps, seed=seed)["stable"])

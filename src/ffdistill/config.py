@@ -28,6 +28,11 @@ class DataConfig:
     row_temperature: Optional[float] = None  #: None: uniform rows; else p ∝ softmax(||H[r]|| / T)
     use_reference: bool = True  #: fit E/F to the input file's own labels (e.g. DFT) when it has them
     split_seed: int = 0  #: seed of the train/validation/test split
+    #: Hessian rows (and probes) per validation structure, drawn once from split_seed so every epoch scores
+    #: the same ones; null scores every stored row (each costs a second-derivative pass per epoch)
+    val_rows_per_structure: Optional[int] = 1
+    workers: int = 0  #: DataLoader processes that read frames and build graphs; 0 reads in the training process
+    prefetch_factor: int = 2  #: batches each worker prepares ahead (workers > 0)
 
 
 @dataclass
@@ -57,6 +62,7 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 100
+    max_steps: Optional[int] = None  #: stop after this many optimiser steps (the schedules end there too)
     lr: float = 3e-3  #: peak learning rate (AdamW)
     min_lr_factor: float = 0.05  #: cosine decay to lr × this
     warmup_steps: int = 20

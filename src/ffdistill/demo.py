@@ -48,13 +48,18 @@ QUICK = DemoPlan(n_frames=12, val_fraction=2 / 12, test_frames=2, epochs=5, temp
 TEST_SEED = 1000
 
 
-def run_demo(output: str = "demo_out", quick: bool = False, progress: bool = True, teacher_spec: str = TEACHER) -> dict:
+def run_demo(
+    output: str = "demo_out", quick: bool = False, progress: bool = True, teacher_spec: str = TEACHER, device="cpu",
+) -> dict:
+    """The demo on ``device`` (cpu, cuda, cuda:K, auto): teacher sampling and labelling, training, evaluation."""
+    from ffdistill.devices import resolve
     from ffdistill.teachers import load_teacher
 
+    device = resolve(device, "device")
     plan = QUICK if quick else DemoPlan()
     os.makedirs(output, exist_ok=True)
     started = time.perf_counter()
-    teacher = load_teacher(teacher_spec)
+    teacher = load_teacher(teacher_spec, device=device)
     paths = {name: os.path.join(output, name) for name in ("labels.extxyz", "labels.zarr", "heldout.extxyz", "heldout.zarr")}
     timings = {}
     _sample(teacher, plan, paths, timings, progress)
@@ -70,15 +75,15 @@ def run_demo(output: str = "demo_out", quick: bool = False, progress: bool = Tru
     runs = {}
     for name, weight in (("undistilled", 0.0), ("distilled", LossConfig().hessian)):
         _say(f"[3/4] training the {name} student (λH = {weight:g})")
-        config = _config(plan, store_path, os.path.join(output, name), weight)
+        config = _config(plan, store_path, os.path.join(output, name), weight, str(device))
         resume = os.path.exists(os.path.join(config.output, "checkpoint.pt"))
         runs[name] = train_from_config(config, resume=resume, progress=progress)
     _say("[4/4] evaluating on held-out frames")
-    metrics = _evaluate(teacher, store, runs, plan)
+    metrics = _evaluate(teacher, store, runs, plan, device)
     metrics["wall_time_s"] = {**timings, "total_s": time.perf_counter() - started}
     metrics["teacher_cost"] = _teacher_cost(store, plan)
     _write_outputs(output, metrics, runs)
-    _parity(store, runs, plan, os.path.join(output, "force_parity.png"))
+    _parity(store, runs, plan, os.path.join(output, "force_parity.png"), device)
     print(format_table(metrics))
     print(f"\nreport, metrics.json and plots in {output}/ ({metrics['wall_time_s']['total_s']:.0f} s)")
     return metrics
@@ -99,22 +104,22 @@ def _sample(teacher, plan: DemoPlan, paths: dict, timings: dict, progress: bool)
     timings["sampling_s"] = time.perf_counter() - t0
 
 
-def _config(plan: DemoPlan, store: str, output: str, hessian: float) -> RunConfig:
+def _config(plan: DemoPlan, store: str, output: str, hessian: float, device: str = "cpu") -> RunConfig:
     return RunConfig(
         data=DataConfig(store=store, val_fraction=plan.val_fraction, test_fraction=0.0, batch_size=4),
         model=ModelConfig(student="painn-small", cutoff=5.0),
         loss=LossConfig(energy=5.0, forces=100.0, hessian=hessian),
-        train=TrainConfig(epochs=plan.epochs, lr=3e-3, patience=plan.epochs, seed=0),
+        train=TrainConfig(epochs=plan.epochs, lr=3e-3, patience=plan.epochs, seed=0, device=device),
         output=output,
     )
 
 
-def _evaluate(teacher, store: LabelStore, runs: dict, plan: DemoPlan) -> dict:
+def _evaluate(teacher, store: LabelStore, runs: dict, plan: DemoPlan, device) -> dict:
     from ffdistill.evaluate.candidates import Candidate, load_for_inference
     from ffdistill.evaluate.report import Inputs, evaluate_models
 
     test = _test_set(store, plan)
-    students = [Candidate.of_student(name, load_for_inference(run.best_path)) for name, run in runs.items()]
+    students = [Candidate.of_student(name, load_for_inference(run.best_path, device)) for name, run in runs.items()]
     candidates = [Candidate.of_teacher(teacher), *students]
     # Frequencies and phonons on the 8-atom cell (an equilibrium by symmetry): the teacher's full
     # Hessian of the 64-atom cell would cost ~2 minutes here; phonopy needs one displacement for Si.
@@ -184,7 +189,7 @@ def _write_outputs(output: str, metrics: dict, runs: dict) -> None:
     learning_curves({name: run.history for name, run in runs.items()}, os.path.join(output, "learning_curves.png"))
 
 
-def _parity(store: LabelStore, runs: dict, plan: DemoPlan, path: str) -> None:
+def _parity(store: LabelStore, runs: dict, plan: DemoPlan, path: str, device) -> None:
     """Force parity on the held-out frames, each student through the forces it uses in MD (a direct
     student's force head, not -dE/dR of its energy head), on graphs at its own cutoff."""
     import numpy as np
@@ -195,8 +200,9 @@ def _parity(store: LabelStore, runs: dict, plan: DemoPlan, path: str) -> None:
     test = _test_set(store, plan)
     predictions = {}
     for name, run in runs.items():
-        student = load_for_inference(run.best_path)
-        predictions[name] = np.concatenate([model_forces(student, g).numpy() for g in test.graphs(student.cutoff)])
+        student = load_for_inference(run.best_path, device)
+        forces = [model_forces(student, g).cpu().numpy() for g in test.graphs(student.cutoff)]
+        predictions[name] = np.concatenate(forces)
     force_parity(test.reference_forces(), predictions, path)
 
 

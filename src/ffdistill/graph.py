@@ -171,6 +171,7 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
         raise InputError("cannot batch an empty list of structures")
     counts = [g.n_atoms for g in graphs]
     starts = np.concatenate([[0], np.cumsum(counts)])
+    device = graphs[0].Z.device  # index tensors made here live with the graphs (displaced copies on a GPU)
     edge_index = torch.cat([g.edge_index + int(s) for g, s in zip(graphs, starts)], dim=1)
     return AtomicGraph(
         Z=torch.cat([g.Z for g in graphs]),
@@ -179,8 +180,8 @@ def batch_graphs(graphs: Sequence[AtomicGraph]) -> AtomicGraph:
         pbc=torch.cat([g.pbc for g in graphs]),
         edge_index=edge_index,
         shifts=torch.cat([g.shifts for g in graphs]),
-        batch=torch.cat([torch.full((n,), b, dtype=torch.long) for b, n in enumerate(counts)]),
-        ptr=torch.as_tensor(starts, dtype=torch.long),
+        batch=torch.as_tensor(np.repeat(np.arange(len(counts)), counts), device=device),
+        ptr=torch.as_tensor(starts, dtype=torch.long, device=device),
         cutoff=graphs[0].cutoff,
         energy=_cat_optional([g.energy for g in graphs]),
         forces=_cat_optional([g.forces for g in graphs]),
@@ -219,7 +220,8 @@ def _block_diagonal(blocks: Sequence[Tensor], starts: np.ndarray) -> Tensor:
 def _batch_probes(graphs: Sequence[AtomicGraph], starts: np.ndarray) -> dict:
     if any(g.probe_vectors is None for g in graphs):
         return {}
-    owner = torch.cat([torch.full((len(g.probe_vectors),), b, dtype=torch.long) for b, g in enumerate(graphs)])
+    counts = [len(g.probe_vectors) for g in graphs]
+    owner = torch.as_tensor(np.repeat(np.arange(len(graphs)), counts), device=graphs[0].Z.device)
     return {
         "probe_vectors": _block_diagonal([g.probe_vectors for g in graphs], starts),
         "probe_products": _block_diagonal([g.probe_products for g in graphs], starts),

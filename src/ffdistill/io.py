@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from typing import Iterator
 
@@ -14,19 +15,39 @@ from ffdistill.graph import check_structure
 
 
 def iter_structures(path: str, start: int = 0) -> Iterator[ase.Atoms]:
-    """Yield the structures of any ASE-readable file from index ``start`` on, one at a time."""
+    """Yield the structures of any ASE-readable file from index ``start`` on, one at a time.
+
+    Extended XYZ is cut into frames here: ASE's own reader first indexes every frame of the file (about 100
+    bytes a frame held to the end, and a pass over the whole file before the first frame)."""
     if not os.path.isfile(path):
         raise InputError(f"cannot read {path}: no such file")
     if os.path.getsize(path) == 0:
         raise InputError(f"cannot read {path}: the file is empty")
     try:
-        for atoms in ase.io.iread(path, index=f"{start}:"):
+        extxyz = ase.io.formats.filetype(path) == "extxyz"
+        for atoms in _iter_extxyz(path, start) if extxyz else ase.io.iread(path, index=f"{start}:"):
             yield atoms
     except InputError:
         raise
     except Exception as error:  # ASE's readers raise many types for malformed files
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"cannot read {path}: malformed file ({detail})") from error
+
+
+def _iter_extxyz(path: str, start: int) -> Iterator[ase.Atoms]:
+    """Extended XYZ frames in order, each one's lines (count, comment, atoms, any VEC lines) parsed alone by
+    ASE's reader; frames before ``start`` are skipped unparsed. A blank line ends the file, as for ASE."""
+    with ase.io.formats.open_with_compression(path, "r") as handle:  # .gz, .bz2, .xz as ASE reads them
+        index, line = 0, handle.readline()
+        while line.strip():
+            lines = [line, handle.readline()] + [handle.readline() for _ in range(int(line))]
+            line = handle.readline()
+            while line.lstrip().startswith("VEC"):
+                lines.append(line)
+                line = handle.readline()
+            if index >= start:
+                yield ase.io.read(io.StringIO("".join(lines)), format="extxyz")
+            index += 1
 
 
 def scan_structures(path: str, elements_check=None, info_key: str | None = None) -> tuple[int, set[int], int]:

@@ -14,8 +14,9 @@ Layout (F frames, A atoms in all, K rows in all, and ``HA = sum over rows of tha
     frame_index (F,)      position of each frame in the input file (shards hold every N-th frame)
     checksum (F,)         CRC32 of the frame's labels: a lost or damaged chunk is detected on read
 
-Crash safety: each frame is appended to every array, then the group attribute ``frames_done`` is
-rewritten (zarr writes each file atomically). Everything past ``frames_done`` is discarded on resume.
+Crash safety: each frame (each batch of ``batch_size`` frames) is appended to every array, then the group
+attribute ``frames_done`` is rewritten (zarr writes each file atomically). Everything past ``frames_done``
+is discarded on resume.
 The store is built at ``PATH.partial`` and renamed to ``PATH`` when complete, so a ``PATH`` that exists
 is always whole.
 """
@@ -127,7 +128,7 @@ def group_of(atoms: ase.Atoms, index: int, rule: str) -> int:
 def label_file(
     teacher: Teacher, input_path: str, store_path: str, rows: str | int = "all", seed: int = 0, progress: bool = True,
     shard: tuple[int, int] = (0, 1), node_features: bool = False, probes: int = 0, group_by: str | None = None,
-    group_size: int = DEFAULT_GROUP_SIZE,
+    group_size: int = DEFAULT_GROUP_SIZE, batch_size: int = 1,
 ) -> "LabelStore":
     """Label the structures of ``input_path`` with ``teacher`` into ``store_path``; resumes if interrupted.
 
@@ -137,7 +138,12 @@ def label_file(
 
     ``shard=(i, n)`` labels only frames ``i, i + n, i + 2n, ...``: n workers write n shards that
     ``merge_stores`` joins into the store one worker would have written.
+
+    ``batch_size`` frames go to the teacher in one call (``Teacher.label_batch``) and are committed together:
+    a resumed run restarts at a batch boundary, so with the same ``batch_size`` it writes the same bytes.
     """
+    if batch_size < 1:
+        raise StoreError(f"the labelling batch size must be at least 1, got {batch_size}")
     if os.path.exists(store_path):
         raise StoreError(f"{store_path} already exists and is complete; choose another output or delete it")
     index_in_shard, n_shards = shard
@@ -162,23 +168,65 @@ def label_file(
     done = int(group.attrs["frames_done"])
     start = mine[done] if done < len(mine) else n_total
     bar = tqdm(total=len(mine), initial=done, desc="labelling", unit="frame", disable=not progress)
+    job = _Job(input_path, rows, int(seed), int(probes), rule, node_features)
+    pending: list = []
     for index, atoms in enumerate(iter_structures(input_path, start=start), start=start):
         if (index - index_in_shard) % n_shards:
             continue  # another shard's frame
-        picked = choose_rows(len(atoms), rows, seed, index)
-        vectors = derivatives.random_probes(len(atoms), probes, seed, index) if probes else None
-        try:
-            labels = teacher.label(atoms, picked, vectors)
-        except FFDistillError as error:
-            raise type(error)(f"{input_path}, structure {index}: {error}") from error
-        values = frame_values(atoms, labels, index, group_of(atoms, index, rule))
-        if node_features:
-            values["node_features"] = teacher.node_features(teacher.graph(atoms)).detach().float().numpy()
-        _append_values(group, values)
-        group.attrs["frames_done"] = group.attrs["frames_done"] + 1  # the commit point
-        bar.update(1)
+        pending.append((index, atoms))
+        if len(pending) == batch_size:
+            _commit(group, _label_frames(teacher, pending, job))
+            bar.update(len(pending))
+            pending = []
+    if pending:
+        _commit(group, _label_frames(teacher, pending, job))
+        bar.update(len(pending))
     bar.close()
     return _finish(group, partial, store_path)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every frame of one ``label_file`` run is labelled with."""
+
+    input_path: str
+    rows: str | int
+    seed: int
+    probes: int
+    rule: str
+    node_features: bool
+
+
+def _label_frames(teacher: Teacher, frames: list, job: _Job) -> list[dict[str, np.ndarray]]:
+    """Store values of ``frames`` (``(input index, atoms)`` pairs), labelled in one teacher call. Rows and probes
+    are drawn per input frame, so batching never changes them. A batch the teacher refuses is relabelled frame
+    by frame, so the error names the structure that broke it."""
+    picked = [choose_rows(len(atoms), job.rows, job.seed, index) for index, atoms in frames]
+    vectors = [derivatives.random_probes(len(a), job.probes, job.seed, i) if job.probes else None for i, a in frames]
+    try:
+        labels = teacher.label_batch([atoms for _, atoms in frames], picked, vectors)
+    except FFDistillError as error:
+        if len(frames) > 1:
+            for frame in frames:
+                _label_frames(teacher, [frame], job)
+        first, last = frames[0][0], frames[-1][0]
+        where = f"structure {first}" if first == last else f"structures {first}-{last}"
+        raise type(error)(f"{job.input_path}, {where}: {error}") from error
+    out = []
+    for (index, atoms), one in zip(frames, labels):
+        values = frame_values(atoms, one, index, group_of(atoms, index, job.rule))
+        if job.node_features:
+            values["node_features"] = teacher.node_features(teacher.graph(atoms)).detach().float().cpu().numpy()
+        out.append(values)
+    return out
+
+
+def _commit(group, frames: list[dict[str, np.ndarray]]) -> None:
+    """Append a batch of frames to every array, then count them done: the commit point. A run killed in
+    between leaves arrays longer than ``frames_done``, which a resume truncates."""
+    for values in frames:
+        _append_values(group, values)
+    group.attrs["frames_done"] = group.attrs["frames_done"] + len(frames)
 
 
 def _finish(group, partial: str, store_path: str) -> "LabelStore":
@@ -359,6 +407,8 @@ class LabelStore:
         if not attrs.get("complete"):
             raise StoreError(f"{path} is incomplete")
         self.path, self.attrs = path, attrs
+        # Open each array once: a lookup reads and parses its metadata, half the cost of a streamed frame read.
+        self.arrays = {name: self.group[name] for name in self.group.array_keys()}
         self._load_index()
 
     def _load_index(self) -> None:
@@ -385,7 +435,7 @@ class LabelStore:
 
     def frame(self, i: int) -> tuple[ase.Atoms, dict[str, Optional[np.ndarray]]]:
         """Structure ``i`` and its labels: energy, forces, stress (or None), hessian_rows (K, N, 3), row_index."""
-        g, a0, a1 = self.group, self.atom_start[i], self.atom_start[i + 1]
+        g, a0, a1 = self.arrays, self.atom_start[i], self.atom_start[i + 1]
         r0, r1, h0, h1 = self.row_start[i], self.row_start[i + 1], self.hess_start[i], self.hess_start[i + 1]
         try:
             raw = {"energy": g["energy"][i : i + 1], "cell": g["cell"][i : i + 1], "positions": g["positions"][a0:a1], "forces": g["forces"][a0:a1], "row_index": g["row_index"][r0:r1], "hessian": g["hessian"][h0:h1]}
@@ -455,7 +505,7 @@ class LabelStore:
     def _node_features(self, i: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
         if "node_features" not in self.group:
             return None
-        return torch.as_tensor(self.group["node_features"][self.atom_start[i] : self.atom_start[i + 1]], dtype=dtype)
+        return torch.as_tensor(self.arrays["node_features"][self.atom_start[i] : self.atom_start[i + 1]], dtype=dtype)
 
     def summary(self) -> dict:
         numbers = self.group["numbers"][:]

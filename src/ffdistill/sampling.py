@@ -149,3 +149,21 @@ def select_rows(graph: AtomicGraph, s: int, generator: torch.Generator, temperat
         keep = torch.randperm(len(graph.probe_vectors), generator=generator)[:s].sort().values
         graph = graph._replace(probe_vectors=graph.probe_vectors[keep], probe_products=graph.probe_products[keep], probe_owner=graph.probe_owner[keep])
     return graph
+
+
+def skip_rows(generator: torch.Generator, n_rows: int, n_probes: int, s: int, temperature: float | None = None) -> None:
+    """Advance ``generator`` exactly as ``select_rows`` does on a graph with ``n_rows`` stored rows and
+    ``n_probes`` probes, without the graph.
+
+    A streaming batch plan records the generator state before each structure and skips its draw, so a
+    worker process (or another data-parallel rank) holding only that structure draws the rows one process
+    walking the whole batch would. The draws consume the generator by shape alone: ``randperm(n)``, and
+    ``multinomial`` without replacement (one exponential per category, whatever the probabilities).
+    """
+    if n_rows > s:
+        if temperature is None:
+            torch.randperm(n_rows, generator=generator)
+        else:
+            torch.multinomial(torch.ones(n_rows), s, replacement=False, generator=generator)
+    if n_probes > s:
+        torch.randperm(n_probes, generator=generator)

@@ -14,8 +14,9 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
+import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
@@ -25,11 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from ffdistill import distributed
 from ffdistill.calculator import save_student
 from ffdistill.config import RunConfig, save_config
-from ffdistill.data import iterate_batches, load_graphs, split_indices
+from ffdistill.data import BatchPlan, FrameDataset, frame_blocks, frame_loader, reference_statistics, split_indices
 from ffdistill.errors import InputError
-from ffdistill.evaluate import accuracy
+from ffdistill.evaluate.accuracy import accuracy_of_batches
 from ffdistill.distributed import Ranks
-from ffdistill.graph import AtomicGraph, batch_graphs
+from ffdistill.graph import AtomicGraph
 from ffdistill.labels import LabelStore
 from ffdistill.loss import DistillationLoss, build_loss
 from ffdistill.students import build_student
@@ -93,6 +94,7 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
     With ``train.devices > 1`` this spawns that many data-parallel workers and returns what rank 0 wrote.
     """
     backend = distributed.backend_for(distributed.resolve_device(config.train.device))  # fails early without CUDA
+    _check_streaming(config)
     if config.train.devices > 1 and not distributed.from_environment(backend):
         LabelStore(config.data.store)  # fail here, with one clear line, before spawning anything
         distributed.spawn(train_from_config, config.train.devices, backend, config, resume, progress)
@@ -101,15 +103,29 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
     d = config.data
     train_idx, val_idx, _ = split_indices(store.groups(), d.val_fraction, d.test_fraction, d.split_seed)
     train_idx = train_idx[: d.n_train] if d.n_train else train_idx
-    train_graphs = load_graphs(store, train_idx, config.model.cutoff, d.use_reference, d.hessian_labels)
-    val_graphs = load_graphs(store, val_idx, config.model.cutoff, d.use_reference, d.hessian_labels)
-    model = _build_model(config, store, train_graphs)
-    return train(model, train_graphs, val_graphs, config, resume=resume, progress=progress, teacher_force_mae=teacher_force_error(store, val_idx))
+    train_set = FrameDataset(store, train_idx, config.model.cutoff, d.use_reference, d.hessian_labels)
+    val_set = FrameDataset(store, val_idx, config.model.cutoff, d.use_reference, d.hessian_labels)
+    model = _build_model(config, store, train_idx)
+    teacher_mae = teacher_force_error(store, val_idx)
+    return train(model, train_set, val_set, config, resume=resume, progress=progress, teacher_force_mae=teacher_mae)
 
 
-def _build_model(config: RunConfig, store: LabelStore, train_graphs: Sequence[AtomicGraph]):
-    """The student with fitted element references; for a2a, with the teacher's frozen element table."""
-    elements = sorted({int(z) for g in train_graphs for z in g.Z})
+def _check_streaming(config: RunConfig) -> None:
+    """Refuse loader settings DataLoader would reject later with a less clear message."""
+    d, steps = config.data, config.train.max_steps
+    for key, value, least in (("workers", d.workers, 0), ("prefetch_factor", d.prefetch_factor, 1),
+                              ("val_rows_per_structure", d.val_rows_per_structure, 1)):
+        if value is not None and value < least:
+            raise InputError(f"data.{key} must be at least {least}, got {value}")
+    if steps is not None and steps < 1:
+        raise InputError(f"train.max_steps must be at least 1, got {steps}")
+
+
+def _build_model(config: RunConfig, store: LabelStore, train_idx: Sequence[int]):
+    """The student with element references fitted to the training frames, read from the store's arrays
+    (no graphs); for a2a, with the teacher's frozen element table."""
+    stats = reference_statistics(store, train_idx, config.data.use_reference)
+    elements = stats.elements
     table = None
     if config.model.a2a:
         embeddings = store.attrs.get("element_embeddings")
@@ -122,7 +138,7 @@ def _build_model(config: RunConfig, store: LabelStore, train_graphs: Sequence[At
     if table:
         model.set_teacher_embeddings(teacher_embedding_table(model, table))
     model.set_jacobian(config.model.jacobian, config.model.fd_step)
-    model.fit_references(train_graphs)
+    model.set_references(stats.counts, stats.energies, stats.force_rms)
     return model
 
 
@@ -159,21 +175,24 @@ def _result_on_disk(run_dir: str) -> TrainResult:
 
 
 def teacher_force_error(store: LabelStore, indices: Sequence[int]) -> Optional[float]:
-    """The teacher's force MAE against the input's own labels (eV/Å), or None if there are none."""
+    """The teacher's force MAE against the input's own labels (eV/Å; the mean over frames of each frame's MAE),
+    or None if any frame lacks them. Read from the force arrays block by block, never a frame at a time."""
     errors = []
-    for i in indices:
-        _, labels = store.frame(i)
-        if not torch.isfinite(torch.as_tensor(labels["ref_forces"])).all():
+    for block in frame_blocks(store, indices, (), ("forces", "ref_forces")):
+        if not np.isfinite(block["ref_forces"]).all():
             return None
-        errors.append(abs(labels["forces"] - labels["ref_forces"]).mean())
-    return float(sum(errors) / len(errors)) if errors else None
+        n, owner = len(block["frame"]), block["atom_frame"]
+        per_atom = np.abs(block["forces"] - block["ref_forces"]).mean(1)
+        errors.append(np.bincount(owner, weights=per_atom, minlength=n) / np.bincount(owner, minlength=n))
+    return float(np.concatenate(errors).mean()) if errors else None
 
 
 def train(
-    model, train_graphs: Sequence[AtomicGraph], val_graphs: Sequence[AtomicGraph], config: RunConfig,
+    model, train_set: FrameDataset, val_set: FrameDataset, config: RunConfig,
     resume: bool = False, progress: bool = True, teacher_force_mae: Optional[float] = None,
 ) -> TrainResult:
-    """The training loop. Writes config.yaml, checkpoint.pt, best.pt and history.json to ``config.output``."""
+    """The training loop over frames streamed from the store. Writes config.yaml, checkpoint.pt, best.pt and
+    history.json to ``config.output``."""
     t, run_dir, ranks = config.train, config.output, distributed.current()
     progress = progress and ranks.is_main
     _prepare_run_dir(run_dir)
@@ -183,7 +202,7 @@ def train(
     device = distributed.resolve_device(t.device)
     model.to(device)
     step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.world > 1 else model
-    loss = _loss(config, model, train_graphs)
+    loss = _loss(config, model, train_set.store)
     for term in loss.terms:
         if isinstance(term, torch.nn.Module):
             term.to(device)
@@ -193,27 +212,31 @@ def train(
     checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
     if resume:
         state = _load_checkpoint(checkpoint_path, model, ema, optimizer, loss)
-    steps_per_epoch = math.ceil(len(train_graphs) / config.data.batch_size)
-    total_steps = t.epochs * steps_per_epoch
+    steps_per_epoch = math.ceil(len(train_set) / config.data.batch_size)
+    total_steps = min(t.epochs * steps_per_epoch, t.max_steps or t.epochs * steps_per_epoch)
+    loaders = _loaders(config, train_set, val_set, ranks, device)
     bar = tqdm(total=t.epochs, initial=state.epoch, desc=os.path.basename(run_dir), unit="epoch", disable=not progress)
-    while state.epoch < t.epochs and state.bad_epochs < t.patience:
-        generator = torch.Generator().manual_seed(t.seed * 100_003 + state.epoch)
+    while state.epoch < t.epochs and state.bad_epochs < t.patience and state.step < total_steps:
+        loaders.train.batch_sampler.seed = t.seed * 100_003 + state.epoch  # resuming at an epoch repeats it
         sums: dict[str, float] = {}
-        for graphs in iterate_batches(train_graphs, config.data.batch_size, config.data.rows_per_structure, generator, row_temperature=config.data.row_temperature):
+        first_step = state.step
+        for loaded in loaders.train:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state.step, total_steps, t)
             loss.term("hessian").weight = hessian_weight_at(state.step, total_steps, state.hessian_weight, config.loss.hessian_decay_from)
-            mine = ranks.shard(graphs)
-            batch = batch_graphs(mine or graphs[:1]).to(device)
-            for name, value in train_step(step_model, batch, loss, optimizer, t.grad_clip, ranks, idle=not mine).items():
+            batch = loaded.graph.to(device)
+            terms = train_step(step_model, batch, loss, optimizer, t.grad_clip, ranks, idle=loaded.idle)
+            for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value / steps_per_epoch
             ema.update_parameters(model)
             state.step += 1
+            if state.step >= total_steps:
+                break
+        sums = {name: value * steps_per_epoch / (state.step - first_step) for name, value in sums.items()}
         state.epoch += 1
         if t.refit_references:
-            for m in (model, ema.module):
-                m.refit_references(train_graphs)
-        val = accuracy(ema.module, val_graphs, config.data.batch_size)
+            _refit_references((model, ema.module), loaders.refit)
+        val = accuracy_of_batches(ema.module, (loaded.graph for loaded in loaders.val))
         _end_of_epoch(state, val, sums, teacher_force_mae, config)
         # Every rank validates (identical EMA weights), so early stopping agrees without messages.
         if val["force_mae_meV_per_A"] / 1000 < state.best_force_mae:
@@ -231,13 +254,44 @@ def train(
     return TrainResult(run_dir, best_path, state.best_force_mae, state.history)
 
 
-def _loss(config: RunConfig, model, train_graphs: Sequence[AtomicGraph]) -> DistillationLoss:
+class _Loaders(NamedTuple):
+    train: torch.utils.data.DataLoader  #: this rank's slice of each global batch, rows drawn per epoch
+    refit: torch.utils.data.DataLoader  #: every training frame in order, all stored rows (reference refits)
+    val: torch.utils.data.DataLoader  #: every validation frame in order, rows drawn once
+
+
+def _loaders(config: RunConfig, train_set: FrameDataset, val_set: FrameDataset, ranks: Ranks, device) -> _Loaders:
+    """The three streams one run reads; workers (``data.workers``) build graphs, draw rows and batch.
+    Validation rows are drawn from ``data.split_seed``, so the validation set (frames and rows) is fixed by the
+    data settings alone: the same every epoch, and in runs that differ only in ``train.seed``."""
+    d = config.data
+    options = {"workers": d.workers, "prefetch_factor": d.prefetch_factor, "pin_memory": device.type == "cuda"}
+    plans = (
+        BatchPlan(train_set, d.batch_size, d.rows_per_structure, temperature=d.row_temperature, ranks=ranks),
+        BatchPlan(train_set, d.batch_size, None, shuffle=False),
+        BatchPlan(val_set, d.batch_size, d.val_rows_per_structure, shuffle=False, seed=d.split_seed),
+    )
+    return _Loaders(*(frame_loader(plan, **options) for plan in plans))
+
+
+def _refit_references(models: Sequence, loader) -> None:
+    """Refit every model's element energies in one pass over the training frames: reading frames and building
+    graphs is the cost, the energies are cheap (no gradients are taken)."""
+    parts: list[list] = [[] for _ in models]
+    for loaded in loader:
+        for model, part in zip(models, parts):
+            part.append(model.energy_residuals(loaded.graph))
+    for model, part in zip(models, parts):
+        model.shift_references(np.concatenate([c for c, _ in part]), np.concatenate([r for _, r in part]))
+
+
+def _loss(config: RunConfig, model, store: LabelStore) -> DistillationLoss:
     c = config.loss
     channels = None
     if c.n2n:
-        if train_graphs[0].node_features is None:
+        if "node_features" not in store.arrays:
             raise InputError("loss.n2n needs teacher node features: label with --node-features")
-        channels = (model.hparams["channels"], train_graphs[0].node_features.shape[1])
+        channels = (model.hparams["channels"], store.arrays["node_features"].shape[1])
     if c.consistency and not model.capabilities.direct:
         raise InputError("loss.consistency is for direct-force students (e.g. painn-direct-small)")
     return build_loss(c.energy, c.forces, c.hessian, consistency=c.consistency, n2n=c.n2n, channels=channels)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import ase
 import numpy as np
@@ -27,35 +27,48 @@ def accuracy(model, graphs: Sequence[AtomicGraph], batch_size: int = 4, hessian:
     Scored through ``predict``: a direct-force student is judged by its force head (and its
     "rows" are columns of -dF/dR), an energy model by -dE/dR.
     """
+    batches = (batch_graphs(graphs[start : start + batch_size]) for start in range(0, len(graphs), batch_size))
+    return accuracy_of_batches(model, batches, hessian)
+
+
+def accuracy_of_batches(model, batches: Iterable[AtomicGraph], hessian: bool = True) -> dict[str, float]:
+    """``accuracy`` over batches already formed, read once: training validates from a streaming loader."""
     e_err, f_err, cos, h_err = [], [], [], []
     device = _device_of(model)
-    for start in range(0, len(graphs), batch_size):
-        batch = batch_graphs(graphs[start : start + batch_size]).to(device)
+    for batch in batches:
+        batch = batch.to(device)
         out = model.predict(batch, Want(hessian_rows=hessian))
-        e_err.append(((out.energy - batch.energy).abs() / batch.atoms_per_structure).cpu().numpy())
-        f_err.append((out.forces - batch.forces).abs().flatten().cpu().numpy())
-        cos.append(torch.nn.functional.cosine_similarity(out.forces, batch.forces, dim=-1).cpu().numpy())
+        # errors stay on the model's device until the end: one copy to the host, not three per batch
+        e_err.append((out.energy - batch.energy).abs() / batch.atoms_per_structure)
+        f_err.append((out.forces - batch.forces).abs().flatten())
+        cos.append(torch.nn.functional.cosine_similarity(out.forces, batch.forces, dim=-1))
         if out.hessian_rows is not None:
             h_err.append(_row_errors(out.hessian_rows, batch))
     return {
-        "energy_mae_meV_per_atom": 1000 * float(np.concatenate(e_err).mean()),
-        "force_mae_meV_per_A": 1000 * float(np.concatenate(f_err).mean()),
-        "force_cosine": float(np.concatenate(cos).mean()),
-        "hessian_row_mae": float(np.concatenate(h_err).mean()) if h_err else float("nan"),
+        "energy_mae_meV_per_atom": 1000 * _mean(e_err),
+        "force_mae_meV_per_A": 1000 * _mean(f_err),
+        "force_cosine": _mean(cos),
+        "hessian_row_mae": _mean(h_err) if h_err else float("nan"),
     }
 
 
+def _mean(parts: list) -> float:
+    """Mean of all entries, accumulated in float64 whatever the model's dtype."""
+    return float(torch.cat([p.detach().double().flatten() for p in parts]).mean())
+
+
 def _device_of(model) -> torch.device:
-    """Where a module's weights live; plain energy functions (teachers' methods) run on the CPU here."""
-    first = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
-    return torch.device("cpu") if first is None else first.device
+    """Where a potential computes (a teacher's device, a module's weights): its batches go there."""
+    from ffdistill.devices import device_of
+
+    return device_of(model)
 
 
-def _row_errors(rows: torch.Tensor, batch: AtomicGraph) -> np.ndarray:
+def _row_errors(rows: torch.Tensor, batch: AtomicGraph) -> torch.Tensor:
     """Absolute errors of each row's entries within its own structure."""
     owner = batch.batch[batch.row_index // 3]
     mask = batch.batch[None, :] == owner[:, None]
-    return (rows - batch.hessian_rows).abs()[mask].flatten().cpu().numpy()
+    return (rows - batch.hessian_rows).abs()[mask].flatten()
 
 
 @dataclass
@@ -146,7 +159,7 @@ def teacher_accuracy(teacher, test: TestSet) -> dict[str, float]:
     """The teacher's own error against the test set's reference labels (energies and forces)."""
     if teacher.has_autograd:
         graphs = test.graphs(teacher.cutoff, teacher.dtype)
-        return accuracy(teacher.energy, [g._replace(hessian_rows=None, row_index=None) for g in graphs], hessian=False)
+        return accuracy(teacher, [g._replace(hessian_rows=None, row_index=None) for g in graphs], hessian=False)
     e_err, f_err, cos = [], [], []
     for atoms, lab in zip(test.atoms, test.labels):
         got = teacher.label(atoms)

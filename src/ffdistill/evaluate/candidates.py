@@ -18,11 +18,12 @@ from ffdistill import derivatives
 from ffdistill.graph import AtomicGraph, from_ase
 
 
-def load_for_inference(path: str):
-    """The student saved at ``path``, in eval mode with its parameters frozen."""
+def load_for_inference(path: str, device: str | torch.device = "cpu"):
+    """The student saved at ``path`` on ``device``, in eval mode with its parameters frozen."""
     from ffdistill.calculator import load_student
+    from ffdistill.devices import resolve
 
-    return freeze(load_student(path))
+    return freeze(load_student(path).to(resolve(device, "device")))
 
 
 def freeze(model):
@@ -32,8 +33,11 @@ def freeze(model):
 
 
 def model_forces(model, graph: AtomicGraph) -> torch.Tensor:
-    """(N, 3) forces of any potential through its contract: a force head if it has one, else -dE/dR."""
-    return model.predict(graph).forces
+    """(N, 3) forces of any potential through its contract: a force head if it has one, else -dE/dR; the
+    graph goes to the potential's device, the forces come back on it."""
+    from ffdistill.devices import device_of
+
+    return model.predict(graph.to(device_of(model))).forces
 
 
 def model_hessian(model, graph: AtomicGraph) -> np.ndarray:
@@ -73,13 +77,16 @@ class Candidate:
         return PotentialCalculator(self.model, dtype=self.dtype)
 
     def graph(self, atoms: ase.Atoms) -> AtomicGraph:
-        return from_ase(atoms, self.cutoff, dtype=self.dtype, labels=False)
+        """The model's graph of ``atoms`` on the model's device."""
+        from ffdistill.devices import device_of
+
+        return from_ase(atoms, self.cutoff, dtype=self.dtype, labels=False).to(device_of(self.model))
 
     def forces(self, atoms: ase.Atoms) -> np.ndarray:
         """(N, 3) forces in eV/Å, float64."""
         if self.is_teacher:
             return self.teacher.label(atoms).forces
-        return model_forces(self.model, self.graph(atoms)).double().numpy()
+        return model_forces(self.model, self.graph(atoms)).double().cpu().numpy()
 
     def hessian(self, atoms: ase.Atoms) -> np.ndarray:
         """(3N, 3N) -dF/dR in eV/Å² (autograd, or the teacher's own finite-difference rows)."""
@@ -88,13 +95,15 @@ class Candidate:
         return model_hessian(self.model, self.graph(atoms))
 
 
-def student_candidates(paths: Sequence[str], taken: Sequence[str] = ("teacher",)) -> list[Candidate]:
-    """Candidates for saved students, named after their run folders (``runs/x/best.pt`` -> ``x``)."""
+def student_candidates(
+    paths: Sequence[str], taken: Sequence[str] = ("teacher",), device: str | torch.device = "cpu"
+) -> list[Candidate]:
+    """Candidates for saved students on ``device``, named after their run folders (``runs/x/best.pt`` -> ``x``)."""
     out, names = [], set(taken)
     for path in paths:
         name = _model_name(path, names)
         names.add(name)
-        out.append(Candidate.of_student(name, load_for_inference(path)))
+        out.append(Candidate.of_student(name, load_for_inference(path, device)))
     return out
 
 

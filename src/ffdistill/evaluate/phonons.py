@@ -118,9 +118,10 @@ def phonons_from_paths(
     supercell: Sequence[int] = (2, 2, 2),
     trust: bool = False,
     teacher_python: str | None = None,
+    device="cpu",
 ) -> dict:
-    """What ``ffdistill phonons`` does: bands and DOS of the teacher and each student on one unit
-    cell, their MAE against the teacher, ``phonons.json`` and ``phonons.png`` in ``output``."""
+    """What ``ffdistill phonons`` does: bands and DOS of the teacher and each student (on ``device``) on one
+    unit cell, their MAE against the teacher, ``phonons.json`` and ``phonons.png`` in ``output``."""
     import json
     import os
 
@@ -130,7 +131,8 @@ def phonons_from_paths(
     from ffdistill.teachers import load_teacher
 
     cell = load_structure(structure)
-    candidates = [Candidate.of_teacher(load_teacher(teacher_spec, trust=trust, python=teacher_python)), *student_candidates(model_paths)]
+    teacher = load_teacher(teacher_spec, trust=trust, python=teacher_python, device=device)
+    candidates = [Candidate.of_teacher(teacher), *student_candidates(model_paths, device=device)]
     bands = {c.name: phonons(c.calculator(), cell, supercell) for c in candidates}
     summary = {name: compare_bands(b, bands["teacher"]) for name, b in bands.items() if name != "teacher"}
     os.makedirs(output, exist_ok=True)

@@ -347,18 +347,19 @@ def evaluate_from_paths(
     phonon_cell: Optional[ase.Atoms] = None,
     threads: Optional[int] = None,
     teacher_python: Optional[str] = None,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """What ``ffdistill evaluate`` does: load everything, evaluate, write the report (the teacher in the
-    interpreter ``teacher_python`` when given)."""
+    interpreter ``teacher_python`` when given; teacher and students on ``device``)."""
     from ffdistill.evaluate.accuracy import load_test_set
     from ffdistill.evaluate.candidates import student_candidates
     from ffdistill.teachers import load_teacher
 
     profile = PROFILES[profile] if isinstance(profile, str) else profile
     started = time.perf_counter()
-    teacher = load_teacher(teacher_spec, trust=trust, python=teacher_python)
+    teacher = load_teacher(teacher_spec, trust=trust, python=teacher_python, device=device)
     test = load_test_set(data, teacher)
-    candidates = [Candidate.of_teacher(teacher), *student_candidates(model_paths)]
+    candidates = [Candidate.of_teacher(teacher), *student_candidates(model_paths, device=device)]
     models = evaluate_models(candidates, Inputs(test, phonon_cell=phonon_cell, threads=threads), profile)
     extra = {
         "data": data,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import ase.data
 import numpy as np
@@ -105,22 +105,44 @@ class EnergyStudent(nn.Module, Potential):
         """Per-element energies by least squares on the labels; scale from the force spread."""
         counts = np.array([[int((g.Z == z).sum()) for z in self.elements] for g in graphs], dtype=np.float64)
         energies = np.array([float(g.energy.sum()) for g in graphs])
-        ref, *_ = np.linalg.lstsq(counts, energies, rcond=None)
-        self.energy_ref.copy_(torch.as_tensor(ref))
         forces = torch.cat([g.forces for g in graphs])
-        self.energy_scale.fill_(float(forces.pow(2).mean().sqrt().clamp_min(1e-2)))
+        self.set_references(counts, energies, float(forces.pow(2).mean().sqrt()))
 
     @torch.no_grad()
-    def refit_references(self, graphs: Sequence[AtomicGraph]) -> None:
+    def set_references(self, counts: np.ndarray, energies: np.ndarray, force_rms: float) -> None:
+        """``fit_references`` from statistics alone, (F, n_elements) element counts in ``self.elements``
+        order, (F,) energies and the RMS force component, so training can take them from the label store's
+        arrays without building a graph per frame (``data.reference_statistics``)."""
+        ref, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+        self.energy_ref.copy_(torch.as_tensor(ref))
+        self.energy_scale.fill_(max(float(force_rms), 1e-2))
+
+    @torch.no_grad()
+    def refit_references(self, graphs: Iterable[AtomicGraph]) -> None:
         """Shift the per-element energies by the least-squares fit of the current energy residuals.
 
         Forces and Hessians do not see a constant energy offset, yet fitting them moves every atom's
         read-out, and with it the total energy; the per-atom energy term alone pulls that drift back slowly.
         Solving the linear part exactly keeps the energy term for what depends on the configuration.
+        ``graphs`` may be batches, read once (training streams them).
         """
-        counts = np.array([[int((g.Z == z).sum()) for z in self.elements] for g in graphs], dtype=np.float64)
-        device = self.energy_ref.device
-        residuals = np.array([float(g.energy.sum() - self.energy(g.to(device)).detach().sum().cpu()) for g in graphs])
+        parts = [self.energy_residuals(graph) for graph in graphs]
+        self.shift_references(np.concatenate([c for c, _ in parts]), np.concatenate([r for _, r in parts]))
+
+    @torch.no_grad()
+    def energy_residuals(self, graph: AtomicGraph) -> tuple[np.ndarray, np.ndarray]:
+        """One batch's share of ``refit_references``: (B, n_elements) atoms of each element per structure and
+        (B,) label minus predicted energies. Apart, so one pass over streamed frames can serve several models."""
+        graph = graph.to(self.energy_ref.device)
+        counts = torch.zeros(graph.n_structures, len(self.elements), dtype=torch.float64, device=graph.Z.device)
+        ones = torch.ones_like(graph.Z, dtype=torch.float64)
+        counts.index_put_((graph.batch, self.species(graph.Z)), ones, accumulate=True)
+        residuals = (graph.energy - self.energy(graph)).detach().double()
+        return counts.cpu().numpy(), residuals.cpu().numpy()
+
+    @torch.no_grad()
+    def shift_references(self, counts: np.ndarray, residuals: np.ndarray) -> None:
+        """Add the least-squares per-element energies of ``residuals`` (see ``refit_references``)."""
         delta, *_ = np.linalg.lstsq(counts, residuals, rcond=None)
         self.energy_ref.add_(torch.as_tensor(delta, dtype=self.energy_ref.dtype, device=self.energy_ref.device))
 

@@ -27,20 +27,34 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from ffdistill.errors import TeacherError
 from ffdistill.teachers.base import Teacher, TeacherLabels
 
 __all__ = ["Teacher", "TeacherLabels", "load_teacher"]
 
 
-def load_teacher(spec: str, trust: bool = False, python: str | None = None) -> Teacher:
+def load_teacher(
+    spec: str, trust: bool = False, python: str | None = None, device: str | torch.device = "cpu"
+) -> Teacher:
     """Build the teacher named by ``spec``; ``trust`` allows loading pickled model files. With ``python``
-    (an interpreter of another environment) the teacher is loaded and run there, behind a worker."""
+    (an interpreter of another environment) the teacher is loaded and run there, behind a worker.
+    ``device`` (cpu, cuda, cuda:K, auto) is where it computes; ASE-calculator teachers stay on the CPU."""
+    from ffdistill.devices import resolve
+
+    device = resolve(device, "device")
     if python is not None:
         from ffdistill.teachers.worker import WorkerTeacher
 
-        return WorkerTeacher(python, spec, trust=trust)
+        return WorkerTeacher(python, spec, trust=trust, device=str(device))
     kind, _, target = spec.partition(":")
+    if kind == "chgnet":
+        return _chgnet(device)
+    return _build(kind, target, spec, trust).to_device(device)
+
+
+def _build(kind: str, target: str, spec: str, trust: bool) -> Teacher:
     if kind == "sevenn":
         from ffdistill.teachers.sevenn import SevenNetTeacher
 
@@ -56,8 +70,6 @@ def load_teacher(spec: str, trust: bool = False, python: str | None = None) -> T
         from ffdistill.teachers.ase_calc import ASETeacher
 
         return ASETeacher.from_spec(target)
-    if kind == "chgnet":
-        return _chgnet()
     if kind == "dxtb":
         from ffdistill.teachers.dxtb import DXTBTeacher
 
@@ -72,7 +84,8 @@ def load_teacher(spec: str, trust: bool = False, python: str | None = None) -> T
     )
 
 
-def _chgnet() -> Teacher:
+def _chgnet(device: torch.device) -> Teacher:
+    """CHGNet's own calculator on ``device``; ffdistill's side of it (numpy in, central differences) on the CPU."""
     try:
         import chgnet
         from chgnet.model.dynamics import CHGNetCalculator
@@ -81,5 +94,5 @@ def _chgnet() -> Teacher:
         raise TeacherError(message) from error
     from ffdistill.teachers.ase_calc import ASETeacher
 
-    calc = CHGNetCalculator(use_device="cpu")  # CHGNet 0.3.0, its weights inside the chgnet wheel
+    calc = CHGNetCalculator(use_device=str(device))  # CHGNet 0.3.0, its weights inside the chgnet wheel
     return ASETeacher(calc, spec="chgnet", version=f"chgnet {chgnet.__version__}, model {calc.version}")

@@ -17,6 +17,7 @@ class ASETeacher(Teacher):
     """Wraps ``calculator_factory()``; spec ``ase:MODULE:FACTORY`` (e.g. ``ase:ase.calculators.emt:EMT``)."""
 
     has_autograd = False
+    cpu_only = "an ASE calculator: numpy in, numpy out"
     dtype = torch.float64
     cutoff = 1.0  # the graph is not used by the calculator; keep its neighbour list cheap
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import ase
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ffdistill.errors import TeacherError
-from ffdistill.graph import AtomicGraph, from_ase, structure
+from ffdistill.graph import AtomicGraph, batch_graphs, from_ase, structure
 from ffdistill.potential import Capabilities, Potential, Raw, Want
 
 #: Teacher outputs beyond these are treated as a broken model or structure, not physics.
@@ -64,37 +64,66 @@ class Teacher(Potential, ABC):
     #: Floating dtype the teacher computes in.
     dtype: torch.dtype = torch.float32
 
+    #: Where the teacher computes (``to_device``); its graphs are built there.
+    device: torch.device = torch.device("cpu")
+    #: Why the teacher computes on the CPU whatever the device (None: it moves, see ``to_device``).
+    cpu_only: Optional[str] = None
+
+    def to_device(self, device: torch.device | str) -> "Teacher":
+        """Compute on ``device`` from now on (its model moved there); a teacher that cannot move stays on
+        the CPU and says so in one line, so a GPU run never fails for the teacher's sake."""
+        device = torch.device(device)
+        if self.cpu_only is not None:
+            if device.type != "cpu":
+                from ffdistill.devices import notice
+
+                notice(f"teacher {self.spec} runs on the CPU ({self.cpu_only}); {device} is used for everything else")
+            return self
+        model = getattr(self, "model", None)
+        if isinstance(model, torch.nn.Module):
+            model.to(device)
+        self.device = device
+        return self
+
     def graph(self, atoms: ase.Atoms) -> AtomicGraph:
-        return from_ase(atoms, self.cutoff, dtype=self.dtype, labels=False)
+        """The teacher's graph of ``atoms``, on the teacher's device."""
+        return from_ase(atoms, self.cutoff, dtype=self.dtype, labels=False).to(self.device)
 
     def label(self, atoms: ase.Atoms, rows: Sequence[int] = (), probes: Optional[np.ndarray] = None) -> TeacherLabels:
         """Energy, forces, stress (periodic cells), the Hessian rows ``rows`` and the products H·v with
         the (P, N, 3) ``probes`` of one structure."""
-        self.check_elements(atoms.numbers)
-        graph = self.graph(atoms)
-        periodic = bool(np.all(atoms.pbc))
-        vectors = np.zeros((0, len(atoms), 3)) if probes is None else probes
-        graph = graph._replace(
-            row_index=torch.as_tensor(rows, dtype=torch.long),
-            probe_vectors=torch.as_tensor(vectors, dtype=self.dtype),
-            probe_owner=torch.zeros(len(vectors), dtype=torch.long),
+        return self._label_together([atoms], [rows], [probes])[0]
+
+    def label_batch(
+        self, atoms_list: Sequence[ase.Atoms], rows_list: Optional[Sequence] = None,
+        probes_list: Optional[Sequence[Optional[np.ndarray]]] = None,
+    ) -> list[TeacherLabels]:
+        """``label`` of several structures in one ``predict`` call on their disjoint graph: one forward and
+        backward pass, and each structure's k-th Hessian row (or probe) in one shared VJP, instead of one
+        call per structure. Equal to labelling frame by frame (structures do not interact). A teacher
+        that labels in its own way (its own ``label``: ASE calculators, workers) labels frame by frame."""
+        n = len(atoms_list)
+        rows_list = [()] * n if rows_list is None else list(rows_list)
+        probes_list = [None] * n if probes_list is None else list(probes_list)
+        if type(self).label is not Teacher.label:
+            return [self.label(a, r, p) for a, r, p in zip(atoms_list, rows_list, probes_list)]
+        return self._label_together(list(atoms_list), rows_list, probes_list)
+
+    def _label_together(self, atoms_list: list, rows_list: list, probes_list: list) -> list[TeacherLabels]:
+        for atoms in atoms_list:
+            self.check_elements(atoms.numbers)
+        host = [from_ase(a, self.cutoff, dtype=self.dtype, labels=False) for a in atoms_list]
+        graph, spans = _request_graph(host, rows_list, probes_list, self.device)
+        periodic = [bool(np.all(a.pbc)) for a in atoms_list]
+        want = Want(
+            stress=any(periodic), hessian_rows=len(graph.row_index) > 0, probe_products=len(graph.probe_vectors) > 0
         )
-        want = Want(stress=periodic, hessian_rows=len(rows) > 0, probe_products=len(vectors) > 0)
         out = self.predict(graph, want)
-        stress = None if out.stress is None else out.stress[0]
-        energy, forces, hess, hv = out.energy.sum(), out.forces, out.hessian_rows, out.probe_products
-        hess = np.zeros((0, len(atoms), 3)) if hess is None else hess
-        hv = np.zeros((0, len(atoms), 3)) if hv is None else hv
-        labels = TeacherLabels(
-            energy=float(energy),
-            forces=_np(forces),
-            stress=_np(stress) if periodic and stress is not None else None,
-            hessian_rows=_np(hess).reshape(len(rows), len(atoms), 3),
-            row_index=np.asarray(rows, dtype=np.int64),
-            probe_vectors=None if probes is None else np.asarray(probes, dtype=np.float64),
-            probe_products=None if probes is None else _np(hv).reshape(len(vectors), len(atoms), 3),
-        )
-        validate_labels(labels, self.spec, len(atoms))
+        labels = [
+            _frame_labels(out, b, span, rows_list[b], probes_list[b], periodic[b]) for b, span in enumerate(spans)
+        ]
+        for one, atoms in zip(labels, atoms_list):
+            validate_labels(one, self.spec, len(atoms))
         return labels
 
     @property
@@ -107,11 +136,14 @@ class Teacher(Potential, ABC):
         if self.has_autograd:
             return Raw(self.energy(graph), features=self.node_features(graph) if want.features else None)
         parts = [self.energy_forces_stress(structure(graph, b), want.stress) for b in range(graph.n_structures)]
-        stress = [p[2] for p in parts]
+        # results may come from numpy (a calculator): they join the graph on its device and dtype
+        like = {"dtype": graph.R.dtype, "device": graph.R.device}
+        stresses = [None if p[2] is None else torch.as_tensor(p[2], **like) for p in parts]
+        stress = None if any(x is None for x in stresses) else torch.stack(stresses)
         return Raw(
-            energy=torch.stack([torch.as_tensor(p[0], dtype=graph.R.dtype).reshape(()) for p in parts]),
-            forces=torch.cat([p[1] for p in parts]),
-            stress=None if any(x is None for x in stress) else torch.stack(stress),
+            energy=torch.stack([torch.as_tensor(p[0], **like).reshape(()) for p in parts]),
+            forces=torch.cat([torch.as_tensor(p[1], **like) for p in parts]),
+            stress=stress,
         )
 
     #: Central-difference step for Hessian rows of force-only teachers (Å).
@@ -144,7 +176,60 @@ class Teacher(Potential, ABC):
 
 
 def _np(x) -> np.ndarray:
+    """A result copied to the host as float64 numpy: the labelling I/O boundary."""
     return x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
+
+
+def _request_graph(graphs: list[AtomicGraph], rows_list: list, probes_list: list, device):
+    """One disjoint graph of the host ``graphs`` on ``device``, with the Hessian rows (flat indices offset by
+    3 x each structure's first atom) and probe vectors (zero outside their own structure, ``probe_owner``
+    saying whose) asked of each: batched on the host, moved once. Also each structure's span (atoms, rows,
+    probes) as host integers, so reading the results back needs no device round trip."""
+    starts = np.concatenate([[0], np.cumsum([g.n_atoms for g in graphs])]).astype(int)
+    row_starts = np.concatenate([[0], np.cumsum([len(r) for r in rows_list])]).astype(int)
+    counts = [0 if p is None else len(p) for p in probes_list]
+    probe_starts = np.concatenate([[0], np.cumsum(counts)]).astype(int)
+    graph = (batch_graphs(graphs) if len(graphs) > 1 else graphs[0]).to(device)
+    rows = np.concatenate([np.asarray(r, dtype=np.int64) + 3 * s for r, s in zip(rows_list, starts)])
+    vectors = torch.zeros(sum(counts), graph.n_atoms, 3, dtype=graph.R.dtype, device=device)
+    for p, lo, hi, k in zip(probes_list, starts, starts[1:], probe_starts):
+        if p is not None and len(p):
+            vectors[k : k + len(p), lo:hi] = torch.as_tensor(np.asarray(p), dtype=graph.R.dtype, device=device)
+    graph = graph._replace(
+        row_index=torch.as_tensor(rows, device=device), probe_vectors=vectors,
+        probe_owner=torch.as_tensor(np.repeat(np.arange(len(graphs)), counts), device=device),
+    )
+    spans = [_Span(*x) for x in zip(starts, starts[1:], row_starts, row_starts[1:], probe_starts, probe_starts[1:])]
+    return graph, spans
+
+
+class _Span(NamedTuple):
+    """Where one structure's atoms, rows and probes sit in a batched request (host integers)."""
+
+    lo: int
+    hi: int
+    r0: int
+    r1: int
+    p0: int
+    p1: int
+
+
+def _frame_labels(out, b: int, span: _Span, rows, probes, periodic: bool) -> TeacherLabels:
+    """Structure ``b``'s labels out of a batched prediction: its atoms, its rows, its probes."""
+    atoms = slice(span.lo, span.hi)
+    n = span.hi - span.lo
+    hess = np.zeros((0, n, 3)) if out.hessian_rows is None else _np(out.hessian_rows[span.r0 : span.r1, atoms])
+    hv = np.zeros((0, n, 3)) if out.probe_products is None else _np(out.probe_products[span.p0 : span.p1, atoms])
+    rows = np.asarray(rows, dtype=np.int64)
+    return TeacherLabels(
+        energy=float(out.energy[b]),
+        forces=_np(out.forces[atoms]),
+        stress=None if out.stress is None or not periodic else _np(out.stress[b]),
+        hessian_rows=hess.reshape(len(rows), n, 3),
+        row_index=rows,
+        probe_vectors=None if probes is None else np.asarray(probes, dtype=np.float64),
+        probe_products=None if probes is None else hv.reshape(len(probes), n, 3),
+    )
 
 
 def validate_labels(labels: TeacherLabels, spec: str, n_atoms: int) -> None:

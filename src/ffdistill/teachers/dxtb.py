@@ -55,6 +55,8 @@ class DXTBTeacher(Teacher):
     """
 
     has_autograd = True
+    #: dxtb can run on GPUs, but its calculators are built for the CPU here and this has not been tested elsewhere
+    cpu_only = "dxtb calculators are built on the CPU"
     dtype = torch.float64
     #: The energy uses no edges; keep the graph's neighbour list cheap.
     cutoff = 1.0

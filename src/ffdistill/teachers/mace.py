@@ -43,8 +43,10 @@ class MACETeacher(Teacher):
 
     def _inputs(self, graph: AtomicGraph) -> dict:
         index = {z: k for k, z in enumerate(self.atomic_numbers)}
-        node_attrs = torch.zeros(graph.n_atoms, len(index), dtype=graph.R.dtype)
-        node_attrs[torch.arange(graph.n_atoms), torch.tensor([index[int(z)] for z in graph.Z])] = 1.0
+        device = graph.R.device
+        node_attrs = torch.zeros(graph.n_atoms, len(index), dtype=graph.R.dtype, device=device)
+        species = torch.tensor([index[int(z)] for z in graph.Z.tolist()], device=device)
+        node_attrs[torch.arange(graph.n_atoms, device=device), species] = 1.0
         i = graph.edge_index[0]
         return {
             "positions": graph.R,
@@ -56,8 +58,8 @@ class MACETeacher(Teacher):
             "cell": graph.cell.reshape(-1, 3),
             "batch": graph.batch,
             "ptr": graph.ptr,
-            "weight": torch.ones(graph.n_structures, dtype=graph.R.dtype),
-            "head": torch.zeros(graph.n_structures, dtype=torch.long),
+            "weight": torch.ones(graph.n_structures, dtype=graph.R.dtype, device=device),
+            "head": torch.zeros(graph.n_structures, dtype=torch.long, device=device),
         }
 
     def energy(self, graph: AtomicGraph) -> Tensor:

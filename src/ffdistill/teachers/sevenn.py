@@ -60,22 +60,53 @@ class SevenNetTeacher(Teacher):
             K.EDGE_IDX: sub.edge_index,
             K.EDGE_VEC: edge_vectors(sub),
             K.CELL_VOLUME: torch.linalg.det(sub.cell[0]).abs(),
-            K.NUM_ATOMS: torch.tensor(sub.n_atoms),
+            K.NUM_ATOMS: torch.tensor(sub.n_atoms, device=sub.Z.device),
             K.BATCH: sub.batch,
         }
         if self.modal:
             data[K.DATA_MODALITY] = self.modal
         return data
 
+    #: Several structures through the model in one call (sevenn's batch mode) rather than one by one. Off:
+    #: measured on a CPU (1 thread, 4 x 64-atom Si, 4 rows each), batch mode took 1.5x as long with Hessian
+    #: rows and the same for energy and forces. On a GPU one call per batch should pay; measure it with
+    #: benchmarks/throughput.py, which prints which is faster on its device. The two differ by float32
+    #: rounding of the energy sum, not in forces or rows.
+    batch_structures: bool = False
+
     def energy(self, graph: AtomicGraph) -> Tensor:
-        energies = [self.model(self._data(graph, b))[self.KEY.PRED_TOTAL_ENERGY].reshape(()) for b in range(graph.n_structures)]
+        """(B,) energies, in one model call (``batch_structures``, not multi-modal) or structure by structure."""
+        if self.batch_structures and graph.n_structures > 1 and not self.modal:
+            return self._batched_energy(graph)
+        energies = [
+            self.model(self._data(graph, b))[self.KEY.PRED_TOTAL_ENERGY].reshape(()) for b in range(graph.n_structures)
+        ]
         return torch.stack(energies)
+
+    def _batched_energy(self, graph: AtomicGraph) -> Tensor:
+        K = self.KEY
+        data = {
+            K.NODE_FEATURE: graph.Z,
+            K.ATOMIC_NUMBERS: graph.Z,
+            K.POS: graph.R,
+            K.EDGE_IDX: graph.edge_index,
+            K.EDGE_VEC: edge_vectors(graph),
+            K.CELL_VOLUME: torch.linalg.det(graph.cell).abs(),
+            K.NUM_ATOMS: graph.atoms_per_structure,
+            K.BATCH: graph.batch,
+        }
+        self.model.set_is_batch_data(True)
+        try:
+            energy = self.model(data)[K.PRED_TOTAL_ENERGY]
+        finally:
+            self.model.set_is_batch_data(False)
+        return energy
 
     def element_embeddings(self) -> dict:
         """Rows of SevenNet's one-hot -> feature linear map: one learned vector per element."""
         type_map = {int(z): int(i) for z, i in self.model.type_map.items()}
         weight = self.model._modules["onehot_to_feature_x"].linear.weight.detach().view(len(type_map), -1)
-        return {z: weight[i].double().numpy() for z, i in type_map.items()}
+        return {z: weight[i].double().cpu().numpy() for z, i in type_map.items()}
 
     def node_features(self, graph: AtomicGraph) -> Tensor:
         """Scalar node features entering SevenNet's energy read-out (input of ``reduce_input_to_hidden``)."""

@@ -14,7 +14,7 @@ Protocol (version ``PROTOCOL``), one message each way per request, on the worker
     array   = the bytes ``np.save(allow_pickle=False)`` writes: dtype and shape travel, never code
 
     client                                         worker
-    hello {protocol, spec, trust}            ->    ready {protocol, spec, version, cutoff, elements, dtype}
+    hello {protocol, spec, trust, device}    ->    ready {protocol, spec, version, cutoff, elements, dtype}
     label {info} numbers positions cell pbc  ->    labels energy forces [stress] hessian_rows row_index
           rows [probes]                                   [probe_vectors probe_products]
     calculate {calculator, properties} ...   ->    results energy forces [stress] (the teacher's ASE calculator)
@@ -139,8 +139,11 @@ class WorkerTeacher(Teacher):
     #: Labels (Hessian rows included) come whole from the worker; there is no local ``energy``.
     has_autograd = False
 
-    def __init__(self, python: str, spec: str, trust: bool = False, env: dict | None = None, echo_stderr: bool = True):
-        self.python, self.remote_spec = python, spec
+    def __init__(
+        self, python: str, spec: str, trust: bool = False, env: dict | None = None, echo_stderr: bool = True,
+        device: str = "cpu",
+    ):
+        self.python, self.remote_spec, self.remote_device = python, spec, device
         self.spec, self.version = spec, "unknown"
         self._frames, self._dead, self._calculators = 0, None, 0
         self._embeddings = False  # not asked yet
@@ -169,6 +172,7 @@ class WorkerTeacher(Teacher):
 
     def _handshake(self, trust: bool) -> None:
         hello = {"type": "hello", "protocol": PROTOCOL, "spec": self.remote_spec, "trust": trust}
+        hello["device"] = self.remote_device  # where the remote teacher computes (older workers ignore it)
         try:
             ready, _ = self._request(hello)
         except FFDistillError as error:  # say which environment refused: the message alone reads as this one's
@@ -481,7 +485,8 @@ def serve(stdin, stdout) -> int:
     try:
         from ffdistill.teachers import load_teacher
 
-        server = _Server(load_teacher(hello["spec"], trust=bool(hello.get("trust"))))
+        where = {"device": hello["device"]} if "device" in hello else {}  # an older client names no device
+        server = _Server(load_teacher(hello["spec"], trust=bool(hello.get("trust")), **where))
     except Exception as error:  # noqa: BLE001 - import errors of the other environment included: say them, then stop
         write_message(stdout, _error_reply(error))
         return 1
