@@ -100,18 +100,20 @@ def labelling(teacher, device, quick: bool) -> dict:
         f"rows_{K}": ([choose_rows(64, K, 0, i) for i in range(n)], [None] * n),
         f"probes_{K}": ([()] * n, [random_probes(64, K, 0, i) for i in range(n)]),
     }
-    out = {}
+    out: dict = {}
     for mode, (rows, probes) in modes.items():
         teacher.label_batch(frames[:1], rows[:1], probes[:1])  # warm-up
         for batch in (1, 4):
-            def run():
-                for lo in range(0, n, batch):
-                    teacher.label_batch(frames[lo : lo + batch], rows[lo : lo + batch], probes[lo : lo + batch])
-
-            rate = n / timed(run, device)
+            rate = n / timed(lambda b=batch, r=rows, p=probes: label_all(teacher, frames, r, p, b), device)
             out.setdefault(mode, {})[str(batch)] = rate
             say(f"labelling {mode:>14}, batch {batch}: {rate:7.2f} frames/s")
     return out
+
+
+def label_all(teacher, frames, rows, probes, batch: int) -> None:
+    """All ``frames`` through ``label_batch``, ``batch`` frames per call."""
+    for lo in range(0, len(frames), batch):
+        teacher.label_batch(frames[lo : lo + batch], rows[lo : lo + batch], probes[lo : lo + batch])
 
 
 def vmap_vs_loop(teacher, name: str, device, quick: bool, rows: int = K) -> dict:
@@ -191,19 +193,26 @@ def labelled_graphs(n: int = 4):
     return graphs
 
 
+def steps_of(model, batch, loss, optimizer, steps: int) -> None:
+    from ffdistill.train import train_step
+
+    for _ in range(steps):
+        train_step(model, batch, loss, optimizer, 10.0)
+
+
 def training(device, quick: bool) -> dict:
     """Structures/s of ``train_step`` (painn-small, 4 x 64 atoms) with and without the Hessian term."""
+    from ffdistill.config import ModelConfig
     from ffdistill.graph import batch_graphs
     from ffdistill.loss import build_loss
     from ffdistill.students import build_student
     from ffdistill.train import train_step
 
-    from ffdistill.config import ModelConfig
-
     graphs = labelled_graphs(4)
     batch = batch_graphs(graphs).to(device)
     defaults = ModelConfig()  # the student's rows as training takes them (model.jacobian)
     out = {"jacobian": defaults.jacobian}
+    steps = 3 if quick else 10
     for name, weight in (("without_hessian", 0.0), ("with_hessian", 1000.0)):
         torch.manual_seed(0)
         model = build_student("painn-small", [14], 5.0)
@@ -212,10 +221,8 @@ def training(device, quick: bool) -> dict:
         model.to(device)
         loss = build_loss(5.0, 100.0, weight)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        step = lambda: train_step(model, batch, loss, optimizer, 10.0)  # noqa: E731
-        step()  # warm-up
-        steps = 3 if quick else 10
-        seconds = timed(lambda: [step() for _ in range(steps)], device)
+        train_step(model, batch, loss, optimizer, 10.0)  # warm-up
+        seconds = timed(lambda m=model, s=loss, o=optimizer: steps_of(m, batch, s, o, steps), device)
         out[name] = steps * len(graphs) / seconds
         say(f"training painn-small {name:>15}: {out[name]:7.2f} structures/s (4 x 64 atoms; rows: {defaults.jacobian})")
     out["hessian_cost_ratio"] = out["without_hessian"] / out["with_hessian"]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import itertools
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -60,6 +60,8 @@ def notice(message: str) -> None:
 
 @dataclass
 class Finding:
+    """One tensor that would not be where the computation runs, and the line that made it."""
+
     kind: str  #: "stray" (output off the device), "default-factory", "host-only" or "host-copy"
     what: str  #: the torch function
     where: str  #: module:function:line of the first caller outside torch

@@ -103,6 +103,8 @@ class Teacher(Potential, ABC):
         call per structure. Equal to labelling frame by frame (structures do not interact). A teacher
         that labels in its own way (its own ``label``: ASE calculators, workers) labels frame by frame."""
         n = len(atoms_list)
+        if n == 0:
+            return []
         rows_list = [()] * n if rows_list is None else list(rows_list)
         probes_list = [None] * n if probes_list is None else list(probes_list)
         if type(self).label is not Teacher.label:
@@ -110,6 +112,8 @@ class Teacher(Potential, ABC):
         return self._label_together(list(atoms_list), rows_list, probes_list)
 
     def _label_together(self, atoms_list: list, rows_list: list, probes_list: list) -> list[TeacherLabels]:
+        """The one labelling path, for one frame or many, so ``label`` and ``label_batch`` cannot drift apart.
+        Stress is asked for the batch when any frame is periodic (open ones get none, as alone)."""
         for atoms in atoms_list:
             self.check_elements(atoms.numbers)
         host = [from_ase(a, self.cutoff, dtype=self.dtype, labels=False) for a in atoms_list]
