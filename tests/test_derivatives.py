@@ -1,5 +1,6 @@
-import copy
 """The shared derivatives module against finite differences, symmetry and batching."""
+
+import copy
 
 import numpy as np
 import pytest

@@ -326,6 +326,7 @@ def test_demo_parity_plots_the_force_head(direct_student, emt_teacher, tmp_path,
         {"direct": SimpleNamespace(best_path=path)},
         demo.DemoPlan(),
         str(tmp_path / "p.png"),
+        torch.device("cpu"),
     )
     heldout = LabelStore(str(tmp_path / "heldout.zarr"))
     frames = [heldout.frame(i)[0] for i in range(len(heldout))]

@@ -17,7 +17,7 @@ taken on the column side (what finite differences of the forces along v give), b
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
 
 import warnings
 
@@ -26,6 +26,9 @@ import torch
 from torch import Tensor
 
 from ffdistill.graph import AtomicGraph
+
+if TYPE_CHECKING:
+    from ffdistill.potential import Outputs
 
 #: An energy model: graph -> (B,) total energies, differentiable in ``graph.R`` and ``graph.cell``.
 EnergyFn = Callable[[AtomicGraph], Tensor]
@@ -61,7 +64,7 @@ def predict(
     return Predictions(energy, forces, sigma, R)
 
 
-def evaluate(potential, graph: AtomicGraph, want) -> "Outputs":
+def evaluate(potential, graph: AtomicGraph, want) -> Outputs:
     """What ``want`` asks of ``potential`` on ``graph``: the body of every ``Potential.predict``.
 
     Energy models get forces, stress, rows and products by autograd; direct-force models get their
@@ -159,7 +162,7 @@ def _forces_of(potential, graph: AtomicGraph, keep: bool) -> Tensor:
     return -grad
 
 
-def _evaluate_by_differences(potential, graph: AtomicGraph, want) -> "Outputs":
+def _evaluate_by_differences(potential, graph: AtomicGraph, want) -> Outputs:
     """Models without an autograd graph (ASE calculators): rows and products by central differences."""
     from ffdistill.potential import Outputs, Want
 
