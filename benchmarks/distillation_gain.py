@@ -37,15 +37,26 @@ def main() -> None:
     parser.add_argument("--system", choices=sorted(SYSTEMS), default="si")
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--only-seed", type=int, default=None, help="run just this seed (results are cached per run, so "
-                        "several processes can share the work and a last one without it prints the summary)")
+    parser.add_argument(
+        "--only-seed",
+        type=int,
+        default=None,
+        help="run just this seed (results are cached per run, so "
+        "several processes can share the work and a last one without it prints the summary)",
+    )
     parser.add_argument("--students", nargs="+", default=["painn-small", "painn-medium"])
     parser.add_argument("--methods", nargs="+", default=["undistilled", "rows", "probes"])
-    parser.add_argument("--steps", type=int, default=600, help="optimiser steps per training (epochs follow from the size)")
-    parser.add_argument("--overrides", nargs="*", default=[], help="config overrides for every run, e.g. loss.hessian=300")
+    parser.add_argument(
+        "--steps", type=int, default=600, help="optimiser steps per training (epochs follow from the size)"
+    )
+    parser.add_argument(
+        "--overrides", nargs="*", default=[], help="config overrides for every run, e.g. loss.hessian=300"
+    )
     parser.add_argument("--val-fraction", type=float, default=0.15, help="validation share of the pool (whole groups)")
     parser.add_argument("--pool-frames", type=int, default=None, help="frames to sample (default: largest size / 0.8)")
-    parser.add_argument("--runs", type=int, default=None, help="MD runs per temperature (default: pool frames / 8, at least 2)")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="MD runs per temperature (default: pool frames / 8, at least 2)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("-o", "--output", default="gain_out")
     args = parser.parse_args()
@@ -78,9 +89,20 @@ def prepare_data(system: str, n_pool: int, runs: int, folder: str) -> dict:
     teacher = load_teacher("sevenn")
     pool, test = os.path.join(folder, "pool.extxyz"), os.path.join(folder, "heldout.extxyz")
     if not os.path.exists(pool):
-        sample_to_file(teacher, structure, pool, n_frames=n_pool, temperatures=temperatures, runs=runs, interval=INTERVAL)
+        sample_to_file(
+            teacher, structure, pool, n_frames=n_pool, temperatures=temperatures, runs=runs, interval=INTERVAL
+        )
     if not os.path.exists(test):
-        sample_to_file(teacher, structure, test, n_frames=16, temperatures=(test_temperature,), md_fraction=1.0, interval=10, seed=1000)
+        sample_to_file(
+            teacher,
+            structure,
+            test,
+            n_frames=16,
+            temperatures=(test_temperature,),
+            md_fraction=1.0,
+            interval=10,
+            seed=1000,
+        )
     for path, probes in ((pool, K), (test, 0)):
         store = path.replace(".extxyz", ".zarr")
         if not os.path.exists(store):
@@ -88,7 +110,12 @@ def prepare_data(system: str, n_pool: int, runs: int, folder: str) -> dict:
     n_md = max(len(temperatures) * runs, int(round(n_pool * 0.5)))
     md_steps = len(temperatures) * runs * EQUILIBRATION + n_md * INTERVAL
     cost = measure_label_cost(teacher, pool) | {"md_steps_per_frame": md_steps / n_pool}
-    return {"pool": pool.replace(".extxyz", ".zarr"), "test": test.replace(".extxyz", ".zarr"), "cost": cost, "n_pool": len(LabelStore(pool.replace(".extxyz", ".zarr")))}
+    return {
+        "pool": pool.replace(".extxyz", ".zarr"),
+        "test": test.replace(".extxyz", ".zarr"),
+        "cost": cost,
+        "n_pool": len(LabelStore(pool.replace(".extxyz", ".zarr"))),
+    }
 
 
 def measure_label_cost(teacher, frames: str, repeats: int = 3) -> dict:
@@ -127,9 +154,16 @@ def run_one(data: dict, student: str, size: int, method: str, seed: int, args, f
     epochs = int(math.ceil(args.steps / math.ceil(size / 4)))
     labels = {"undistilled": "rows", "rows": "rows", "probes": "probes"}[method]
     overrides = [
-        f"data.store={data['pool']}", f"data.n_train={size}", f"data.val_fraction={args.val_fraction}", f"data.hessian_labels={labels}",
-        f"model.student={student}", f"train.epochs={epochs}", f"train.patience={epochs}", f"train.seed={seed}",
-        f"output={folder}/{student}/n{size}/{method}/s{seed}", *args.overrides,
+        f"data.store={data['pool']}",
+        f"data.n_train={size}",
+        f"data.val_fraction={args.val_fraction}",
+        f"data.hessian_labels={labels}",
+        f"model.student={student}",
+        f"train.epochs={epochs}",
+        f"train.patience={epochs}",
+        f"train.seed={seed}",
+        f"output={folder}/{student}/n{size}/{method}/s{seed}",
+        *args.overrides,
     ]
     if method == "undistilled":
         overrides.append("loss.hessian=0")
@@ -143,10 +177,16 @@ def run_one(data: dict, student: str, size: int, method: str, seed: int, args, f
     test = LabelStore(data["test"])
     scores = accuracy(model, load_graphs(test, range(len(test)), model.cutoff))
     row = {
-        "student": student, "size": size, "method": method, "seed": seed,
-        "energy_meV_per_atom": scores["energy_mae_meV_per_atom"], "force_meV_per_A": scores["force_mae_meV_per_A"],
-        "hessian_row_eV_per_A2": scores["hessian_row_mae"], "teacher_cost": teacher_cost(data["cost"], size, method),
-        "train_s": time.perf_counter() - t0, "overrides": args.overrides,
+        "student": student,
+        "size": size,
+        "method": method,
+        "seed": seed,
+        "energy_meV_per_atom": scores["energy_mae_meV_per_atom"],
+        "force_meV_per_A": scores["force_mae_meV_per_A"],
+        "hessian_row_eV_per_A2": scores["hessian_row_mae"],
+        "teacher_cost": teacher_cost(data["cost"], size, method),
+        "train_s": time.perf_counter() - t0,
+        "overrides": args.overrides,
     }
     with open(cached, "w") as handle:
         json.dump(row, handle)
@@ -176,7 +216,12 @@ def summarise(rows: list, cost: dict, args) -> dict:
         if method not in args.methods:
             continue
         suffix = "" if method == "rows" else "_probes"
-        ratio = lambda key, size: _mean(rows, key, student=student, size=size, method=method) / _mean(rows, key, student=student, size=size, method="undistilled")  # noqa: E731
+
+        def ratio(key, size, method=method):
+            return _mean(rows, key, student=student, size=size, method=method) / _mean(
+                rows, key, student=student, size=size, method="undistilled"
+            )
+
         out[f"force_ratio_few{suffix}"] = ratio("force_meV_per_A", few)
         out[f"energy_ratio_few{suffix}"] = ratio("energy_meV_per_atom", few)
         out[f"force_ratio_dense{suffix}"] = ratio("force_meV_per_A", dense)
@@ -187,23 +232,45 @@ def summarise(rows: list, cost: dict, args) -> dict:
 def equal_cost_ratio(rows: list, student: str, method: str, sizes) -> float | None:
     """Distilled force MAE over the undistilled one interpolated (log-log) at the same teacher cost, averaged
     over the sizes whose distilled cost lies inside the undistilled curve; None when none does."""
-    curve = sorted((_mean(rows, "teacher_cost", student=student, size=n, method="undistilled"), _mean(rows, "force_meV_per_A", student=student, size=n, method="undistilled")) for n in sizes)
+    curve = sorted(
+        (
+            _mean(rows, "teacher_cost", student=student, size=n, method="undistilled"),
+            _mean(rows, "force_meV_per_A", student=student, size=n, method="undistilled"),
+        )
+        for n in sizes
+    )
     costs, errors = np.log([c for c, _ in curve]), np.log([e for _, e in curve])
     ratios = []
     for n in sizes:
         cost = _mean(rows, "teacher_cost", student=student, size=n, method=method)
         if costs[0] <= np.log(cost) <= costs[-1]:
-            ratios.append(_mean(rows, "force_meV_per_A", student=student, size=n, method=method) / float(np.exp(np.interp(np.log(cost), costs, errors))))
+            ratios.append(
+                _mean(rows, "force_meV_per_A", student=student, size=n, method=method)
+                / float(np.exp(np.interp(np.log(cost), costs, errors)))
+            )
     return float(np.mean(ratios)) if ratios else None
 
 
 def table(rows: list) -> str:
-    lines = ["| student | frames | method | energy MAE (meV/atom) | force MAE (meV/Å) | Hessian-row MAE (eV/Å²) | teacher cost (force calls) |", "|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["student"], r["size"], r["method"]) for r in rows}, key=lambda k: (k[0], k[1], ["undistilled", "rows", "probes"].index(k[2])))
+    lines = [
+        "| student | frames | method | energy MAE (meV/atom) | force MAE (meV/Å) | Hessian-row MAE (eV/Å²) "
+        "| teacher cost (force calls) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted(
+        {(r["student"], r["size"], r["method"]) for r in rows},
+        key=lambda k: (k[0], k[1], ["undistilled", "rows", "probes"].index(k[2])),
+    )
     for student, size, method in keys:
         sel = [r for r in rows if (r["student"], r["size"], r["method"]) == (student, size, method)]
-        cell = lambda key: f"{np.mean([r[key] for r in sel]):.3g} ± {np.std([r[key] for r in sel]):.2g} ({', '.join(f'{r[key]:.3g}' for r in sel)})"  # noqa: E731
-        lines.append(f"| {student} | {size} | {method} | {cell('energy_meV_per_atom')} | {cell('force_meV_per_A')} | {cell('hessian_row_eV_per_A2')} | {sel[0]['teacher_cost']:.0f} |")
+
+        def cell(key, sel=sel):
+            values = [r[key] for r in sel]
+            each = ", ".join(f"{v:.3g}" for v in values)
+            return f"{np.mean(values):.3g} ± {np.std(values):.2g} ({each})"
+
+        cells = " | ".join(cell(k) for k in ("energy_meV_per_atom", "force_meV_per_A", "hessian_row_eV_per_A2"))
+        lines.append(f"| {student} | {size} | {method} | {cells} | {sel[0]['teacher_cost']:.0f} |")
     return "\n".join(lines)
 
 

@@ -79,8 +79,14 @@ def main() -> None:
         "max_abs_diff_batched_vs_loop": float((h_batched - h_loop).abs().max()),
         "max_abs_diff_fd_vs_autograd": float((h_fd - h_loop).abs().max()),
     }
-    print(f"batched / loop speed-up: {figures['batched_vs_loop_speedup']:.2f}x;  FD / batched: {figures['fd_vs_batched_speedup']:.2f}x")
-    print(f"K = {args.k} rows cost {figures['sampled_rows_cost_fraction']:.3f} of the full Hessian (K/3N = {args.k / n_rows:.3f})")
+    print(
+        f"batched / loop speed-up: {figures['batched_vs_loop_speedup']:.2f}x;  "
+        f"FD / batched: {figures['fd_vs_batched_speedup']:.2f}x"
+    )
+    print(
+        f"K = {args.k} rows cost {figures['sampled_rows_cost_fraction']:.3f} of the full Hessian "
+        f"(K/3N = {args.k / n_rows:.3f})"
+    )
     print(json.dumps(figures))
 
 

@@ -73,8 +73,14 @@ def time_lammps(student: str, n_atoms: int, steps: int) -> dict:
     from ffdistill.lammps import run_lammps
 
     stamps = []  # at step 0 (after LAMMPS' set-up and the first force call) and at the last step
-    run_lammps(student, silicon(n_atoms), ["fix integrate all nve"], steps, record_every=steps,
-               observer=lambda atoms, row: stamps.append(clocks()))
+    run_lammps(
+        student,
+        silicon(n_atoms),
+        ["fix integrate all nve"],
+        steps,
+        record_every=steps,
+        observer=lambda atoms, row: stamps.append(clocks()),
+    )
     return rates(steps, *stamps)
 
 
@@ -112,8 +118,12 @@ def one(engine: str, student: str, n_atoms: int, steps: int) -> None:
 
 def measure(engine: str, student: str, n_atoms: int, steps: int) -> dict:
     """One (engine, size) in a fresh interpreter: its own peak memory."""
-    out = subprocess.run([sys.executable, __file__, "--one", engine, str(n_atoms), str(steps), student],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", engine, str(n_atoms), str(steps), student],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -127,8 +137,10 @@ def main() -> None:
         return one(args.one[0], args.student, int(args.one[1]), int(args.one[2]))
     with tempfile.TemporaryDirectory() as folder:
         student = args.student or default_student(os.path.join(folder, "painn-small.pt"))
-        results = {engine: {n: measure(engine, student, n, s) for n, s in zip(SIZES, args.steps)}
-                   for engine in ("ase", "lammps")}
+        results = {
+            engine: {n: measure(engine, student, n, s) for n, s in zip(SIZES, args.steps)}
+            for engine in ("ase", "lammps")
+        }
         diff = force_difference(student)
     for engine, rows in results.items():
         for n, row in rows.items():
@@ -142,6 +154,7 @@ def summary(results: dict, force_diff: float) -> dict:
         return {e: {str(n): round(r[key], digits) for n, r in rows.items()} for e, rows in results.items()}
 
     big, mid = max(SIZES), sorted(SIZES)[1]
+
     def kb_per_atom(rows):  # growth of the peak between the two largest sizes: what each extra atom costs
         return (rows[big]["peak_memory_mb"] - rows[mid]["peak_memory_mb"]) * 1024 / (big - mid)
 

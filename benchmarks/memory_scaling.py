@@ -82,9 +82,19 @@ def child_train(store: str, out: str) -> dict:
     from ffdistill.config import load_config
     from ffdistill.train import train_from_config
 
-    overrides = [f"data.store={store}", f"output={out}", "model.student=painn-tiny", "model.cutoff=4.0",
-                 "train.epochs=1000", f"train.max_steps={STEPS}", "train.refit_references=false",
-                 "data.batch_size=4", "data.rows_per_structure=1", "data.val_fraction=0.01", "loss.hessian=100"]
+    overrides = [
+        f"data.store={store}",
+        f"output={out}",
+        "model.student=painn-tiny",
+        "model.cutoff=4.0",
+        "train.epochs=1000",
+        f"train.max_steps={STEPS}",
+        "train.refit_references=false",
+        "data.batch_size=4",
+        "data.rows_per_structure=1",
+        "data.val_fraction=0.01",
+        "loss.hessian=100",
+    ]
     config = load_config(None, overrides)
     baseline, start = (rss_mib(), hwm_mib()), time.perf_counter()
     result = train_from_config(config, progress=False)
@@ -107,13 +117,17 @@ def child_label(frames: str, out: str) -> dict:
 
 def run_child(kind: str, source: str, out: str) -> dict:
     """One case in a fresh interpreter, so no peak of another case (or of writing the data) is counted."""
-    done = subprocess.run([sys.executable, __file__, "--child", kind, source, out], check=True, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", kind, source, out], check=True, capture_output=True, text=True
+    )
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     figures["above_baseline_mib"] = figures["peak_mib"] - figures["baseline_mib"]
-    print(f"{kind} {os.path.basename(source)}: {figures['above_baseline_mib']:.1f} MiB above a "
-          f"{figures['baseline_mib']:.0f} MiB baseline (VmHWM: {figures['hwm_above_baseline_mib']:.1f} MiB), "
-          f"{figures['seconds']:.1f} s", flush=True)
+    print(
+        f"{kind} {os.path.basename(source)}: {figures['above_baseline_mib']:.1f} MiB above a "
+        f"{figures['baseline_mib']:.0f} MiB baseline (VmHWM: {figures['hwm_above_baseline_mib']:.1f} MiB), "
+        f"{figures['seconds']:.1f} s",
+        flush=True,
+    )
     return figures
 
 
@@ -158,8 +172,10 @@ def main() -> None:
             small_mib, large_mib = (r["above_baseline_mib"] for r in results)
             figures[f"{kind}_rss_ratio"] = large_mib / max(small_mib, 1e-9)
     figures["wall_seconds"] = time.perf_counter() - wall
-    print(f"train ratio {figures['train_rss_ratio']:.2f}, label ratio {figures['label_rss_ratio']:.2f} "
-          f"(large / small, target <= 1.3), {figures['wall_seconds']:.0f} s in all")
+    print(
+        f"train ratio {figures['train_rss_ratio']:.2f}, label ratio {figures['label_rss_ratio']:.2f} "
+        f"(large / small, target <= 1.3), {figures['wall_seconds']:.0f} s in all"
+    )
     print(json.dumps(figures))
 
 

@@ -105,8 +105,11 @@ def md_chains(teacher, counts: list[int], temperatures: list[float], seed: int) 
 
     counter, chains = CountingTeacher(teacher), []
     for k, (count, temperature) in enumerate(zip(counts, temperatures)):
-        chains.append(teacher_md_frames(counter, load_structure("Cu"), count, temperature, interval=INTERVAL,
-                                        seed=seed + k) if count else [])
+        chains.append(
+            teacher_md_frames(counter, load_structure("Cu"), count, temperature, interval=INTERVAL, seed=seed + k)
+            if count
+            else []
+        )
     return chains, counter.calc.calls
 
 
@@ -137,9 +140,17 @@ def config(store: str, output: str, epochs: int, seed: int):
     from ffdistill.config import load_config
 
     overrides = [
-        f"data.store={store}", f"output={output}", "model.student=painn-tiny", "model.cutoff=4.0",
-        f"train.epochs={epochs}", "train.lr=5e-3", "train.warmup_steps=5", "data.batch_size=4", "loss.hessian=0",
-        f"train.seed={seed}", f"data.split_seed={seed}",
+        f"data.store={store}",
+        f"output={output}",
+        "model.student=painn-tiny",
+        "model.cutoff=4.0",
+        f"train.epochs={epochs}",
+        "train.lr=5e-3",
+        "train.warmup_steps=5",
+        "data.batch_size=4",
+        "loss.hessian=0",
+        f"train.seed={seed}",
+        f"data.split_seed={seed}",
     ]
     return load_config(None, overrides)
 
@@ -164,12 +175,16 @@ def run_seed(seed: int, teacher, monitor: str, folder: str, sizes: dict, setting
     n_init = sizes["initial"]
     counts = split(n_init // 2, len(temperatures))
     chains, md_cost = md_chains(teacher, counts, temperatures, md_seed)
-    initial = labelled(teacher, with_copies([f for chain in chains for f in chain], n_init - sum(counts), 0, seed),
-                       os.path.join(folder, "initial.zarr"))
+    initial = labelled(
+        teacher,
+        with_copies([f for chain in chains for f in chain], n_init - sum(counts), 0, seed),
+        os.path.join(folder, "initial.zarr"),
+    )
     initial_cost = md_cost + teacher_calls(initial, False)
 
-    settings = OnPolicySettings(test_store=monitor, seed=seed, new_frames=sizes["new_frames"],
-                                rounds=sizes["rounds"], **settings_kw)
+    settings = OnPolicySettings(
+        test_store=monitor, seed=seed, new_frames=sizes["new_frames"], rounds=sizes["rounds"], **settings_kw
+    )
     began = time.perf_counter()
     rounds = distill(config(initial.path, os.path.join(folder, "onpolicy"), sizes["epochs"], seed), settings, False)
     last = rounds[-1]
@@ -206,8 +221,10 @@ def run_seed(seed: int, teacher, monitor: str, folder: str, sizes: dict, setting
         "random_frames": len(random_store),
         "random_extra_md_frames": len(new_md),
         "random_extra_md_calls": longer_cost - md_cost,  # continuation steps: INTERVAL per extra MD frame
-        "onpolicy_students": [os.path.join(folder, "onpolicy", f"round_{last['round']}", f"student_{k}", "best.pt")
-                              for k in range(settings.ensemble)],
+        "onpolicy_students": [
+            os.path.join(folder, "onpolicy", f"round_{last['round']}", f"student_{k}", "best.pt")
+            for k in range(settings.ensemble)
+        ],
         "random_students": random_students,
         "onpolicy_train_s": round(onpolicy_s, 1),
         "random_train_s": round(time.perf_counter() - began, 1),
@@ -249,8 +266,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="a smoke run, too small to mean anything")
     parser.add_argument("-o", "--output", default="bench_onpolicy")
-    parser.add_argument("--sampler-temperatures", type=float, nargs="+", default=[300.0],
-                        help="K of the usual sampler's teacher MD (default 300: cool data, hot use)")
+    parser.add_argument(
+        "--sampler-temperatures",
+        type=float,
+        nargs="+",
+        default=[300.0],
+        help="K of the usual sampler's teacher MD (default 300: cool data, hot use)",
+    )
     parser.add_argument("--rounds", type=int, default=4, help="most on-policy rounds (the last only trains)")
     parser.add_argument("--threshold", type=float, default=0.05, help="eV/Å: the stop rule's disagreement")
     parser.add_argument("--bond-tolerance", type=float, default=1.0, help="Å: the students' MD stability check")
@@ -259,11 +281,16 @@ def main() -> None:
     from ffdistill.sampling import load_structure, teacher_md_frames
     from ffdistill.teachers import load_teacher
 
-    sizes = {"initial": 16, "new_frames": 8, "rounds": args.rounds, "epochs": 40, "monitor": 8, "hotter": 24,
-             "keep": 6}
+    sizes = {"initial": 16, "new_frames": 8, "rounds": args.rounds, "epochs": 40, "monitor": 8, "hotter": 24, "keep": 6}
     sizes["sampler_temperatures"] = args.sampler_temperatures
-    settings_kw = {"ensemble": 2, "md_steps": 300, "md_temperature": HOT, "md_interval": 10,
-                   "threshold": args.threshold, "bond_tolerance": args.bond_tolerance}
+    settings_kw = {
+        "ensemble": 2,
+        "md_steps": 300,
+        "md_temperature": HOT,
+        "md_interval": 10,
+        "threshold": args.threshold,
+        "bond_tolerance": args.bond_tolerance,
+    }
     if args.quick:
         sizes.update(initial=8, new_frames=2, rounds=min(args.rounds, 2), epochs=3, monitor=4, hotter=4, keep=2)
         settings_kw.update(md_steps=40, threshold=0.0)  # barely trained students agree: exercise the labelling
@@ -286,12 +313,22 @@ def main() -> None:
         folder = os.path.join(args.output, f"seed_{r['seed']}")
         start_store = os.path.join(folder, "initial.zarr")
         for arm in ("onpolicy", "random"):
-            sources[f"{arm}_md"] += student_test_frames(r[f"{arm}_students"], start_store, md_settings, r["seed"],
-                                                        sizes["keep"], os.path.join(folder, f"test_{arm}_md.extxyz"))
-    sources["teacher_hotter"] = teacher_md_frames(teacher, load_structure("Cu"), sizes["hotter"], HOTTER,
-                                                  interval=20, seed=999)
-    pool = [ase.Atoms(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc)  # no group ids
-            for frames in sources.values() for f in frames]
+            sources[f"{arm}_md"] += student_test_frames(
+                r[f"{arm}_students"],
+                start_store,
+                md_settings,
+                r["seed"],
+                sizes["keep"],
+                os.path.join(folder, f"test_{arm}_md.extxyz"),
+            )
+    sources["teacher_hotter"] = teacher_md_frames(
+        teacher, load_structure("Cu"), sizes["hotter"], HOTTER, interval=20, seed=999
+    )
+    pool = [
+        ase.Atoms(numbers=f.numbers, positions=f.positions, cell=f.cell, pbc=f.pbc)  # no group ids
+        for frames in sources.values()
+        for f in frames
+    ]
     test_store = labelled(teacher, pool, os.path.join(args.output, "test_pool.zarr")).path
     bounds = np.cumsum([0] + [len(f) for f in sources.values()])
     per_source = {name: slice(bounds[k], bounds[k + 1]) for k, name in enumerate(sources)}
@@ -309,32 +346,46 @@ def main() -> None:
     onpolicy = statistics.mean(r["onpolicy_mae"]["pool"] for r in results)
     random = statistics.mean(r["random_mae"]["pool"] for r in results)
     ratios = [r["ratio"] for r in results]
-    print(json.dumps({
-        "onpolicy_vs_random_force_ratio": round(statistics.mean(ratios), 3),
-        "ratio_of_mean_maes": round(onpolicy / random, 3),
-        "per_seed_ratio": [round(x, 3) for x in ratios],
-        "onpolicy_force_mae_meV_per_A": round(onpolicy, 2),
-        "random_force_mae_meV_per_A": round(random, 2),
-        "per_seed_force_mae_meV_per_A": [[round(r["onpolicy_mae"]["pool"], 2), round(r["random_mae"]["pool"], 2)]
-                                         for r in results],
-        "by_source_meV_per_A": {arm: {name: round(statistics.mean(r[f"{arm}_mae"][name] for r in results), 2)
-                                      for name in results[0][f"{arm}_mae"]} for arm in ("onpolicy", "random")},
-        "teacher_calls_per_seed": {"onpolicy": [r["onpolicy_teacher_calls"] for r in results],
-                                   "random": [r["random_teacher_calls"] for r in results]},
-        "frames_per_seed": {"onpolicy": [r["onpolicy_frames"] for r in results],
-                            "random": [r["random_frames"] for r in results]},
-        "rounds_used": [r["rounds_used"] for r in results],
-        "converged": [r["onpolicy_converged"] for r in results],
-        "test_frames": {name: int(where.stop - where.start) for name, where in per_source.items()},
-        "seeds": args.seeds,
-        "quick": args.quick,
-        "sampler_temperatures_K": args.sampler_temperatures,
-        "student_md_K": HOT,
-        "threshold_eV_per_A": settings_kw["threshold"],
-        "bond_tolerance_A": args.bond_tolerance,
-        "train_s": round(trained_s, 1),
-        "wall_s": round(time.perf_counter() - began, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "onpolicy_vs_random_force_ratio": round(statistics.mean(ratios), 3),
+                "ratio_of_mean_maes": round(onpolicy / random, 3),
+                "per_seed_ratio": [round(x, 3) for x in ratios],
+                "onpolicy_force_mae_meV_per_A": round(onpolicy, 2),
+                "random_force_mae_meV_per_A": round(random, 2),
+                "per_seed_force_mae_meV_per_A": [
+                    [round(r["onpolicy_mae"]["pool"], 2), round(r["random_mae"]["pool"], 2)] for r in results
+                ],
+                "by_source_meV_per_A": {
+                    arm: {
+                        name: round(statistics.mean(r[f"{arm}_mae"][name] for r in results), 2)
+                        for name in results[0][f"{arm}_mae"]
+                    }
+                    for arm in ("onpolicy", "random")
+                },
+                "teacher_calls_per_seed": {
+                    "onpolicy": [r["onpolicy_teacher_calls"] for r in results],
+                    "random": [r["random_teacher_calls"] for r in results],
+                },
+                "frames_per_seed": {
+                    "onpolicy": [r["onpolicy_frames"] for r in results],
+                    "random": [r["random_frames"] for r in results],
+                },
+                "rounds_used": [r["rounds_used"] for r in results],
+                "converged": [r["onpolicy_converged"] for r in results],
+                "test_frames": {name: int(where.stop - where.start) for name, where in per_source.items()},
+                "seeds": args.seeds,
+                "quick": args.quick,
+                "sampler_temperatures_K": args.sampler_temperatures,
+                "student_md_K": HOT,
+                "threshold_eV_per_A": settings_kw["threshold"],
+                "bond_tolerance_A": args.bond_tolerance,
+                "train_s": round(trained_s, 1),
+                "wall_s": round(time.perf_counter() - began, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

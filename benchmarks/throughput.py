@@ -186,10 +186,15 @@ def labelled_graphs(n: int = 4):
         lab = teacher.label(atoms, rows=[k])
         as_t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)  # noqa: E731
         graph = teacher.graph(atoms).to("cpu", dtype=torch.float32)
-        graphs.append(graph._replace(
-            energy=as_t([lab.energy]), forces=as_t(lab.forces), stress=as_t(lab.stress)[None],
-            hessian_rows=as_t(lab.hessian_rows), row_index=torch.as_tensor(lab.row_index),
-        ))
+        graphs.append(
+            graph._replace(
+                energy=as_t([lab.energy]),
+                forces=as_t(lab.forces),
+                stress=as_t(lab.stress)[None],
+                hessian_rows=as_t(lab.hessian_rows),
+                row_index=torch.as_tensor(lab.row_index),
+            )
+        )
     return graphs
 
 

@@ -37,7 +37,15 @@ def labelled_batch(n_structures: int = 4, rows: int = 4):
         labels = teacher.label(atoms, rows=list(range(rows)))
         graph = teacher.graph(atoms).to("cpu", dtype=torch.float32)
         as_t = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
-        graphs.append(graph._replace(cutoff=5.0, energy=as_t([labels.energy]), forces=as_t(labels.forces), hessian_rows=as_t(labels.hessian_rows), row_index=torch.as_tensor(labels.row_index)))
+        graphs.append(
+            graph._replace(
+                cutoff=5.0,
+                energy=as_t([labels.energy]),
+                forces=as_t(labels.forces),
+                hessian_rows=as_t(labels.hessian_rows),
+                row_index=torch.as_tensor(labels.row_index),
+            )
+        )
     return graphs
 
 
@@ -74,7 +82,11 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     batch = batch_graphs([select_rows(g, 1, generator) for g in graphs])
     cases = {}
-    for name, jacobian, weight in (("undistilled", "autograd", 0.0), ("autograd", "autograd", 100.0), ("fd", "fd", 100.0)):
+    for name, jacobian, weight in (
+        ("undistilled", "autograd", 0.0),
+        ("autograd", "autograd", 100.0),
+        ("fd", "fd", 100.0),
+    ):
         torch.manual_seed(0)
         model = build_student("painn-small", [14])
         model.set_jacobian(jacobian, FD_STEP)
@@ -100,10 +112,12 @@ def main() -> None:
     best = min(("autograd", "fd"), key=lambda m: figures[f"hessian_step_cost_ratio_{m}"])
     figures["hessian_step_cost_ratio"] = figures[f"hessian_step_cost_ratio_{best}"]
     figures["fastest"] = best
-    print(f"CPU ms per step: undistilled {1000 * seconds['undistilled']:.1f}, autograd rows "
-          f"{1000 * seconds['autograd']:.1f} ({figures['hessian_step_cost_ratio_autograd']:.2f}x), fd rows "
-          f"{1000 * seconds['fd']:.1f} ({figures['hessian_step_cost_ratio_fd']:.2f}x); fd rows within {error:.1e} "
-          f"of autograd (largest row entry {scale:.2f} eV/Å²)")
+    print(
+        f"CPU ms per step: undistilled {1000 * seconds['undistilled']:.1f}, autograd rows "
+        f"{1000 * seconds['autograd']:.1f} ({figures['hessian_step_cost_ratio_autograd']:.2f}x), fd rows "
+        f"{1000 * seconds['fd']:.1f} ({figures['hessian_step_cost_ratio_fd']:.2f}x); fd rows within {error:.1e} "
+        f"of autograd (largest row entry {scale:.2f} eV/Å²)"
+    )
     print(json.dumps(figures))
 
 

@@ -54,8 +54,13 @@ def test_train_reports_the_validation_errors_recomputed_by_hand_from_the_saved_s
     assert main(["label", str(frames), "--teacher", "morse", "--hessian-rows", "3", "-o", str(store), "-q"]) == 0
     assert main(["inspect", str(store), "--json"]) == 0
     capsys.readouterr()
-    overrides = [f"data.store={store}", f"output={run}", "model.student=painn-tiny", "train.epochs=2",
-                 "data.batch_size=5"]
+    overrides = [
+        f"data.store={store}",
+        f"output={run}",
+        "model.student=painn-tiny",
+        "train.epochs=2",
+        "data.batch_size=5",
+    ]
     # validate on every stored row (null), not a seeded draw of them, so the row MAE is over rows known here
     assert main(["train", *overrides, "data.val_rows_per_structure=null", "-q"]) == 0
     saved = r"best student saved to .*best\.pt \(validation force MAE ([0-9.]+) meV/Å\)"
@@ -82,7 +87,7 @@ def _write_bad_files(folder):
 
     good = bulk("Cu", "fcc", a=3.6, cubic=True)
     ase.io.write(folder / "good.extxyz", good)
-    (folder / "broken.extxyz").write_text("2\nLattice=\"1 0 0 0 1 0 0 0 1\" Properties=species:S:1:pos:R:3\nCu 0 0\n")
+    (folder / "broken.extxyz").write_text('2\nLattice="1 0 0 0 1 0 0 0 1" Properties=species:S:1:pos:R:3\nCu 0 0\n')
     (folder / "nocell.extxyz").write_text('1\npbc="T T T" Properties=species:S:1:pos:R:3\nCu 0.0 0.0 0.0\n')
     nan = good.copy()
     nan.positions[0, 0] = np.nan
@@ -107,10 +112,16 @@ BAD_INPUTS = [
     (["train", "train.epochs=many"], "must be int"),
     (["train", "bad.yaml"], "not valid YAML"),
     (["train", "missing.yaml"], "not found"),
-    (["sample", "--teacher", "morse", "--structure", "Unobtainium", "-o", "x.extxyz"], "neither a file nor a known structure"),
+    (
+        ["sample", "--teacher", "morse", "--structure", "Unobtainium", "-o", "x.extxyz"],
+        "neither a file nor a known structure",
+    ),
     (["md", "student.pt", "good.extxyz", "-o", "x.traj"], "not a readable student file"),
     (["export", "student.pt", "-o", "x.pt"], "not a readable student file"),
-    (["evaluate", "student.pt", "--data", "nowhere.zarr", "--teacher", "morse", "-o", "ev"], "no such file|no label store|not a readable"),
+    (
+        ["evaluate", "student.pt", "--data", "nowhere.zarr", "--teacher", "morse", "-o", "ev"],
+        "no such file|no label store|not a readable",
+    ),
 ]
 
 

@@ -38,8 +38,15 @@ def test_every_student_preset_passes_the_kit(preset):
     student = _non_trivial(build_student(preset, [29], cutoff=4.0)).double()
     report = check_potential(student, _cu_cells())
     names = {r.name for r in report.results}
-    expected = {"outputs", "input-unchanged", "batched-equals-single", "second-derivatives", "invariance",
-                "calculator", "torchscript"}
+    expected = {
+        "outputs",
+        "input-unchanged",
+        "batched-equals-single",
+        "second-derivatives",
+        "invariance",
+        "calculator",
+        "torchscript",
+    }
     direct = student.capabilities.direct
     expected |= set() if direct else {"forces-vs-energy", "stress-vs-strain"}
     assert names == expected, names
@@ -124,7 +131,9 @@ class _MutatesInput(MorsePotential):
         return super().predict(graph, want)
 
 
-@pytest.mark.parametrize(("broken", "check"), [(_WrongForceSign, "forces-vs-energy"), (_MutatesInput, "input-unchanged")])
+@pytest.mark.parametrize(
+    ("broken", "check"), [(_WrongForceSign, "forces-vs-energy"), (_MutatesInput, "input-unchanged")]
+)
 def test_broken_potentials_fail_with_the_check_named(broken, check):
     with pytest.raises(ConformanceError, match=check):
         check_potential(broken(), _cu_cells())

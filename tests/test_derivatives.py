@@ -5,11 +5,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close, rattled_cu
 
 from ffdistill import derivatives
 from ffdistill.graph import batch_graphs
-
-from conftest import assert_close, rattled_cu
 
 FD_FORCE_ATOL = 1e-6  # eV/Å, float64 Morse with h = 1e-4 Å
 FD_ROW_ATOL = 1e-5  # eV/Å², float64 Morse with h = 1e-4 Å
@@ -75,8 +74,8 @@ def test_batched_rows_equal_single_structure_rows(morse_teacher):
     pred = derivatives.predict(morse_teacher.energy, batch, create_graph=True)
     packed = derivatives.hessian_rows(pred.forces, pred.positions, batched_rows, batch=batch.batch)
     assert_close(packed[:2, : offsets[1]], expected[0], 1e-10, what="structure 0 rows")
-    assert_close(packed[2:, offsets[1]:], expected[1], 1e-10, what="structure 1 rows")
-    assert packed[:2, offsets[1]:].abs().max() == 0 and packed[2:, : offsets[1]].abs().max() == 0
+    assert_close(packed[2:, offsets[1] :], expected[1], 1e-10, what="structure 1 rows")
+    assert packed[:2, offsets[1] :].abs().max() == 0 and packed[2:, : offsets[1]].abs().max() == 0
 
 
 def test_fd_teacher_hessian_matches_ase_vibrations(emt_teacher, tmp_path, monkeypatch):

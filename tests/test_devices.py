@@ -207,12 +207,18 @@ def _labelled_graphs(teacher, n=3):
     graphs = []
     for atoms, lab in zip(frames, teacher.label_batch(frames, rows, probes)):
         as_t = lambda x: torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
-        graphs.append(from_ase(atoms, 4.0)._replace(
-            energy=as_t([lab.energy]), forces=as_t(lab.forces), stress=as_t(lab.stress)[None],
-            hessian_rows=as_t(lab.hessian_rows), row_index=torch.as_tensor(lab.row_index),
-            probe_vectors=as_t(lab.probe_vectors), probe_products=as_t(lab.probe_products),
-            probe_owner=torch.zeros(len(lab.probe_vectors), dtype=torch.long),
-        ))
+        graphs.append(
+            from_ase(atoms, 4.0)._replace(
+                energy=as_t([lab.energy]),
+                forces=as_t(lab.forces),
+                stress=as_t(lab.stress)[None],
+                hessian_rows=as_t(lab.hessian_rows),
+                row_index=torch.as_tensor(lab.row_index),
+                probe_vectors=as_t(lab.probe_vectors),
+                probe_products=as_t(lab.probe_products),
+                probe_owner=torch.zeros(len(lab.probe_vectors), dtype=torch.long),
+            )
+        )
     return graphs
 
 
@@ -280,7 +286,9 @@ class DeviceSpy:
         n, b = graph.n_atoms, graph.n_structures
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
         return Outputs(
-            zeros(b), zeros(n, 3), zeros(len(graph.row_index), n, 3) if want.hessian_rows else None,
+            zeros(b),
+            zeros(n, 3),
+            zeros(len(graph.row_index), n, 3) if want.hessian_rows else None,
             probe_products=zeros(len(graph.probe_vectors), n, 3) if want.probe_products else None,
             stress=zeros(b, 3, 3) if want.stress else None,
         )

@@ -4,16 +4,15 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close, rattled_cu
 
-from ffdistill.potential import Want
 from ffdistill import derivatives
 from ffdistill.data import split_indices
 from ffdistill.graph import batch_graphs, from_ase
 from ffdistill.loss import DistillationLoss, EnergyTerm, ForceTerm, HessianTerm, StudentOutput, build_loss
+from ffdistill.potential import Want
 from ffdistill.students import build_student
 from ffdistill.teachers.toy import MorsePotential
-
-from conftest import assert_close, rattled_cu
 
 
 def _random_labels(atoms, n_rows: int, n_probes: int, seed: int):
@@ -21,18 +20,25 @@ def _random_labels(atoms, n_rows: int, n_probes: int, seed: int):
     rng = np.random.default_rng(seed)
     n = len(atoms)
     return {
-        "energy": rng.normal(size=1), "forces": rng.normal(size=(n, 3)),
-        "rows": rng.normal(size=(n_rows, n, 3)), "row_index": rng.choice(3 * n, n_rows, replace=False),
-        "probes": rng.normal(size=(n_probes, n, 3)), "vectors": rng.normal(size=(n_probes, n, 3)),
+        "energy": rng.normal(size=1),
+        "forces": rng.normal(size=(n, 3)),
+        "rows": rng.normal(size=(n_rows, n, 3)),
+        "row_index": rng.choice(3 * n, n_rows, replace=False),
+        "probes": rng.normal(size=(n_probes, n, 3)),
+        "vectors": rng.normal(size=(n_probes, n, 3)),
     }
 
 
 def _graph(atoms, labels):
     t = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
     return from_ase(atoms, 4.0, dtype=torch.float64)._replace(
-        energy=t(labels["energy"]), forces=t(labels["forces"]), hessian_rows=t(labels["rows"]),
-        row_index=torch.as_tensor(labels["row_index"]), probe_vectors=t(labels["vectors"]),
-        probe_products=t(labels["probes"]), probe_owner=torch.zeros(len(labels["vectors"]), dtype=torch.long),
+        energy=t(labels["energy"]),
+        forces=t(labels["forces"]),
+        hessian_rows=t(labels["rows"]),
+        row_index=torch.as_tensor(labels["row_index"]),
+        probe_vectors=t(labels["vectors"]),
+        probe_products=t(labels["probes"]),
+        probe_owner=torch.zeros(len(labels["vectors"]), dtype=torch.long),
     )
 
 
@@ -40,10 +46,14 @@ def _by_hand(ref, pred):
     """The reference normalisation written out with loops over structures, rows and atoms."""
     n_atoms = [len(r["forces"]) for r in ref]
     energy = np.mean([abs(p["energy"][0] - r["energy"][0]) / n for r, p, n in zip(ref, pred, n_atoms)])
-    forces = sum(np.linalg.norm(p["forces"][i] - r["forces"][i]) for r, p in zip(ref, pred) for i in range(len(r["forces"])))
+    forces = sum(
+        np.linalg.norm(p["forces"][i] - r["forces"][i]) for r, p in zip(ref, pred) for i in range(len(r["forces"]))
+    )
     hessian = 0.0
     for r, p in zip(ref, pred):
-        items = [(p["rows"][k], r["rows"][k]) for k in range(len(r["rows"]))] + [(p["probes"][k], r["probes"][k]) for k in range(len(r["probes"]))]
+        items = [(p["rows"][k], r["rows"][k]) for k in range(len(r["rows"]))] + [
+            (p["probes"][k], r["probes"][k]) for k in range(len(r["probes"]))
+        ]
         hessian += np.mean([sum(np.linalg.norm(a[i] - b[i]) for i in range(len(a))) for a, b in items])
     return {"energy": energy, "forces": forces / sum(n_atoms), "hessian": hessian / sum(n_atoms)}
 
@@ -77,7 +87,9 @@ def test_data_parallel_normalisation_gives_the_single_process_loss():
     def parts(indices):
         batch = batch_graphs([_graph(structures[i], ref[i]) for i in indices])
         student = batch_graphs([_graph(structures[i], pred[i]) for i in indices])
-        return StudentOutput(student.energy, student.forces, student.hessian_rows, probe_products=student.probe_products), batch
+        return StudentOutput(
+            student.energy, student.forces, student.hessian_rows, probe_products=student.probe_products
+        ), batch
 
     single, _ = loss(*parts([0, 1, 2]))
     shards = [parts([0]), parts([1, 2])]
@@ -121,7 +133,10 @@ def test_direct_student_jacobian_vector_products_equal_finite_differences_of_its
         torch.nn.init.normal_(p, std=0.3)
     graphs = [from_ase(rattled_cu(k, (1 + k, 1, 1)), 4.0, dtype=torch.float64) for k in range(2)]
     vectors = [torch.as_tensor(derivatives.random_probes(g.n_atoms, 2, seed=1, frame=k)) for k, g in enumerate(graphs)]
-    labelled = [g._replace(probe_vectors=v, probe_products=torch.zeros_like(v), probe_owner=torch.zeros(2, dtype=torch.long)) for g, v in zip(graphs, vectors)]
+    labelled = [
+        g._replace(probe_vectors=v, probe_products=torch.zeros_like(v), probe_owner=torch.zeros(2, dtype=torch.long))
+        for g, v in zip(graphs, vectors)
+    ]
     batch = batch_graphs(labelled)
     head = lambda g: model.predict(g).forces  # noqa: E731
     for mode in ("autograd", "fd"):
@@ -144,16 +159,35 @@ def test_probe_loss_is_zero_when_student_and_teacher_are_one_potential():
         probes = derivatives.random_probes(len(atoms), 2, seed=0, frame=k)
         labels = teacher.label(atoms, [1], probes)
         t = lambda x: torch.as_tensor(x, dtype=torch.float64)  # noqa: E731
-        graphs.append(from_ase(atoms, 5.0, dtype=torch.float64)._replace(
-            energy=t([labels.energy]), forces=t(labels.forces), hessian_rows=t(labels.hessian_rows),
-            row_index=torch.as_tensor(labels.row_index), probe_vectors=t(labels.probe_vectors),
-            probe_products=t(labels.probe_products), probe_owner=torch.zeros(2, dtype=torch.long)))
+        graphs.append(
+            from_ase(atoms, 5.0, dtype=torch.float64)._replace(
+                energy=t([labels.energy]),
+                forces=t(labels.forces),
+                hessian_rows=t(labels.hessian_rows),
+                row_index=torch.as_tensor(labels.row_index),
+                probe_vectors=t(labels.probe_vectors),
+                probe_products=t(labels.probe_products),
+                probe_owner=torch.zeros(2, dtype=torch.long),
+            )
+        )
     batch = batch_graphs(graphs)
     loss = DistillationLoss([HessianTerm(1.0)])
-    assert loss(MorsePotential().predict(batch, Want(hessian_rows=True, probe_products=True)), batch)[1]["hessian"] < 1e-10
-    assert loss(MorsePotential(D=1.2, a=1.4).predict(batch, Want(hessian_rows=True, probe_products=True)), batch)[1]["hessian"] > 1e-2
+    assert (
+        loss(MorsePotential().predict(batch, Want(hessian_rows=True, probe_products=True)), batch)[1]["hessian"] < 1e-10
+    )
+    assert (
+        loss(MorsePotential(D=1.2, a=1.4).predict(batch, Want(hessian_rows=True, probe_products=True)), batch)[1][
+            "hessian"
+        ]
+        > 1e-2
+    )
     only_probes = batch._replace(row_index=None, hessian_rows=None)
-    assert loss(MorsePotential().predict(only_probes, Want(hessian_rows=True, probe_products=True)), only_probes)[1]["hessian"] < 1e-10
+    assert (
+        loss(MorsePotential().predict(only_probes, Want(hessian_rows=True, probe_products=True)), only_probes)[1][
+            "hessian"
+        ]
+        < 1e-10
+    )
 
 
 def test_fd_teacher_probe_products_equal_its_full_hessian_times_the_probe(emt_teacher):
@@ -170,7 +204,17 @@ def _sampled(tmp_path, morse_teacher):
     from ffdistill.sampling import sample_to_file
 
     path = str(tmp_path / "sampled.extxyz")
-    sample_to_file(morse_teacher, "Cu", path, n_frames=30, temperatures=(300.0, 900.0), runs=2, md_fraction=0.5, interval=5, progress=False)
+    sample_to_file(
+        morse_teacher,
+        "Cu",
+        path,
+        n_frames=30,
+        temperatures=(300.0, 900.0),
+        runs=2,
+        md_fraction=0.5,
+        interval=5,
+        progress=False,
+    )
     return path, ase.io.read(path, ":")
 
 
@@ -209,13 +253,17 @@ def test_without_group_ids_frames_are_grouped_in_stated_blocks(emt_teacher, tmp_
 
     frames = [rattled_cu(k) for k in range(7)]
     ase.io.write(tmp_path / "plain.extxyz", frames)
-    store = label_file(emt_teacher, str(tmp_path / "plain.extxyz"), str(tmp_path / "b.zarr"), group_size=3, progress=False)
+    store = label_file(
+        emt_teacher, str(tmp_path / "plain.extxyz"), str(tmp_path / "b.zarr"), group_size=3, progress=False
+    )
     assert list(store.groups()) == [0, 0, 0, 1, 1, 1, 2]
     assert main(["inspect", str(tmp_path / "b.zarr")]) == 0
     assert "blocks of 3 consecutive input frames" in capsys.readouterr().out
     frames[2].info["group"] = 5  # some frames named, others not: ambiguous
     ase.io.write(tmp_path / "mixed.extxyz", frames)
-    assert main(["label", str(tmp_path / "mixed.extxyz"), "--teacher", "morse", "-o", str(tmp_path / "m.zarr"), "-q"]) == 2
+    assert (
+        main(["label", str(tmp_path / "mixed.extxyz"), "--teacher", "morse", "-o", str(tmp_path / "m.zarr"), "-q"]) == 2
+    )
     assert "1 of 7 structures carry info['group']" in capsys.readouterr().err
     assert not (tmp_path / "m.zarr").exists()
 
@@ -223,7 +271,16 @@ def test_without_group_ids_frames_are_grouped_in_stated_blocks(emt_teacher, tmp_
 def test_teacher_forces_baseline_refuses_data_without_reference_labels(emt_store, tmp_path, capsys):
     from ffdistill.cli import main
 
-    argv = ["compare", f"data.store={emt_store}", "data.test_fraction=0.2", "--methods", "undistilled,teacher-forces", "-o", str(tmp_path / "c"), "-q"]
+    argv = [
+        "compare",
+        f"data.store={emt_store}",
+        "data.test_fraction=0.2",
+        "--methods",
+        "undistilled,teacher-forces",
+        "-o",
+        str(tmp_path / "c"),
+        "-q",
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "teacher-forces" in err and "reference labels" in err and len(err.strip().splitlines()) == 1

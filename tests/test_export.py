@@ -7,13 +7,12 @@ import sys
 import ase.io
 import numpy as np
 import torch
+from conftest import rattled_cu
 
 from ffdistill import load_calculator
 from ffdistill.calculator import save_student
 from ffdistill.cli import main
 from ffdistill.students import build_student
-
-from conftest import rattled_cu
 
 #: Exported vs original energies and forces, relative (float32 both sides, same neighbour list).
 EXPORT_RELATIVE_TOLERANCE = 1e-5
@@ -42,11 +41,25 @@ def test_exported_student_matches_the_original_without_ffdistill(tmp_path):
     assert main(["export", path, "-o", str(tmp_path / "exported.pt"), "-q"]) == 0
     structures = [rattled_cu(3, (2, 2, 2)), rattled_cu(4, (3, 1, 1))]  # sizes unlike the trace example
     ase.io.write(tmp_path / "s.extxyz", structures)
-    result = subprocess.run([sys.executable, "-c", RUN_WITHOUT_FFDISTILL, str(tmp_path), str(tmp_path / "exported.pt"), str(tmp_path / "s.extxyz")], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            RUN_WITHOUT_FFDISTILL,
+            str(tmp_path),
+            str(tmp_path / "exported.pt"),
+            str(tmp_path / "s.extxyz"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     exported = json.loads(result.stdout)
     for atoms, got in zip(structures, exported):
         atoms.calc = load_calculator(path)
         energy, forces = atoms.get_potential_energy(), atoms.get_forces()
         assert abs(got["energy"] - energy) <= EXPORT_RELATIVE_TOLERANCE * abs(energy)
-        assert np.abs(np.array(got["forces"]) - forces).max() <= EXPORT_RELATIVE_TOLERANCE * max(1.0, np.abs(forces).max())
+        assert np.abs(np.array(got["forces"]) - forces).max() <= EXPORT_RELATIVE_TOLERANCE * max(
+            1.0, np.abs(forces).max()
+        )
         assert np.abs(forces).max() > 1e-3  # a real comparison, not zeros against zeros

@@ -2,11 +2,10 @@ import numpy as np
 import pytest
 import torch
 from ase.neighborlist import neighbor_list
+from conftest import rattled_cu
 
 from ffdistill.errors import InputError
 from ffdistill.graph import batch_graphs, check_structure, edge_vectors, from_ase, to_ase
-
-from conftest import rattled_cu
 
 
 def _edges(i, j, S):
@@ -49,9 +48,9 @@ def test_batching_offsets_atoms_edges_and_rows():
     b = b._replace(hessian_rows=torch.randn(1, b.n_atoms, 3), row_index=torch.tensor([7]))
     batch = batch_graphs([a, b])
     assert batch.n_structures == 2 and batch.n_atoms == a.n_atoms + b.n_atoms
-    assert batch.edge_index[:, a.edge_index.shape[1]:].min() >= a.n_atoms
+    assert batch.edge_index[:, a.edge_index.shape[1] :].min() >= a.n_atoms
     assert batch.row_index.tolist() == [0, 5, 7 + 3 * a.n_atoms]
-    assert torch.equal(batch.hessian_rows[2, a.n_atoms:], b.hessian_rows[0])
+    assert torch.equal(batch.hessian_rows[2, a.n_atoms :], b.hessian_rows[0])
     assert batch.hessian_rows[2, : a.n_atoms].abs().sum() == 0
     assert torch.allclose(edge_vectors(batch)[: a.edge_index.shape[1]], edge_vectors(a))
 

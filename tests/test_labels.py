@@ -10,13 +10,12 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk
+from conftest import write_frames
 
 from ffdistill.cli import main
 from ffdistill.errors import FFDistillError, StoreError
 from ffdistill.labels import LabelStore, choose_rows, label_file, stores_equal
 from ffdistill.teachers.base import Teacher
-
-from conftest import write_frames
 
 
 def test_store_holds_what_the_teacher_said(emt_teacher, cu_frames, tmp_path):
@@ -76,7 +75,18 @@ RANDOM_KILLS = 3
 
 def test_resume_after_random_sigkills_gives_identical_store(tmp_path):
     frames = write_frames(tmp_path / "f.extxyz", n=40, reps=(2, 1, 1))
-    command = [sys.executable, "-m", "ffdistill.cli", "label", frames, "--teacher", "ase:ase.calculators.emt:EMT", "--hessian-rows", "6", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "ffdistill.cli",
+        "label",
+        frames,
+        "--teacher",
+        "ase:ase.calculators.emt:EMT",
+        "--hessian-rows",
+        "6",
+        "-q",
+    ]
     subprocess.run(command + ["-o", str(tmp_path / "ref.zarr")], check=True, capture_output=True)
     out = str(tmp_path / "out.zarr")
     rng = np.random.default_rng(0)
@@ -123,7 +133,7 @@ def _bad_inputs(tmp_path):
     overlapping = good.copy()
     overlapping.positions[1] = overlapping.positions[0] + [0.05, 0, 0]
     (tmp_path / "empty.xyz").write_text("")
-    (tmp_path / "broken.extxyz").write_text("3\nLattice=\"oops\nCu 0 0\n")
+    (tmp_path / "broken.extxyz").write_text('3\nLattice="oops\nCu 0 0\n')
     ase.io.write(tmp_path / "overlap.extxyz", [good, overlapping])
     ase.io.write(tmp_path / "silicon.extxyz", bulk("Si", "diamond", 5.43))
     return {
@@ -151,7 +161,13 @@ def test_nan_teacher_output_stops_before_writing_it(tmp_path, cu_frames):
     from ffdistill.teachers.ase_calc import ASETeacher
 
     with pytest.raises(FFDistillError, match="structure 0: teacher broken returned non-finite"):
-        label_file(ASETeacher(BrokenCalculator(np.nan), spec="broken"), cu_frames, str(tmp_path / "x.zarr"), rows=1, progress=False)
+        label_file(
+            ASETeacher(BrokenCalculator(np.nan), spec="broken"),
+            cu_frames,
+            str(tmp_path / "x.zarr"),
+            rows=1,
+            progress=False,
+        )
     assert not (tmp_path / "x.zarr").exists()
 
 
@@ -186,7 +202,9 @@ def test_shards_merge_into_the_unsharded_store(emt_teacher, tmp_path):
     whole = label_file(emt_teacher, frames, str(tmp_path / "whole.zarr"), rows=3, seed=2, progress=False)
     shards = [str(tmp_path / f"s{i}.zarr") for i in range(3)]
     for i, path in enumerate(shards):
-        assert len(label_file(emt_teacher, frames, path, rows=3, seed=2, progress=False, shard=(i, 3))) == len(range(i, 7, 3))
+        assert len(label_file(emt_teacher, frames, path, rows=3, seed=2, progress=False, shard=(i, 3))) == len(
+            range(i, 7, 3)
+        )
     with pytest.raises(StoreError, match="exactly once"):
         merge_stores(shards[:2], str(tmp_path / "bad.zarr"), progress=False)
     merged = merge_stores(shards[::-1], str(tmp_path / "merged.zarr"), progress=False)
@@ -212,8 +230,8 @@ def test_unwritable_or_full_output_fails_before_any_work(emt_teacher, cu_frames,
 def test_input_labels_become_the_reference_and_the_teacher_error_is_known(morse_teacher, tmp_path):
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
-
     from conftest import rattled_cu
+
     from ffdistill.train import teacher_force_error
 
     frames = []

@@ -12,6 +12,7 @@ import torch
 from ase import units
 from ase.build import bulk, molecule
 from ase.md.verlet import VelocityVerlet
+from conftest import assert_close
 
 from ffdistill import load_calculator
 from ffdistill.calculator import PotentialCalculator, save_student
@@ -20,8 +21,6 @@ from ffdistill.errors import InputError
 from ffdistill.export import export_mliap, export_student
 from ffdistill.lammps import mliap_model, run_lammps
 from ffdistill.students import build_student
-
-from conftest import assert_close
 
 #: float64 student on both sides: energy (eV) and forces (eV/Å) at step 0.
 ENERGY_TOLERANCE, FORCE_TOLERANCE = 1e-5, 1e-5

@@ -3,19 +3,17 @@
 import json
 
 import ase.io
-
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close, rattled_cu, write_frames
 
-from ffdistill.potential import Want
 from ffdistill import derivatives
 from ffdistill.graph import batch_graphs, from_ase
-from ffdistill.loss import DistillationLoss, ConsistencyTerm, NodeFeatureTerm, StudentOutput
+from ffdistill.loss import ConsistencyTerm, DistillationLoss, NodeFeatureTerm, StudentOutput
+from ffdistill.potential import Want
 from ffdistill.students import build_student
 from ffdistill.students.base import teacher_embedding_table
-
-from conftest import assert_close, rattled_cu, write_frames
 
 #: Direct-force Jacobian columns, autograd vs forward differences (h = 1e-6 Å, float64).
 JACOBIAN_ATOL = 1e-4
@@ -40,13 +38,19 @@ def test_direct_force_jacobian_by_autograd_equals_finite_differences(direct_stud
     assert_close(autograd.detach(), fd.detach(), JACOBIAN_ATOL, what="direct-force Jacobian")
     assert autograd.abs().max() > 1e-2
     # the force head is not conservative: its Jacobian is not symmetric
-    J = derivatives.fd_force_jacobian_columns(lambda g: direct_student.predict(g).forces, graph, range(12), h=1e-6).reshape(12, 12)
+    J = derivatives.fd_force_jacobian_columns(
+        lambda g: direct_student.predict(g).forces, graph, range(12), h=1e-6
+    ).reshape(12, 12)
     assert (J - J.T).abs().max() > 1e-3 * J.abs().max()
 
 
 @pytest.mark.parametrize("jacobian", ["autograd", "fd"])
-def test_direct_student_rows_in_each_jacobian_mode_equal_central_differences_of_its_force_head(direct_student, jacobian):
-    graphs = [from_ase(rattled_cu(k), 4.0, dtype=torch.float64)._replace(row_index=torch.tensor([1, 7])) for k in range(2)]
+def test_direct_student_rows_in_each_jacobian_mode_equal_central_differences_of_its_force_head(
+    direct_student, jacobian
+):
+    graphs = [
+        from_ase(rattled_cu(k), 4.0, dtype=torch.float64)._replace(row_index=torch.tensor([1, 7])) for k in range(2)
+    ]
     batch = batch_graphs([g._replace(hessian_rows=torch.zeros(2, 4, 3, dtype=torch.float64)) for g in graphs])
     direct_student.set_jacobian(jacobian, 1e-6)
     out = direct_student.predict(batch, Want(hessian_rows=True, conservative_forces=True))
@@ -70,7 +74,12 @@ def test_second_family_passes_the_conformance_checks(name, cu_atoms):
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.2)
     graph = from_ase(cu_atoms, 4.0, dtype=torch.float64)
-    assert_close(derivatives.predict(model.energy, graph).forces, derivatives.fd_forces(model.energy, graph), 1e-6, what=f"{name} forces")
+    assert_close(
+        derivatives.predict(model.energy, graph).forces,
+        derivatives.fd_forces(model.energy, graph),
+        1e-6,
+        what=f"{name} forces",
+    )
     pred = derivatives.predict(model.energy, graph, create_graph=True)
     rows = derivatives.hessian_rows(pred.forces, pred.positions, [0, 9])
     fd = derivatives.fd_hessian_rows(lambda g: derivatives.predict(model.energy, g).forces, graph, [0, 9], h=1e-4)
@@ -130,9 +139,9 @@ def test_a2a_keeps_the_teacher_table_frozen_and_learns_its_map(tmp_path):
 
 
 def test_nonconservative_teacher_still_gives_a_conservative_student(tmp_path):
+    from ffdistill.calculator import load_calculator
     from ffdistill.config import load_config
     from ffdistill.labels import label_file
-    from ffdistill.calculator import load_calculator
     from ffdistill.simulate import nve_energy_drift
     from ffdistill.teachers.toy import CurlTeacher
     from ffdistill.train import train_from_config
@@ -140,11 +149,23 @@ def test_nonconservative_teacher_still_gives_a_conservative_student(tmp_path):
     teacher = CurlTeacher(strength=0.5)
     frames = write_frames(tmp_path / "f.extxyz", n=8, reps=(2, 1, 1))
     label_file(teacher, frames, str(tmp_path / "s.zarr"), rows=2, progress=False)
-    config = load_config(None, [f"data.store={tmp_path / 's.zarr'}", f"output={tmp_path / 'run'}", "model.student=painn-tiny", "model.cutoff=4.0", "train.epochs=3", "loss.hessian=1"])
+    config = load_config(
+        None,
+        [
+            f"data.store={tmp_path / 's.zarr'}",
+            f"output={tmp_path / 'run'}",
+            "model.student=painn-tiny",
+            "model.cutoff=4.0",
+            "train.epochs=3",
+            "loss.hessian=1",
+        ],
+    )
     student = load_calculator(train_from_config(config, progress=False).best_path)
     start = rattled_cu(1, (2, 2, 2))
     student_drift = nve_energy_drift(student, start, steps=200, temperature=300)["drift_meV_per_atom_per_ps"]
-    teacher_drift = nve_energy_drift(teacher.as_calculator(), start, steps=200, temperature=300)["drift_meV_per_atom_per_ps"]
+    teacher_drift = nve_energy_drift(teacher.as_calculator(), start, steps=200, temperature=300)[
+        "drift_meV_per_atom_per_ps"
+    ]
     assert abs(student_drift) < 1.0, student_drift
     assert abs(teacher_drift) > 10 * max(abs(student_drift), 0.1), (teacher_drift, student_drift)
 
@@ -170,8 +191,21 @@ def test_compare_reports_each_seeds_test_errors_and_their_mean_and_spread_as_rec
     store = tmp_path / "s.zarr"
     label = ["label", str(tmp_path / "f.extxyz"), "--teacher", "morse", "--hessian-rows", "3", "--node-features"]
     assert main([*label, "-o", str(store), "-q"]) == 0
-    argv = ["compare", f"data.store={store}", "data.test_fraction=0.2", "model.student=painn-tiny", "model.cutoff=4.0",
-            "train.epochs=1", "--seeds", "2", "--md-steps", "5", "-o", str(tmp_path / "cmp"), "-q"]
+    argv = [
+        "compare",
+        f"data.store={store}",
+        "data.test_fraction=0.2",
+        "model.student=painn-tiny",
+        "model.cutoff=4.0",
+        "train.epochs=1",
+        "--seeds",
+        "2",
+        "--md-steps",
+        "5",
+        "-o",
+        str(tmp_path / "cmp"),
+        "-q",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])["methods"]

@@ -17,14 +17,27 @@ from ffdistill.onpolicy import OnPolicySettings, distill, force_disagreement
 def _config(store, out):
     # Cheapest student that still learns: no Hessian term (rows are stored, and counted, all the same).
     overrides = [
-        f"data.store={store}", f"output={out}", "model.student=painn-tiny", "model.cutoff=3.0", "train.epochs=2",
-        "train.warmup_steps=1", "data.batch_size=8", "loss.hessian=0", "train.lr=1e-2",
+        f"data.store={store}",
+        f"output={out}",
+        "model.student=painn-tiny",
+        "model.cutoff=3.0",
+        "train.epochs=2",
+        "train.warmup_steps=1",
+        "data.batch_size=8",
+        "loss.hessian=0",
+        "train.lr=1e-2",
     ]
     return load_config(None, overrides)
 
 
 SETTINGS = OnPolicySettings(
-    rounds=2, ensemble=2, new_frames=3, md_steps=30, md_interval=10, md_temperature=300.0, threshold=0.0,
+    rounds=2,
+    ensemble=2,
+    new_frames=3,
+    md_steps=30,
+    md_interval=10,
+    md_temperature=300.0,
+    threshold=0.0,
 )
 
 

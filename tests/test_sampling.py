@@ -2,11 +2,10 @@
 
 import numpy as np
 import torch
+from conftest import rattled_cu
 
 from ffdistill.graph import from_ase
 from ffdistill.sampling import perturbed_copies, select_rows, teacher_md_frames
-
-from conftest import rattled_cu
 
 
 def _graph_with_rows(norms):
@@ -50,7 +49,9 @@ def test_perturbed_copies_rattle_and_strain():
 
 
 def test_teacher_md_frames_are_spaced_and_distinct(morse_teacher):
-    frames = teacher_md_frames(morse_teacher, rattled_cu(0, (2, 2, 2)), n_frames=3, temperature=300, interval=3, equilibration=2)
+    frames = teacher_md_frames(
+        morse_teacher, rattled_cu(0, (2, 2, 2)), n_frames=3, temperature=300, interval=3, equilibration=2
+    )
     assert len(frames) == 3
     assert np.abs(frames[1].positions - frames[0].positions).max() > 1e-3
     assert frames[0].calc is None  # plain structures: labels come from `ffdistill label`

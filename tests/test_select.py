@@ -14,7 +14,12 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ffdistill.cli import main
 from ffdistill.errors import InputError
 from ffdistill.select import (
-    FrameFilter, farthest_point_order, parse_composition, parse_elements, pick_groups, select_frames,
+    FrameFilter,
+    farthest_point_order,
+    parse_composition,
+    parse_elements,
+    pick_groups,
+    select_frames,
 )
 
 
@@ -45,8 +50,12 @@ MIXED = [
     (lambda: _frame("Cu3Au", 3.72, energy_per_atom=-3.6, source="md", group=3), None),
 ]
 RULES = FrameFilter(
-    elements=parse_elements(["Cu", "Au"]), require=parse_elements(["Cu"]), max_atoms=16,
-    composition=parse_composition("Cu3Au"), energy_window=(-4.0, -3.0), where={"source": "md"},
+    elements=parse_elements(["Cu", "Au"]),
+    require=parse_elements(["Cu"]),
+    max_atoms=16,
+    composition=parse_composition("Cu3Au"),
+    energy_window=(-4.0, -3.0),
+    where={"source": "md"},
 )
 
 

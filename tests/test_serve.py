@@ -11,6 +11,7 @@ import torch
 from ase import units
 from ase.build import bulk
 from ase.calculators.socketio import SocketIOCalculator
+from conftest import assert_close
 
 from ffdistill import load_calculator
 from ffdistill.calculator import PotentialCalculator, save_student
@@ -18,8 +19,6 @@ from ffdistill.cli import main
 from ffdistill.errors import InputError
 from ffdistill.serve import serve
 from ffdistill.students import build_student
-
-from conftest import assert_close
 
 #: float64 student on both sides; the socket carries float64 and i-PI converts through atomic units.
 SOCKET_TOLERANCE = 1e-8
@@ -156,7 +155,9 @@ def test_ipi_path_integral_run_with_the_student(tmp_path, monkeypatch):
     xml = simulation_xml(
         structures=[atoms.copy() for _ in range(beads)],
         forcefield=forcefield_xml("student", mode="unix", address=name),
-        motion=motion_nvt_xml(timestep=0.5 * units.fs, path_integrals=True), temperature=300.0, prefix="pimd",
+        motion=motion_nvt_xml(timestep=0.5 * units.fs, path_integrals=True),
+        temperature=300.0,
+        prefix="pimd",
     )
     simulation = InteractiveSimulation(xml)
     client = ClientThread(lambda: retrying(lambda: serve(float64_calculator(student), atoms, unix=name)))

@@ -126,9 +126,7 @@ def _ase_hessian(atoms, calc, name, tmp_path, monkeypatch):
     return data.get_hessian_2d(), vib.get_frequencies()
 
 
-def test_evaluate_report_numbers_equal_ase_vibrations_and_errors_recomputed_by_hand(
-    emt_teacher, tmp_path, monkeypatch
-):
+def test_evaluate_report_numbers_equal_ase_vibrations_and_errors_recomputed_by_hand(emt_teacher, tmp_path, monkeypatch):
     import ase.io
     import torch
     from conftest import rattled_cu
@@ -155,8 +153,15 @@ def test_evaluate_report_numbers_equal_ase_vibrations_and_errors_recomputed_by_h
     student = str(tmp_path / "run" / "best.pt")
     save_student(model, student)
     out = tmp_path / "eval"
-    evaluate_from_paths([student], str(tmp_path / "s.zarr"), "ase:ase.calculators.emt:EMT", str(out),
-                        profile=Profile(**TINY), phonon_cell=bulk("Cu", "fcc", a=3.6, cubic=True), threads=1)
+    evaluate_from_paths(
+        [student],
+        str(tmp_path / "s.zarr"),
+        "ase:ase.calculators.emt:EMT",
+        str(out),
+        profile=Profile(**TINY),
+        phonon_cell=bulk("Cu", "fcc", a=3.6, cubic=True),
+        threads=1,
+    )
     metrics = json.loads((out / "metrics.json").read_text())["models"]
     assert set(metrics) == {"teacher", "run"}
     teacher, run = metrics["teacher"], metrics["run"]
@@ -197,9 +202,18 @@ def test_evaluate_report_numbers_equal_ase_vibrations_and_errors_recomputed_by_h
     assert teacher["force_mae_meV_per_A"] is None and teacher["is_reference"]
 
     required = {
-        "seconds_per_force_call", "speedup_vs_teacher", "md_stable_fraction", "mean_time_to_instability_ps",
-        "md_check_interval", "nve_drift_meV_per_atom_per_ps", "md_steps_per_second", "ns_per_day",
-        "rdf_mae_vs_teacher", "vdos_overlap_vs_teacher", "phonon_band_mae_cm1", "phonon_gamma_mae_cm1",
+        "seconds_per_force_call",
+        "speedup_vs_teacher",
+        "md_stable_fraction",
+        "mean_time_to_instability_ps",
+        "md_check_interval",
+        "nve_drift_meV_per_atom_per_ps",
+        "md_steps_per_second",
+        "ns_per_day",
+        "rdf_mae_vs_teacher",
+        "vdos_overlap_vs_teacher",
+        "phonon_band_mae_cm1",
+        "phonon_gamma_mae_cm1",
         "cost_growth_s_per_call",
     }
     for name, block in metrics.items():
@@ -207,8 +221,15 @@ def test_evaluate_report_numbers_equal_ase_vibrations_and_errors_recomputed_by_h
     assert run["phonon_band_mae_cm1"] > 0
     assert run["md_runs"] == 2 and run["md_steps"] == 20 and 0 < run["vdos_overlap_vs_teacher"] <= 1.0 + 1e-9
     assert set(run["cost_growth_s_per_call"]) == {str(len(perfect) * replicas(perfect, t) ** 3) for t in (8, 32)}
-    for name in ("report.md", "nve_energy.png", "frequencies.png", "rdf.png", "vdos.png", "phonons.png",
-                 "cost_growth.png"):
+    for name in (
+        "report.md",
+        "nve_energy.png",
+        "frequencies.png",
+        "rdf.png",
+        "vdos.png",
+        "phonons.png",
+        "cost_growth.png",
+    ):
         assert os.path.getsize(out / name) > 0
     report = (out / "report.md").read_text()
     assert "Verdict" in report and "| teacher | reference | reference |" in report

@@ -19,8 +19,22 @@ from ffdistill.students import build_student
 from ffdistill.train import teacher_force_error, train_from_config
 
 CUTOFF = 4.0
-FIELDS = ("Z", "R", "cell", "edge_index", "shifts", "batch", "ptr", "energy", "forces", "hessian_rows", "row_index",
-          "probe_vectors", "probe_products", "probe_owner")
+FIELDS = (
+    "Z",
+    "R",
+    "cell",
+    "edge_index",
+    "shifts",
+    "batch",
+    "ptr",
+    "energy",
+    "forces",
+    "hessian_rows",
+    "row_index",
+    "probe_vectors",
+    "probe_products",
+    "probe_owner",
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +42,6 @@ def probe_store(tmp_path_factory, emt_teacher):
     """10 Cu frames, 6 Hessian rows and 3 probes each; even frames carry their own labels (EMT's, shifted)."""
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
-
     from conftest import rattled_cu
 
     frames = []
@@ -67,9 +80,16 @@ def assert_same_batch(got, want):
         assert a is None or torch.equal(a, b), name
 
 
-@pytest.mark.parametrize("temperature, workers, hessian_labels", [
-    (None, 0, "both"), (0.3, 0, "both"), (None, 2, "both"), (0.3, 2, "rows"), (None, 0, "probes"),
-])
+@pytest.mark.parametrize(
+    "temperature, workers, hessian_labels",
+    [
+        (None, 0, "both"),
+        (0.3, 0, "both"),
+        (None, 2, "both"),
+        (0.3, 2, "rows"),
+        (None, 0, "probes"),
+    ],
+)
 def test_streamed_batches_and_rows_are_the_in_memory_ones(probe_store, temperature, workers, hessian_labels):
     indices = [9, 0, 4, 7, 2, 5, 1, 8, 3]
     want = expected_batches(probe_store, indices, 4, 2, seed=11, temperature=temperature, hessian_labels=hessian_labels)
@@ -103,8 +123,16 @@ def test_each_rank_loads_only_its_slice_and_draws_the_rows_one_process_draws(pro
 
 def test_validation_rows_are_drawn_once_and_every_pass_scores_the_same(probe_store, tmp_path):
     for rows, expected in (("1", 1), ("null", 6)):
-        config = load_config(None, [f"data.store={probe_store.path}", f"data.val_rows_per_structure={rows}",
-                                    "data.batch_size=3", "data.rows_per_structure=2", f"output={tmp_path}"])
+        config = load_config(
+            None,
+            [
+                f"data.store={probe_store.path}",
+                f"data.val_rows_per_structure={rows}",
+                "data.batch_size=3",
+                "data.rows_per_structure=2",
+                f"output={tmp_path}",
+            ],
+        )
         val_set = FrameDataset(probe_store, [1, 3, 5, 7, 9], CUTOFF)
         loaders = train_module._loaders(config, val_set, val_set, Ranks(), torch.device("cpu"))
         passes = [[loaded.graph for loaded in loaders.val] for _ in range(2)]
@@ -141,9 +169,19 @@ def test_teacher_error_from_the_arrays_is_the_mean_of_each_frames_error(probe_st
 
 
 def _config(store, out, **extra):
-    overrides = [f"data.store={store}", f"output={out}", "model.student=painn-tiny", "model.cutoff=4.0",
-                 "train.epochs=3", "train.max_steps=6", "train.lr=5e-3", "train.warmup_steps=2", "data.batch_size=4",
-                 "data.rows_per_structure=2", "loss.hessian=1.0"]
+    overrides = [
+        f"data.store={store}",
+        f"output={out}",
+        "model.student=painn-tiny",
+        "model.cutoff=4.0",
+        "train.epochs=3",
+        "train.max_steps=6",
+        "train.lr=5e-3",
+        "train.warmup_steps=2",
+        "data.batch_size=4",
+        "data.rows_per_structure=2",
+        "loss.hessian=1.0",
+    ]
     return load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])
 
 
@@ -163,8 +201,12 @@ def test_two_loader_workers_train_exactly_what_the_training_process_alone_trains
 
 
 def test_loader_settings_are_checked_before_training(emt_store, tmp_path):
-    for key, value in (("data.workers", -1), ("data.prefetch_factor", 0), ("data.val_rows_per_structure", 0),
-                       ("train.max_steps", 0)):
+    for key, value in (
+        ("data.workers", -1),
+        ("data.prefetch_factor", 0),
+        ("data.val_rows_per_structure", 0),
+        ("train.max_steps", 0),
+    ):
         with pytest.raises(InputError, match=key):
             train_from_config(_config(emt_store, tmp_path / "run", **{key: value}), progress=False)
 
@@ -173,8 +215,8 @@ def test_extxyz_input_is_read_frame_by_frame_with_everything_ase_reads(tmp_path)
     from ase.build import molecule
     from ase.calculators.emt import EMT
     from ase.calculators.singlepoint import SinglePointCalculator
-
     from conftest import rattled_cu
+
     from ffdistill.io import iter_structures
 
     frames = [rattled_cu(k, reps=(1, 1, 1 + k % 2)) for k in range(5)] + [molecule("CH3CH2OH")]

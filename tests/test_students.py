@@ -3,17 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from conftest import assert_close, rattled_cu
 
-from ffdistill.potential import Want
 from ffdistill import derivatives, load_calculator
 from ffdistill.calculator import load_student, save_student
 from ffdistill.errors import InputError
 from ffdistill.graph import batch_graphs, from_ase
 from ffdistill.loss import DistillationLoss, HessianRowTerm, StudentOutput
+from ffdistill.potential import Want
 from ffdistill.students import PRESETS, build_student
 from ffdistill.teachers.toy import MorsePotential
-
-from conftest import assert_close, rattled_cu
 
 
 @pytest.fixture
@@ -71,7 +70,9 @@ def _labelled(potential, atoms, rows):
     graph = from_ase(atoms, 5.0, dtype=torch.float64)
     pred = derivatives.predict(potential.energy, graph, create_graph=True)
     hess = derivatives.hessian_rows(pred.forces, pred.positions, rows).detach()
-    return graph._replace(energy=pred.energy.detach(), forces=pred.forces.detach(), hessian_rows=hess, row_index=torch.tensor(rows))
+    return graph._replace(
+        energy=pred.energy.detach(), forces=pred.forces.detach(), hessian_rows=hess, row_index=torch.tensor(rows)
+    )
 
 
 def test_hessian_loss_is_zero_for_the_teacher_itself_and_positive_otherwise(cu_atoms):

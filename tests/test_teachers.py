@@ -4,14 +4,12 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
+from conftest import assert_close
 
 from ffdistill import derivatives
 from ffdistill.errors import TeacherError
 from ffdistill.teachers import load_teacher
 from ffdistill.teachers.ase_calc import ASETeacher
-
-from conftest import assert_close
-
 
 SEVENNET_FD_ATOL = 5e-3  # eV/Å²
 
@@ -30,7 +28,15 @@ class BrokenCalculator(Calculator):
         self.results = {"energy": 0.0, "forces": np.full((len(atoms), 3), self.force_value), "stress": np.zeros(6)}
 
 
-@pytest.mark.parametrize("spec, message", [("nonsense", "unknown teacher"), ("ase:nope", "ase:MODULE:FACTORY"), ("ase:no.such.module:X", "cannot load"), ("mace:/no/such/file.model", "MACE|mace")])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nonsense", "unknown teacher"),
+        ("ase:nope", "ase:MODULE:FACTORY"),
+        ("ase:no.such.module:X", "cannot load"),
+        ("mace:/no/such/file.model", "MACE|mace"),
+    ],
+)
 def test_bad_specs_are_refused(spec, message):
     with pytest.raises(TeacherError, match=message):
         load_teacher(spec)
@@ -85,5 +91,7 @@ def test_sevennet_matches_its_calculator_and_finite_differences():
     # float32 (e3nn kernels will not run in float64): h = 3e-3 Å balances rounding and truncation;
     # seen here: max difference 5e-4 eV/Å² on entries up to 12 eV/Å².
     fd = derivatives.fd_hessian_rows(force_fn, teacher.graph(atoms), rows, h=3e-3)
-    assert_close(labels.hessian_rows, fd.numpy(), SEVENNET_FD_ATOL, what="SevenNet-0 Hessian rows vs finite differences")
+    assert_close(
+        labels.hessian_rows, fd.numpy(), SEVENNET_FD_ATOL, what="SevenNet-0 Hessian rows vs finite differences"
+    )
     assert np.abs(labels.hessian_rows).max() > 1.0  # a real, non-trivial Hessian

@@ -14,7 +14,18 @@ from ffdistill.train import lr_at, train_from_config
 
 
 def _config(store, out, **extra):
-    overrides = [f"data.store={store}", f"output={out}", "model.student=painn-tiny", "model.cutoff=4.0", "train.epochs=6", "train.lr=5e-3", "train.warmup_steps=2", "data.batch_size=4", "data.rows_per_structure=2", "loss.hessian=1.0"]
+    overrides = [
+        f"data.store={store}",
+        f"output={out}",
+        "model.student=painn-tiny",
+        "model.cutoff=4.0",
+        "train.epochs=6",
+        "train.lr=5e-3",
+        "train.warmup_steps=2",
+        "data.batch_size=4",
+        "data.rows_per_structure=2",
+        "loss.hessian=1.0",
+    ]
     return load_config(None, overrides + [f"{k}={v}" for k, v in extra.items()])
 
 
@@ -103,10 +114,20 @@ def test_learning_rate_follows_the_hand_computed_warm_up_and_cosine_at_every_opt
         return original_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
-    extra = {"train.epochs": 3, "train.lr": 1e-3, "train.warmup_steps": 2, "train.min_lr_factor": 0.1,
-             "data.n_train": 4, "data.batch_size": 2, "loss.hessian": 0}
+    extra = {
+        "train.epochs": 3,
+        "train.lr": 1e-3,
+        "train.warmup_steps": 2,
+        "train.min_lr_factor": 0.1,
+        "data.n_train": 4,
+        "data.batch_size": 2,
+        "loss.hessian": 0,
+    }
     train_from_config(_config(emt_store, tmp_path / "run", **extra), progress=False)
-    cosine = lambda progress: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def cosine(progress):
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
     expected = [5e-4, 1e-3, 1e-3, 1e-3 * cosine(0.25), 5.5e-4, 1e-3 * cosine(0.75)]
     assert expected[3] == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.sqrt(0.5))))  # cos(π/4) = √½
     assert len(used) == len(expected), used

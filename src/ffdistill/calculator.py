@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ffdistill import __version__
-from ffdistill.errors import InputError
 from ffdistill.devices import device_of
+from ffdistill.errors import InputError
 from ffdistill.graph import from_ase
 from ffdistill.potential import Potential, Want
 
@@ -77,7 +78,9 @@ def load_student(path: str):
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise InputError(f"{path} is not a readable student file ({type(error).__name__}: {str(error).splitlines()[0][:120]})") from error
+        raise InputError(
+            f"{path} is not a readable student file ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+        ) from error
     if not isinstance(payload, dict) or payload.get("format") != STUDENT_FORMAT:
         raise InputError(f"{path} is not an ffdistill student file")
     model = ARCHITECTURES[payload["arch"]](**payload["constructor"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,7 +24,13 @@ METHODS = {
     "a2a": {"loss": {"hessian": 0.0}, "model": {"a2a": True}},
     "teacher-forces": {"loss": {"hessian": 0.0}, "data": {"use_reference": False}},
 }
-COLUMNS = ("energy_mae_meV_per_atom", "force_mae_meV_per_A", "hessian_row_mae", "md_stable_fraction", "seconds_per_force_call")
+COLUMNS = (
+    "energy_mae_meV_per_atom",
+    "force_mae_meV_per_A",
+    "hessian_row_mae",
+    "md_stable_fraction",
+    "seconds_per_force_call",
+)
 
 
 def method_config(config: RunConfig, method: str, seed: int, output: str) -> RunConfig:
@@ -66,7 +72,14 @@ def check_methods(methods: Sequence[str], store) -> None:
         )
 
 
-def compare(config: RunConfig, methods: Sequence[str] | None, seeds: int, output: str, md_steps: int = 200, progress: bool = True) -> dict:
+def compare(
+    config: RunConfig,
+    methods: Sequence[str] | None,
+    seeds: int,
+    output: str,
+    md_steps: int = 200,
+    progress: bool = True,
+) -> dict:
     """Train and evaluate every method for every seed; returns {method: {metric: [value per seed]}}."""
     from ffdistill.data import split_indices
     from ffdistill.evaluate.accuracy import store_test_set
@@ -78,7 +91,9 @@ def compare(config: RunConfig, methods: Sequence[str] | None, seeds: int, output
     store = LabelStore(config.data.store)
     methods = default_methods(store) if methods is None else methods
     check_methods(methods, store)
-    _, _, test_idx = split_indices(store.groups(), config.data.val_fraction, config.data.test_fraction, config.data.split_seed)
+    _, _, test_idx = split_indices(
+        store.groups(), config.data.val_fraction, config.data.test_fraction, config.data.split_seed
+    )
     test = store_test_set(store, test_idx, reference=config.data.use_reference)
     results: dict = {}
     for method in methods:
@@ -104,12 +119,16 @@ def evaluate_student(name: str, path: str, test, md_steps: int, seed: int, devic
     student = Candidate.of_student(name, load_for_inference(path, device))
     metrics = accuracy(student.model, test.graphs(student.cutoff, student.dtype))
     metrics["seconds_per_force_call"] = force_call_seconds([student], test.atoms[0])[name]
-    metrics["md_stable_fraction"] = float(md_stability(student.calculator(), test.atoms[0], md_steps, seed=seed)["stable"])
+    metrics["md_stable_fraction"] = float(
+        md_stability(student.calculator(), test.atoms[0], md_steps, seed=seed)["stable"]
+    )
     return metrics
 
 
 def table(results: dict) -> str:
-    header = "| method | energy MAE (meV/atom) | force MAE (meV/Å) | Hessian-row MAE (eV/Å²) | MD stable | ms / force call |"
+    header = (
+        "| method | energy MAE (meV/atom) | force MAE (meV/Å) | Hessian-row MAE (eV/Å²) | MD stable | ms / force call |"
+    )
     lines = [header, "|---|---|---|---|---|---|"]
     for method, m in results.items():
         cells = [_mean_spread(m[k], scale=1000 if k == "seconds_per_force_call" else 1) for k in COLUMNS]

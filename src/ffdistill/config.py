@@ -9,7 +9,7 @@ import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -21,16 +21,16 @@ class DataConfig:
     store: str = ""  #: label store written by ``ffdistill label``
     val_fraction: float = 0.2  #: share of frames for validation (early stopping, λH halving)
     test_fraction: float = 0.0  #: share of frames held out and never seen in training
-    n_train: Optional[int] = None  #: use at most this many training frames (learning-curve studies)
+    n_train: int | None = None  #: use at most this many training frames (learning-curve studies)
     batch_size: int = 4  #: structures per step
     rows_per_structure: int = 1  #: s, Hessian rows (and s probes) per structure per step, drawn from those stored
     hessian_labels: str = "both"  #: which stored Hessian labels to train on: "rows", "probes" or "both"
-    row_temperature: Optional[float] = None  #: None: uniform rows; else p ∝ softmax(||H[r]|| / T)
+    row_temperature: float | None = None  #: None: uniform rows; else p ∝ softmax(||H[r]|| / T)
     use_reference: bool = True  #: fit E/F to the input file's own labels (e.g. DFT) when it has them
     split_seed: int = 0  #: seed of the train/validation/test split
     #: Hessian rows (and probes) per validation structure, drawn once from split_seed so every epoch scores
     #: the same ones; null scores every stored row (each costs a second-derivative pass per epoch)
-    val_rows_per_structure: Optional[int] = 1
+    val_rows_per_structure: int | None = 1
     workers: int = 0  #: DataLoader processes that read frames and build graphs; 0 reads in the training process
     prefetch_factor: int = 2  #: batches each worker prepares ahead (workers > 0)
 
@@ -53,8 +53,8 @@ class LossConfig:
     energy: float = 5.0  #: λE
     forces: float = 100.0  #: λF
     hessian: float = 1000.0  #: λH; 0 trains the undistilled baseline (chosen on validation frames: see README)
-    halve_hessian_within: Optional[float] = 0.05  #: halve λH once val force MAE ≤ (1 + this) × teacher's
-    hessian_decay_from: Optional[float] = None  #: from this fraction of the steps on, λH decays (cosine) to 0
+    halve_hessian_within: float | None = 0.05  #: halve λH once val force MAE ≤ (1 + this) × teacher's
+    hessian_decay_from: float | None = None  #: from this fraction of the steps on, λH decays (cosine) to 0
     consistency: float = 0.0  #: direct-force students: weight tying -dE/dR of the energy head to the forces
     n2n: float = 0.0  #: n2n baseline: weight of the projected node-feature MSE (needs label --node-features)
 
@@ -62,7 +62,7 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 100
-    max_steps: Optional[int] = None  #: stop after this many optimiser steps (the schedules end there too)
+    max_steps: int | None = None  #: stop after this many optimiser steps (the schedules end there too)
     lr: float = 3e-3  #: peak learning rate (AdamW)
     min_lr_factor: float = 0.05  #: cosine decay to lr × this
     warmup_steps: int = 20
@@ -85,7 +85,7 @@ class RunConfig:
     output: str = "runs/student"  #: run folder: config, checkpoints, history, best student
 
 
-def load_config(path: Optional[str], overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
     """A ``RunConfig`` from a YAML file (or defaults when ``path`` is None) and dotted overrides."""
     raw: dict = {}
     if path is not None:
@@ -127,7 +127,9 @@ def from_dict(cls, raw: dict, where: str = ""):
             raise InputError(f"unknown config key {where}{key}{hint}")
         kind = fields[key].type
         sub = _dataclass_type(kind)
-        kwargs[key] = from_dict(sub, value or {}, f"{where}{key}.") if sub is not None else _coerce(value, kind, where + key)
+        kwargs[key] = (
+            from_dict(sub, value or {}, f"{where}{key}.") if sub is not None else _coerce(value, kind, where + key)
+        )
     return cls(**kwargs)
 
 

@@ -10,8 +10,9 @@ graphs, so memory does not grow with the number of frames, and the batches and r
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from functools import partial
-from typing import Iterator, NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,7 +28,9 @@ HESSIAN_LABELS = ("both", "rows", "probes")
 BLOCK_FRAMES = 4096
 
 
-def split_indices(groups: Sequence[int], val_fraction: float, test_fraction: float, seed: int) -> tuple[list[int], list[int], list[int]]:
+def split_indices(
+    groups: Sequence[int], val_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[int], list[int], list[int]]:
     """Train / validation / test frame indices that never cut a group.
 
     Whole groups, in a seeded random order, fill the test side until it holds ``test_fraction`` of the
@@ -40,13 +43,19 @@ def split_indices(groups: Sequence[int], val_fraction: float, test_fraction: flo
     members = _members(groups)
     keys = list(members)
     order = [keys[k] for k in np.random.default_rng(seed).permutation(len(members))]
-    targets = [int(round(n * test_fraction)) if test_fraction > 0 else 0, max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0]
+    targets = [
+        int(round(n * test_fraction)) if test_fraction > 0 else 0,
+        max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0,
+    ]
     sides: list[list[int]] = [[], [], []]  # test, validation, train
     for g in order:
         side = next((k for k in (0, 1) if len(sides[k]) < targets[k]), 2)
         sides[side] += members[g]
     if not sides[2]:
-        raise InputError(f"{n} frames in {len(members)} groups are too few for val_fraction={val_fraction} and test_fraction={test_fraction}")
+        raise InputError(
+            f"{n} frames in {len(members)} groups are too few for val_fraction={val_fraction} "
+            f"and test_fraction={test_fraction}"
+        )
     return sides[2], sides[1], sides[0]
 
 
@@ -72,7 +81,9 @@ def keep_labels(graph: AtomicGraph, hessian_labels: str) -> AtomicGraph:
     return graph
 
 
-def load_graphs(store: LabelStore, indices: Sequence[int], cutoff: float, reference: bool = True, hessian_labels: str = "both") -> list[AtomicGraph]:
+def load_graphs(
+    store: LabelStore, indices: Sequence[int], cutoff: float, reference: bool = True, hessian_labels: str = "both"
+) -> list[AtomicGraph]:
     """Frames ``indices`` as labelled graphs, all in memory (small sets: evaluation, tests)."""
     dataset = FrameDataset(store, indices, cutoff, reference, hessian_labels)
     return [dataset[k] for k in range(len(dataset))]
@@ -86,12 +97,18 @@ class FrameDataset(torch.utils.data.Dataset):
     parallel. A ``Draw`` as key gives ``(graph, draw)``, what ``collate_draws`` takes.
     """
 
-    def __init__(self, store: LabelStore, indices: Sequence[int], cutoff: float, reference: bool = True,
-                 hessian_labels: str = "both"):
+    def __init__(
+        self,
+        store: LabelStore,
+        indices: Sequence[int],
+        cutoff: float,
+        reference: bool = True,
+        hessian_labels: str = "both",
+    ):
         check_hessian_labels(hessian_labels)
         self.path, self.indices = store.path, np.asarray(indices, dtype=np.int64)
         self.cutoff, self.reference, self.hessian_labels = float(cutoff), reference, hessian_labels
-        self._store: Optional[LabelStore] = store
+        self._store: LabelStore | None = store
 
     @property
     def store(self) -> LabelStore:
@@ -123,7 +140,7 @@ class Draw(NamedTuple):
     """One structure of a batch: its dataset position and the generator state its rows are drawn from."""
 
     position: int
-    state: Optional[torch.Tensor]  #: ``torch.Generator`` state; None when every stored row is kept
+    state: torch.Tensor | None  #: ``torch.Generator`` state; None when every stored row is kept
     idle: bool = False  #: a stand-in for a rank with no structure in this batch (it steps with zero weight)
 
 
@@ -145,8 +162,16 @@ class BatchPlan(torch.utils.data.Sampler):
     None keeps every stored row. Set ``seed`` before each pass (the trainer seeds by epoch).
     """
 
-    def __init__(self, dataset: FrameDataset, batch_size: int, rows: Optional[int], shuffle: bool = True,
-                 temperature: Optional[float] = None, ranks: Ranks = Ranks(), seed: int = 0):
+    def __init__(
+        self,
+        dataset: FrameDataset,
+        batch_size: int,
+        rows: int | None,
+        shuffle: bool = True,
+        temperature: float | None = None,
+        ranks: Ranks = Ranks(),
+        seed: int = 0,
+    ):
         self.dataset, self.batch_size, self.rows, self.shuffle = dataset, batch_size, rows, shuffle
         self.temperature, self.ranks, self.seed = temperature, ranks, seed
 
@@ -169,9 +194,7 @@ class BatchPlan(torch.utils.data.Sampler):
         return draw
 
 
-def collate_draws(
-    items: list[tuple[AtomicGraph, Draw]], rows: Optional[int], temperature: Optional[float] = None
-) -> Loaded:
+def collate_draws(items: list[tuple[AtomicGraph, Draw]], rows: int | None, temperature: float | None = None) -> Loaded:
     """Each structure's rows drawn from its recorded generator state, then one batch (in the worker)."""
     graphs = []
     for graph, draw in items:
@@ -190,22 +213,33 @@ def frame_loader(
     draw rows and batch, ``prefetch_factor`` batches ahead each, and stay up between passes. The loader's own
     generator (worker base seeds) is seeded privately, so making loaders never moves torch's global one."""
     return torch.utils.data.DataLoader(
-        plan.dataset, batch_sampler=plan, num_workers=workers, pin_memory=pin_memory,
+        plan.dataset,
+        batch_sampler=plan,
+        num_workers=workers,
+        pin_memory=pin_memory,
         collate_fn=partial(collate_draws, rows=plan.rows, temperature=plan.temperature),
-        prefetch_factor=prefetch_factor if workers else None, persistent_workers=workers > 0,
+        prefetch_factor=prefetch_factor if workers else None,
+        persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(plan.seed),
     )
 
 
 def iterate_batches(
-    graphs: Sequence[AtomicGraph], batch_size: int, rows_per_structure: int, generator: torch.Generator,
-    shuffle: bool = True, row_temperature: float | None = None,
+    graphs: Sequence[AtomicGraph],
+    batch_size: int,
+    rows_per_structure: int,
+    generator: torch.Generator,
+    shuffle: bool = True,
+    row_temperature: float | None = None,
 ) -> Iterator[list[AtomicGraph]]:
     """Global batches of graphs in memory, each structure keeping ``rows_per_structure`` of its stored Hessian
     rows: the reference ``BatchPlan`` streams (same generator, same batches, same rows)."""
     order = torch.randperm(len(graphs), generator=generator).tolist() if shuffle else list(range(len(graphs)))
     for start in range(0, len(order), batch_size):
-        yield [select_rows(graphs[i], rows_per_structure, generator, row_temperature) for i in order[start : start + batch_size]]
+        yield [
+            select_rows(graphs[i], rows_per_structure, generator, row_temperature)
+            for i in order[start : start + batch_size]
+        ]
 
 
 class ReferenceStatistics(NamedTuple):
@@ -217,9 +251,7 @@ class ReferenceStatistics(NamedTuple):
     force_rms: float  #: RMS force component, eV/Å
 
 
-def reference_statistics(
-    store: LabelStore, indices: Sequence[int], reference: bool = True
-) -> ReferenceStatistics:
+def reference_statistics(store: LabelStore, indices: Sequence[int], reference: bool = True) -> ReferenceStatistics:
     """Elements, per-frame element counts, energies and the RMS force of frames ``indices``, read from the store's
     arrays block by block (no graphs; memory bounded by one block). Energies and forces are the ones
     ``LabelStore.graph`` picks: the input's own labels when ``reference`` and the frame has them all."""
@@ -251,8 +283,13 @@ def _element_counts(numbers: np.ndarray, atom_frame: np.ndarray, n_frames: int) 
     return {z: counts.astype(np.float64) for z, counts in per_element.items()}
 
 
-def frame_blocks(store: LabelStore, indices: Sequence[int], frame_arrays: Sequence[str], atom_arrays: Sequence[str],
-                 block: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+def frame_blocks(
+    store: LabelStore,
+    indices: Sequence[int],
+    frame_arrays: Sequence[str],
+    atom_arrays: Sequence[str],
+    block: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """Arrays of frames ``indices`` in ascending order, ``block`` store frames at a time: the per-frame arrays
     at those frames, the per-atom arrays at their atoms, ``frame`` (the frame indices) and ``atom_frame``
     (each atom's position in ``frame``). Bulk reads skip the per-frame checksums (training's reads check them)."""

@@ -43,13 +43,27 @@ class DemoPlan:
     teacher_md_steps: int = 40  #: the teacher costs ~0.4 s a step on 2 cores: short runs only
 
 
-QUICK = DemoPlan(n_frames=12, val_fraction=2 / 12, test_frames=2, epochs=5, temperatures=(300.0, 600.0), runs=1, md_runs=1, md_steps=50, teacher_md_steps=5)
+QUICK = DemoPlan(
+    n_frames=12,
+    val_fraction=2 / 12,
+    test_frames=2,
+    epochs=5,
+    temperatures=(300.0, 600.0),
+    runs=1,
+    md_runs=1,
+    md_steps=50,
+    teacher_md_steps=5,
+)
 #: Seed of the held-out trajectory: no training run shares it.
 TEST_SEED = 1000
 
 
 def run_demo(
-    output: str = "demo_out", quick: bool = False, progress: bool = True, teacher_spec: str = TEACHER, device="cpu",
+    output: str = "demo_out",
+    quick: bool = False,
+    progress: bool = True,
+    teacher_spec: str = TEACHER,
+    device="cpu",
 ) -> dict:
     """The demo on ``device`` (cpu, cuda, cuda:K, auto): teacher sampling and labelling, training, evaluation."""
     from ffdistill.devices import resolve
@@ -60,7 +74,9 @@ def run_demo(
     os.makedirs(output, exist_ok=True)
     started = time.perf_counter()
     teacher = load_teacher(teacher_spec, device=device)
-    paths = {name: os.path.join(output, name) for name in ("labels.extxyz", "labels.zarr", "heldout.extxyz", "heldout.zarr")}
+    paths = {
+        name: os.path.join(output, name) for name in ("labels.extxyz", "labels.zarr", "heldout.extxyz", "heldout.zarr")
+    }
     timings = {}
     _sample(teacher, plan, paths, timings, progress)
     if not os.path.exists(paths["labels.zarr"]) or not os.path.exists(paths["heldout.zarr"]):
@@ -68,7 +84,14 @@ def run_demo(
         t0 = time.perf_counter()
         for name in ("labels", "heldout"):
             if not os.path.exists(paths[f"{name}.zarr"]):
-                label_file(teacher, paths[f"{name}.extxyz"], paths[f"{name}.zarr"], rows=ROWS_PER_FRAME, seed=0, progress=progress)
+                label_file(
+                    teacher,
+                    paths[f"{name}.extxyz"],
+                    paths[f"{name}.zarr"],
+                    rows=ROWS_PER_FRAME,
+                    seed=0,
+                    progress=progress,
+                )
         timings["labelling_s"] = time.perf_counter() - t0
     store_path = paths["labels.zarr"]
     store = LabelStore(store_path)
@@ -93,13 +116,31 @@ def _sample(teacher, plan: DemoPlan, paths: dict, timings: dict, progress: bool)
     t0 = time.perf_counter()
     if not os.path.exists(paths["labels.extxyz"]):
         runs = len(plan.temperatures) * plan.runs
-        _say(f"[1/4] sampling {plan.n_frames} frames of 64-atom Si with {teacher.spec} ({teacher.version}), {runs} MD runs")
-        sample_to_file(teacher, STRUCTURE, paths["labels.extxyz"], n_frames=plan.n_frames, temperatures=plan.temperatures, runs=plan.runs, progress=progress)
+        _say(
+            f"[1/4] sampling {plan.n_frames} frames of 64-atom Si with {teacher.spec} ({teacher.version}), "
+            f"{runs} MD runs"
+        )
+        sample_to_file(
+            teacher,
+            STRUCTURE,
+            paths["labels.extxyz"],
+            n_frames=plan.n_frames,
+            temperatures=plan.temperatures,
+            runs=plan.runs,
+            progress=progress,
+        )
     if not os.path.exists(paths["heldout.extxyz"]):
         _say(f"      and {plan.test_frames} held-out frames from their own {plan.test_temperature:.0f} K trajectory")
         sample_to_file(
-            teacher, STRUCTURE, paths["heldout.extxyz"], n_frames=plan.test_frames, temperatures=(plan.test_temperature,),
-            md_fraction=1.0, interval=plan.test_interval, seed=TEST_SEED, progress=progress,
+            teacher,
+            STRUCTURE,
+            paths["heldout.extxyz"],
+            n_frames=plan.test_frames,
+            temperatures=(plan.test_temperature,),
+            md_fraction=1.0,
+            interval=plan.test_interval,
+            seed=TEST_SEED,
+            progress=progress,
         )
     timings["sampling_s"] = time.perf_counter() - t0
 
@@ -128,8 +169,12 @@ def _evaluate(teacher, store: LabelStore, runs: dict, plan: DemoPlan, device) ->
     models = evaluate_models(candidates, inputs, _demo_profile(plan))
     ratio = models["distilled"]["force_mae_meV_per_A"] / models["undistilled"]["force_mae_meV_per_A"]
     return {
-        "models": models, "distilled_vs_undistilled_force_mae": ratio, "test_frames": len(test),
-        "structure": "Si, 64 atoms", "teacher": f"{teacher.spec} ({teacher.version})", "profile": _demo_profile(plan).name,
+        "models": models,
+        "distilled_vs_undistilled_force_mae": ratio,
+        "test_frames": len(test),
+        "structure": "Si, 64 atoms",
+        "teacher": f"{teacher.spec} ({teacher.version})",
+        "profile": _demo_profile(plan).name,
     }
 
 
@@ -148,8 +193,11 @@ def _demo_profile(plan: DemoPlan):
     quick = PROFILES["quick"]
     scale = min(1.0, plan.md_steps / quick.nvt_steps)
     return dataclasses.replace(
-        quick, nvt_runs=min(quick.nvt_runs, plan.md_runs), nvt_steps=min(quick.nvt_steps, plan.md_steps),
-        nve_steps=min(quick.nve_steps, plan.md_steps), teacher_md_budget_s=quick.teacher_md_budget_s * scale,
+        quick,
+        nvt_runs=min(quick.nvt_runs, plan.md_runs),
+        nvt_steps=min(quick.nvt_steps, plan.md_steps),
+        nve_steps=min(quick.nve_steps, plan.md_steps),
+        teacher_md_budget_s=quick.teacher_md_budget_s * scale,
     )
 
 

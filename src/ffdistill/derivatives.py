@@ -17,9 +17,9 @@ taken on the column side (what finite differences of the forces along v give), b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
-
 import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ ForceFn = Callable[[AtomicGraph], Tensor]
 class Predictions(NamedTuple):
     energy: Tensor  #: (B,)
     forces: Tensor  #: (N, 3)
-    stress: Optional[Tensor]  #: (B, 3, 3) or None
+    stress: Tensor | None  #: (B, 3, 3) or None
     positions: Tensor  #: (N, 3) the leaf the forces were taken against (for Hessian rows)
 
 
@@ -105,7 +105,7 @@ def evaluate(potential, graph: AtomicGraph, want) -> Outputs:
     return out if want.differentiable else _detached(out)
 
 
-def _has(x: Optional[Tensor]) -> bool:
+def _has(x: Tensor | None) -> bool:
     return x is not None and len(x) > 0
 
 
@@ -119,25 +119,30 @@ def _strained(graph: AtomicGraph, stress: bool):
     return strain, graph._replace(R=R, cell=graph.cell + torch.bmm(graph.cell, sym))
 
 
-def _virial_to_stress(grad: Optional[Tensor], graph: AtomicGraph) -> Tensor:
+def _virial_to_stress(grad: Tensor | None, graph: AtomicGraph) -> Tensor:
     volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)
     sigma = _zeros_if_none(grad, graph.cell) / volume[:, None, None]
     periodic = graph.pbc.all(dim=1)
     return torch.where(periodic[:, None, None], sigma, torch.full_like(sigma, float("nan")))
 
 
-def _second(potential, graph: AtomicGraph, forces: Tensor, R: Tensor, vectors: Tensor, owner: Tensor, keep: bool) -> Tensor:
+def _second(
+    potential, graph: AtomicGraph, forces: Tensor, R: Tensor, vectors: Tensor, owner: Tensor, keep: bool
+) -> Tensor:
     """-(dF/dR) v for each vector: the Hessian for energy models, the force-Jacobian column for direct ones."""
     caps = potential.capabilities
     if caps.second_derivatives == "forward-difference":
         return _forward_differences(potential, graph, forces, vectors, owner, keep)
     if not caps.direct:
-        return hessian_vector_products(forces, R, vectors, owner, graph.batch, create_graph=keep,
-                                       vectorize=potential.vectorize_rows)
+        return hessian_vector_products(
+            forces, R, vectors, owner, graph.batch, create_graph=keep, vectorize=potential.vectorize_rows
+        )
     return force_jacobian_products(forces, R, vectors, owner, graph.batch, create_graph=keep)
 
 
-def _forward_differences(potential, graph: AtomicGraph, forces: Tensor, vectors: Tensor, owner: Tensor, keep: bool) -> Tensor:
+def _forward_differences(
+    potential, graph: AtomicGraph, forces: Tensor, vectors: Tensor, owner: Tensor, keep: bool
+) -> Tensor:
     """-(F(R + h v) - F(R)) / h for every vector, one displaced copy of the whole batch per wave (vectors of
     different structures share a copy: structures do not interact). Differentiable in the parameters when
     ``keep``: the displaced forces are ordinary forces, so training pays one more force evaluation per wave
@@ -145,8 +150,9 @@ def _forward_differences(potential, graph: AtomicGraph, forces: Tensor, vectors:
     h = potential.fd_step
     waves = _waves(owner)
     packed = forces.new_zeros(int(waves.max()) + 1, *forces.shape).index_add(0, waves, vectors.to(forces.dtype))
-    products = torch.stack([-(_forces_of(potential, graph._replace(R=graph.R.detach() + h * p), keep) - forces) / h
-                            for p in packed])
+    products = torch.stack(
+        [-(_forces_of(potential, graph._replace(R=graph.R.detach() + h * p), keep) - forces) / h for p in packed]
+    )
     return products[waves] * _owner_mask(owner, graph.batch, forces)
 
 
@@ -188,7 +194,7 @@ def _detached(out):
     return type(out)(*(x.detach() if isinstance(x, Tensor) else x for x in out))
 
 
-def _zeros_if_none(grad: Optional[Tensor], like: Tensor) -> Tensor:
+def _zeros_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
 
@@ -204,7 +210,7 @@ def hessian_rows(
     positions: Tensor,
     rows: Tensor | Sequence[int],
     *,
-    batch: Optional[Tensor] = None,
+    batch: Tensor | None = None,
     create_graph: bool = False,
     vectorize: bool = True,
 ) -> Tensor:
@@ -224,12 +230,20 @@ def hessian_rows(
     if batch is None:
         return _rows(forces, positions, one_hot_rows(rows, forces.shape[0], forces), create_graph, vectorize)
     vectors = one_hot_rows(rows, forces.shape[0], forces)
-    return hessian_vector_products(forces, positions, vectors, batch[rows // 3], batch, create_graph=create_graph, vectorize=vectorize)
+    return hessian_vector_products(
+        forces, positions, vectors, batch[rows // 3], batch, create_graph=create_graph, vectorize=vectorize
+    )
 
 
 def hessian_vector_products(
-    forces: Tensor, positions: Tensor, vectors: Tensor, owner: Tensor, batch: Tensor, *,
-    create_graph: bool = False, vectorize: bool = True,
+    forces: Tensor,
+    positions: Tensor,
+    vectors: Tensor,
+    owner: Tensor,
+    batch: Tensor,
+    *,
+    create_graph: bool = False,
+    vectorize: bool = True,
 ) -> Tensor:
     """``H·v`` (P, N, 3) for P vectors, each zero outside its own structure ``owner[p]``.
 
@@ -244,7 +258,9 @@ def hessian_vector_products(
     return products[waves] * _owner_mask(owner, batch, forces)
 
 
-def force_jacobian_columns(forces: Tensor, positions: Tensor, rows: Tensor | Sequence[int], batch: Tensor, *, create_graph: bool = False) -> Tensor:
+def force_jacobian_columns(
+    forces: Tensor, positions: Tensor, rows: Tensor | Sequence[int], batch: Tensor, *, create_graph: bool = False
+) -> Tensor:
     """``-dF/dR_r`` (K, N, 3) for forces that need not be a gradient (direct-force heads).
 
     For a conservative model this equals ``hessian_rows``; for a force head the force Jacobian is
@@ -275,7 +291,9 @@ def force_jacobian_products(
     return torch.stack(columns)[waves] * _owner_mask(owner, batch, forces)
 
 
-def fd_force_jacobian_columns(force_fn: ForceFn, graph: AtomicGraph, rows: Tensor | Sequence[int], h: float = 1e-4) -> Tensor:
+def fd_force_jacobian_columns(
+    force_fn: ForceFn, graph: AtomicGraph, rows: Tensor | Sequence[int], h: float = 1e-4
+) -> Tensor:
     """``-dF/dR_r`` (K, N, 3) of a one-structure graph by forward differences, all K displaced copies
     and the undisplaced one evaluated in a single batched forward pass."""
     rows = torch.as_tensor(rows, dtype=torch.long, device=graph.R.device)
@@ -312,7 +330,9 @@ def _rows(forces: Tensor, positions: Tensor, vectors: Tensor, create_graph: bool
             return _rows_vmapped(forces, positions, vectors, create_graph)
         except (RuntimeError, NotImplementedError) as error:
             # A genuine error recurs in the loop below and is raised from there.
-            warnings.warn(f"vmapped Hessian rows failed ({str(error).splitlines()[0]}); computing row by row")
+            warnings.warn(
+                f"vmapped Hessian rows failed ({str(error).splitlines()[0]}); computing row by row", stacklevel=2
+            )
     return _rows_looped(forces, positions, vectors, create_graph)
 
 
@@ -362,7 +382,10 @@ def fd_hessian_rows(force_fn: ForceFn, graph: AtomicGraph, rows: Tensor | Sequen
 
 def fd_hessian_vector_products(force_fn: ForceFn, graph: AtomicGraph, vectors: Tensor, h: float = 1e-3) -> Tensor:
     """``H·v`` (P, N, 3) by central differences of forces along each v: -(F(R + h v) - F(R - h v)) / 2h."""
-    out = [-(force_fn(graph._replace(R=graph.R + h * v)) - force_fn(graph._replace(R=graph.R - h * v))) / (2 * h) for v in vectors]
+    out = [
+        -(force_fn(graph._replace(R=graph.R + h * v)) - force_fn(graph._replace(R=graph.R - h * v))) / (2 * h)
+        for v in vectors
+    ]
     return torch.stack(out) if out else graph.R.new_zeros(0, *graph.R.shape)
 
 

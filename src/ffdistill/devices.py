@@ -22,10 +22,23 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 #: Factories that allocate on the default device unless given ``device=``.
-FACTORIES = frozenset({
-    torch.tensor, torch.as_tensor, torch.zeros, torch.ones, torch.empty, torch.full, torch.arange,
-    torch.linspace, torch.eye, torch.rand, torch.randn, torch.randint, torch.randperm,
-})
+FACTORIES = frozenset(
+    {
+        torch.tensor,
+        torch.as_tensor,
+        torch.zeros,
+        torch.ones,
+        torch.empty,
+        torch.full,
+        torch.arange,
+        torch.linspace,
+        torch.eye,
+        torch.rand,
+        torch.randn,
+        torch.randint,
+        torch.randperm,
+    }
+)
 #: Factories that always allocate on the CPU.
 HOST_ONLY = frozenset({torch.from_numpy})
 #: Tensor methods that copy to the host (``.item()`` and ``float()`` read a value; they are not counted;

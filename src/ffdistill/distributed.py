@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -36,7 +36,9 @@ class Ranks:
             return counts
         names = sorted(counts)
         # NCCL reduces only tensors on the rank's GPU
-        where = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        where = (
+            torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        )
         tensor = torch.tensor([float(counts[n]) for n in names], device=where)
         dist.all_reduce(tensor)
         return {n: int(v) for n, v in zip(names, tensor.tolist())}

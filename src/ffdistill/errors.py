@@ -15,4 +15,3 @@ class TeacherError(FFDistillError):
 
 class StoreError(FFDistillError):
     """A label store that is missing, corrupt, or does not match the command."""
-

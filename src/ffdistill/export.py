@@ -39,8 +39,15 @@ class _EnergyOfOneStructure(torch.nn.Module):
     def graph(self, Z, R, cell, edge_index, shifts) -> AtomicGraph:
         n = Z.shape[0]
         return AtomicGraph(
-            Z=Z, R=R, cell=cell[None], pbc=torch.ones(1, 3, dtype=torch.bool), edge_index=edge_index, shifts=shifts,
-            batch=torch.zeros_like(Z), ptr=torch.stack([torch.zeros_like(Z[0]), torch.zeros_like(Z[0]) + n]), cutoff=self.student.cutoff,
+            Z=Z,
+            R=R,
+            cell=cell[None],
+            pbc=torch.ones(1, 3, dtype=torch.bool),
+            edge_index=edge_index,
+            shifts=shifts,
+            batch=torch.zeros_like(Z),
+            ptr=torch.stack([torch.zeros_like(Z[0]), torch.zeros_like(Z[0]) + n]),
+            cutoff=self.student.cutoff,
         )
 
 
@@ -73,8 +80,13 @@ def export_student(student_path: str, output: str, format: str = "torchscript") 
     inputs = (example.Z, example.R, example.cell[0], example.edge_index, example.shifts)
     with torch.jit.optimized_execution(False):
         traced = torch.jit.trace(wrapper, inputs, check_trace=False)
-    meta = {"cutoff": student.cutoff, "elements": student.elements, "format": "ffdistill-exported-energy",
-            "dtype": "float32", "forces": "direct" if student.capabilities.direct else "autograd"}
+    meta = {
+        "cutoff": student.cutoff,
+        "elements": student.elements,
+        "format": "ffdistill-exported-energy",
+        "dtype": "float32",
+        "forces": "direct" if student.capabilities.direct else "autograd",
+    }
     torch.jit.save(traced, output, _extra_files={"ffdistill.json": json.dumps(meta)})
     calculator = os.path.join(os.path.dirname(os.path.abspath(output)), "standalone_calculator.py")
     shutil.copyfile(STANDALONE, calculator)
@@ -108,6 +120,11 @@ def _example_graph(student) -> AtomicGraph:
     if not student.elements:
         raise InputError("the student has no elements")
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
-    atoms = ase.Atoms(numbers=[student.elements[k % len(student.elements)] for k in range(len(atoms))], positions=atoms.positions * 1.5, cell=atoms.cell * 1.5, pbc=True)
+    atoms = ase.Atoms(
+        numbers=[student.elements[k % len(student.elements)] for k in range(len(atoms))],
+        positions=atoms.positions * 1.5,
+        cell=atoms.cell * 1.5,
+        pbc=True,
+    )
     atoms.rattle(0.05, seed=0)
     return from_ase(atoms, student.cutoff)

@@ -7,7 +7,8 @@ never branches on "single or batched". Labels are optional fields; Hessian-row l
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import ase
 import numpy as np
@@ -35,15 +36,15 @@ class AtomicGraph(NamedTuple):
     batch: Tensor  #: (N,) int64 structure index of each atom
     ptr: Tensor  #: (B + 1,) int64 first atom of each structure
     cutoff: float  #: radius of the graph, Å
-    energy: Optional[Tensor] = None  #: (B,) eV
-    forces: Optional[Tensor] = None  #: (N, 3) eV/Å
-    stress: Optional[Tensor] = None  #: (B, 3, 3) eV/Å³ (NaN when not periodic)
-    hessian_rows: Optional[Tensor] = None  #: (K, N, 3) rows of d2E/dR2, eV/Å²
-    row_index: Optional[Tensor] = None  #: (K,) flat index into the 3N coordinates
-    node_features: Optional[Tensor] = None  #: (N, D) teacher node features (n2n baseline)
-    probe_vectors: Optional[Tensor] = None  #: (P, N, 3) unit probe directions v, zero outside their structure
-    probe_products: Optional[Tensor] = None  #: (P, N, 3) teacher's H·v, eV/Å²
-    probe_owner: Optional[Tensor] = None  #: (P,) int64 structure index of each probe
+    energy: Tensor | None = None  #: (B,) eV
+    forces: Tensor | None = None  #: (N, 3) eV/Å
+    stress: Tensor | None = None  #: (B, 3, 3) eV/Å³ (NaN when not periodic)
+    hessian_rows: Tensor | None = None  #: (K, N, 3) rows of d2E/dR2, eV/Å²
+    row_index: Tensor | None = None  #: (K,) flat index into the 3N coordinates
+    node_features: Tensor | None = None  #: (N, D) teacher node features (n2n baseline)
+    probe_vectors: Tensor | None = None  #: (P, N, 3) unit probe directions v, zero outside their structure
+    probe_products: Tensor | None = None  #: (P, N, 3) teacher's H·v, eV/Å²
+    probe_owner: Tensor | None = None  #: (P,) int64 structure index of each probe
 
     @property
     def n_atoms(self) -> int:
@@ -197,13 +198,19 @@ def structure(graph: AtomicGraph, b: int) -> AtomicGraph:
     lo, hi = int(graph.ptr[b]), int(graph.ptr[b + 1])
     edges = (graph.batch[graph.edge_index[0]] == b).nonzero().squeeze(1)
     return AtomicGraph(
-        Z=graph.Z[lo:hi], R=graph.R[lo:hi], cell=graph.cell[b : b + 1], pbc=graph.pbc[b : b + 1],
-        edge_index=graph.edge_index[:, edges] - lo, shifts=graph.shifts[edges],
-        batch=torch.zeros(hi - lo, dtype=torch.long, device=graph.Z.device), ptr=torch.tensor([0, hi - lo], device=graph.Z.device), cutoff=graph.cutoff,
+        Z=graph.Z[lo:hi],
+        R=graph.R[lo:hi],
+        cell=graph.cell[b : b + 1],
+        pbc=graph.pbc[b : b + 1],
+        edge_index=graph.edge_index[:, edges] - lo,
+        shifts=graph.shifts[edges],
+        batch=torch.zeros(hi - lo, dtype=torch.long, device=graph.Z.device),
+        ptr=torch.tensor([0, hi - lo], device=graph.Z.device),
+        cutoff=graph.cutoff,
     )
 
 
-def _cat_optional(parts: list[Optional[Tensor]]) -> Optional[Tensor]:
+def _cat_optional(parts: list[Tensor | None]) -> Tensor | None:
     return None if any(p is None for p in parts) else torch.cat(parts)
 
 

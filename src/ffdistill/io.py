@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import ase
 import ase.io
@@ -25,8 +25,7 @@ def iter_structures(path: str, start: int = 0) -> Iterator[ase.Atoms]:
         raise InputError(f"cannot read {path}: the file is empty")
     try:
         extxyz = ase.io.formats.filetype(path) == "extxyz"
-        for atoms in _iter_extxyz(path, start) if extxyz else ase.io.iread(path, index=f"{start}:"):
-            yield atoms
+        yield from (_iter_extxyz(path, start) if extxyz else ase.io.iread(path, index=f"{start}:"))
     except InputError:
         raise
     except Exception as error:  # ASE's readers raise many types for malformed files

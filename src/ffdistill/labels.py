@@ -28,7 +28,6 @@ import shutil
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Optional
 
 import ase
 import numpy as np
@@ -68,7 +67,19 @@ ARRAYS = {
     "probe_products": ((3,), "float32", 262144),
     "group": ((), "int64", 4096),
 }
-FRAME_ARRAYS = ("n_atoms", "n_rows", "energy", "cell", "pbc", "stress", "ref_energy", "checksum", "frame_index", "n_probes", "group")
+FRAME_ARRAYS = (
+    "n_atoms",
+    "n_rows",
+    "energy",
+    "cell",
+    "pbc",
+    "stress",
+    "ref_energy",
+    "checksum",
+    "frame_index",
+    "n_probes",
+    "group",
+)
 #: Arrays whose bytes each frame's checksum covers (a lost or damaged chunk reads back as fill values).
 CHECKED = ("energy", "cell", "positions", "forces", "row_index", "hessian", "probe_vectors", "probe_products", "group")
 #: Default group rule without group ids in the input: blocks of this many consecutive input frames.
@@ -126,10 +137,19 @@ def group_of(atoms: ase.Atoms, index: int, rule: str) -> int:
 
 
 def label_file(
-    teacher: Teacher, input_path: str, store_path: str, rows: str | int = "all", seed: int = 0, progress: bool = True,
-    shard: tuple[int, int] = (0, 1), node_features: bool = False, probes: int = 0, group_by: str | None = None,
-    group_size: int = DEFAULT_GROUP_SIZE, batch_size: int = 1,
-) -> "LabelStore":
+    teacher: Teacher,
+    input_path: str,
+    store_path: str,
+    rows: str | int = "all",
+    seed: int = 0,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    node_features: bool = False,
+    probes: int = 0,
+    group_by: str | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
+    batch_size: int = 1,
+) -> LabelStore:
     """Label the structures of ``input_path`` with ``teacher`` into ``store_path``; resumes if interrupted.
 
     ``probes`` random unit directions v per frame are stored with the teacher's H·v. Each frame gets a
@@ -157,8 +177,15 @@ def label_file(
     rule = group_rule(input_path, group_by, group_size, n_keyed, n_total)
     mine = list(range(index_in_shard, n_total, n_shards))
     request = LabelRequest(
-        file_sha256(input_path), teacher.spec, teacher.version, str(rows), int(seed), [index_in_shard, n_shards],
-        node_features, int(probes), rule,
+        file_sha256(input_path),
+        teacher.spec,
+        teacher.version,
+        str(rows),
+        int(seed),
+        [index_in_shard, n_shards],
+        node_features,
+        int(probes),
+        rule,
     )
     partial = store_path + ".partial"
     group = _open_partial(partial, request, input_path, len(mine))
@@ -229,20 +256,28 @@ def _commit(group, frames: list[dict[str, np.ndarray]]) -> None:
     group.attrs["frames_done"] = group.attrs["frames_done"] + len(frames)
 
 
-def _finish(group, partial: str, store_path: str) -> "LabelStore":
+def _finish(group, partial: str, store_path: str) -> LabelStore:
     group.attrs["complete"] = True
     os.replace(partial, store_path)
     return LabelStore(store_path)
 
 
-def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True) -> "LabelStore":
+def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True) -> LabelStore:
     """Join the shards of one labelling job into one store, frames in input order."""
     if os.path.exists(store_path):
         raise StoreError(f"{store_path} already exists; choose another output or delete it")
     shards = [LabelStore(p) for p in shard_paths]
     first = shards[0].attrs
     for s in shards:
-        for field in ("input_sha256", "teacher_spec", "teacher_version", "hessian_rows", "seed", "hessian_probes", "group_rule"):
+        for field in (
+            "input_sha256",
+            "teacher_spec",
+            "teacher_version",
+            "hessian_rows",
+            "seed",
+            "hessian_probes",
+            "group_rule",
+        ):
             if s.attrs.get(field) != first.get(field):
                 raise StoreError(f"cannot merge {s.path}: its {field} differs from {shards[0].path}'s")
     counts = sorted(s.attrs["shard"][0] for s in shards)
@@ -251,8 +286,15 @@ def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True)
         raise StoreError(f"cannot merge: need each of the {n_shards} shards exactly once, got {counts}")
     owner = {int(f): (s, k) for s in shards for k, f in enumerate(s.group["frame_index"][:])}
     request = LabelRequest(
-        first["input_sha256"], first["teacher_spec"], first["teacher_version"], first["hessian_rows"], first["seed"], [0, 1],
-        first.get("node_features", False), first.get("hessian_probes", 0), first.get("group_rule", ""),
+        first["input_sha256"],
+        first["teacher_spec"],
+        first["teacher_version"],
+        first["hessian_rows"],
+        first["seed"],
+        [0, 1],
+        first.get("node_features", False),
+        first.get("hessian_probes", 0),
+        first.get("group_rule", ""),
     )
     partial = store_path + ".partial"
     if os.path.exists(partial):
@@ -384,7 +426,9 @@ def _reference_labels(atoms: ase.Atoms) -> tuple[float, np.ndarray]:
     """Energy and forces the input file carries (DFT, say), NaN when it has none."""
     results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
     energy = float(results["energy"]) if "energy" in results else np.nan
-    forces = np.asarray(results["forces"], dtype=np.float64) if "forces" in results else np.full((len(atoms), 3), np.nan)
+    forces = (
+        np.asarray(results["forces"], dtype=np.float64) if "forces" in results else np.full((len(atoms), 3), np.nan)
+    )
     return energy, forces
 
 
@@ -395,7 +439,11 @@ class LabelStore:
         import zarr
 
         if not os.path.isdir(path):
-            hint = " (an interrupted run: re-run the same label command to finish it)" if os.path.isdir(path + ".partial") else ""
+            hint = (
+                " (an interrupted run: re-run the same label command to finish it)"
+                if os.path.isdir(path + ".partial")
+                else ""
+            )
             raise StoreError(f"no label store at {path}{hint}")
         try:
             self.group = zarr.open_group(path, mode="r")
@@ -433,17 +481,30 @@ class LabelStore:
     def __len__(self) -> int:
         return len(self.n_atoms)
 
-    def frame(self, i: int) -> tuple[ase.Atoms, dict[str, Optional[np.ndarray]]]:
+    def frame(self, i: int) -> tuple[ase.Atoms, dict[str, np.ndarray | None]]:
         """Structure ``i`` and its labels: energy, forces, stress (or None), hessian_rows (K, N, 3), row_index."""
         g, a0, a1 = self.arrays, self.atom_start[i], self.atom_start[i + 1]
         r0, r1, h0, h1 = self.row_start[i], self.row_start[i + 1], self.hess_start[i], self.hess_start[i + 1]
         try:
-            raw = {"energy": g["energy"][i : i + 1], "cell": g["cell"][i : i + 1], "positions": g["positions"][a0:a1], "forces": g["forces"][a0:a1], "row_index": g["row_index"][r0:r1], "hessian": g["hessian"][h0:h1]}
+            raw = {
+                "energy": g["energy"][i : i + 1],
+                "cell": g["cell"][i : i + 1],
+                "positions": g["positions"][a0:a1],
+                "forces": g["forces"][a0:a1],
+                "row_index": g["row_index"][r0:r1],
+                "hessian": g["hessian"][h0:h1],
+            }
             p0, p1 = self.probe_start[i], self.probe_start[i + 1]
             if self.v2:
-                raw.update(probe_vectors=g["probe_vectors"][p0:p1], probe_products=g["probe_products"][p0:p1], group=g["group"][i : i + 1])
+                raw.update(
+                    probe_vectors=g["probe_vectors"][p0:p1],
+                    probe_products=g["probe_products"][p0:p1],
+                    group=g["group"][i : i + 1],
+                )
             intact = frame_checksum(raw) == int(g["checksum"][i])
-            atoms = ase.Atoms(numbers=g["numbers"][a0:a1], positions=raw["positions"], cell=raw["cell"][0], pbc=g["pbc"][i])
+            atoms = ase.Atoms(
+                numbers=g["numbers"][a0:a1], positions=raw["positions"], cell=raw["cell"][0], pbc=g["pbc"][i]
+            )
             stress = g["stress"][i]
             labels = {
                 "energy": float(g["energy"][i]),
@@ -457,7 +518,9 @@ class LabelStore:
                 "probe_products": raw["probe_products"].reshape(-1, a1 - a0, 3) if self.v2 else None,
             }
         except Exception as error:
-            raise StoreError(f"{self.path} is corrupt: cannot read frame {i} ({type(error).__name__}: {error})") from error
+            raise StoreError(
+                f"{self.path} is corrupt: cannot read frame {i} ({type(error).__name__}: {error})"
+            ) from error
         if not intact:
             raise StoreError(f"{self.path} is corrupt: frame {i} fails its checksum (a damaged or missing chunk)")
         return atoms, labels
@@ -468,7 +531,15 @@ class LabelStore:
         g, a = self.group, slice(self.atom_start[i], self.atom_start[i + 1])
         r, h = slice(self.row_start[i], self.row_start[i + 1]), slice(self.hess_start[i], self.hess_start[i + 1])
         p = slice(self.probe_start[i], self.probe_start[i + 1])
-        spans = {"numbers": a, "positions": a, "forces": a, "ref_forces": a, "node_features": a, "row_index": r, "hessian": h}
+        spans = {
+            "numbers": a,
+            "positions": a,
+            "forces": a,
+            "ref_forces": a,
+            "node_features": a,
+            "row_index": r,
+            "hessian": h,
+        }
         spans.update(probe_vectors=p, probe_products=p)
         return {name: g[name][spans.get(name, slice(i, i + 1))] for name in self.array_names()}
 
@@ -480,7 +551,6 @@ class LabelStore:
         if self.v2:
             return self.group["group"][:]
         return self.group["frame_index"][:] // DEFAULT_GROUP_SIZE
-
 
     def graph(self, i: int, cutoff: float, dtype: torch.dtype = torch.float32, reference: bool = True) -> AtomicGraph:
         """Frame ``i`` as a labelled ``AtomicGraph`` of radius ``cutoff``.
@@ -502,7 +572,7 @@ class LabelStore:
             **_probe_fields(labels, as_t),
         )
 
-    def _node_features(self, i: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    def _node_features(self, i: int, dtype: torch.dtype) -> torch.Tensor | None:
         if "node_features" not in self.group:
             return None
         return torch.as_tensor(self.arrays["node_features"][self.atom_start[i] : self.atom_start[i + 1]], dtype=dtype)
@@ -517,12 +587,21 @@ class LabelStore:
             "atoms_total": int(self.atom_start[-1]),
             "atoms_per_frame": {"min": int(self.n_atoms.min()), "max": int(self.n_atoms.max())},
             "elements": elements,
-            "labels": ["energy", "forces"] + (["stress"] if not np.isnan(self.group["stress"][:]).all() else []) + (["hessian_rows"] if rows.sum() else []),
-            "hessian_rows_per_frame": {"setting": self.attrs["hessian_rows"], "min": int(rows.min()), "max": int(rows.max())},
+            "labels": ["energy", "forces"]
+            + (["stress"] if not np.isnan(self.group["stress"][:]).all() else [])
+            + (["hessian_rows"] if rows.sum() else []),
+            "hessian_rows_per_frame": {
+                "setting": self.attrs["hessian_rows"],
+                "min": int(rows.min()),
+                "max": int(rows.max()),
+            },
             "full_hessian": bool(np.all(rows == 3 * self.n_atoms)),
             "reference_labels": bool(np.isfinite(self.group["ref_energy"][:]).any()),
             "hessian_probes_per_frame": {"min": int(self.n_probes.min()), "max": int(self.n_probes.max())},
-            "groups": {"count": int(len(np.unique(self.groups()))), "rule": self.attrs.get("group_rule") or f"blocks:{DEFAULT_GROUP_SIZE} (store predates group ids)"},
+            "groups": {
+                "count": int(len(np.unique(self.groups()))),
+                "rule": self.attrs.get("group_rule") or f"blocks:{DEFAULT_GROUP_SIZE} (store predates group ids)",
+            },
             "teacher": {"spec": self.attrs["teacher_spec"], "version": self.attrs["teacher_version"]},
             "seed": self.attrs["seed"],
             "shard": self.attrs["shard"],
@@ -551,4 +630,7 @@ def stores_equal(a: str, b: str) -> bool:
     sa, sb = LabelStore(a), LabelStore(b)
     if sa.array_names() != sb.array_names():
         return False
-    return all(np.array_equal(sa.group[n][:], sb.group[n][:], equal_nan=sa.group[n].dtype.kind == "f") for n in sa.array_names())
+    return all(
+        np.array_equal(sa.group[n][:], sb.group[n][:], equal_nan=sa.group[n].dtype.kind == "f")
+        for n in sa.array_names()
+    )

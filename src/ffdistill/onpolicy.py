@@ -30,13 +30,12 @@ import itertools
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
 from ffdistill.errors import InputError
-
 
 #: Frames copied per append when joining stores.
 COPY_CHUNK = 256
@@ -53,14 +52,14 @@ class OnPolicySettings:
     md_interval: int = 10  #: steps between visited frames kept as candidates
     threshold: float = 0.1  #: eV/Å; stop once the largest disagreement is below this and MD is stable
     spot_check: int = 0  #: teacher force calls on this many top candidates; then pick by true error
-    teacher: Optional[str] = None  #: teacher spec; default the initial store's teacher
-    test_store: Optional[str] = None  #: held-out store; default a test_fraction split of the initial store
+    teacher: str | None = None  #: teacher spec; default the initial store's teacher
+    test_store: str | None = None  #: held-out store; default a test_fraction split of the initial store
     test_fraction: float = 0.2
     seed: int = 0
-    teacher_python: Optional[str] = None  #: run the teacher in this interpreter (a worker) when given
+    teacher_python: str | None = None  #: run the teacher in this interpreter (a worker) when given
     #: Å; a bond changing by more marks a blow-up (default ffdistill.simulate's BOND_TOLERANCE, 0.5 Å; hot
     #: metals need more: EMT Cu's own 900 K MD changes bonds by up to 0.8 Å in 1 ps)
-    bond_tolerance: Optional[float] = None
+    bond_tolerance: float | None = None
 
 
 def distill(config, settings: OnPolicySettings, progress: bool = True) -> list[dict]:
@@ -138,8 +137,15 @@ def copy_frames(sources: Sequence[tuple], path: str):
     what = [[store.attrs["input_sha256"], [int(i) for i in indices]] for store, indices in sources]
     fingerprint = hashlib.sha256(json.dumps(what).encode()).hexdigest()
     request = LabelRequest(
-        fingerprint, first["teacher_spec"], first["teacher_version"], first["hessian_rows"], first["seed"], [0, 1],
-        first.get("node_features", False), first.get("hessian_probes", 0), "copied",
+        fingerprint,
+        first["teacher_spec"],
+        first["teacher_version"],
+        first["hessian_rows"],
+        first["seed"],
+        [0, 1],
+        first.get("node_features", False),
+        first.get("hessian_probes", 0),
+        "copied",
     )
     shutil.rmtree(path + ".partial", ignore_errors=True)  # copying is cheap: start over rather than resume
     group = _open_partial(path + ".partial", request, sources[0][0].path, sum(len(idx) for _, idx in sources))
@@ -195,8 +201,17 @@ def teacher_calls(store, fd_teacher: bool) -> int:
 # --------------------------------------------------------------------------------------------- one round
 
 
-def run_round(r: int, train_store: str, heldout: str, teacher, config, settings: OnPolicySettings, folder: str,
-              progress: bool, last: bool) -> dict:
+def run_round(
+    r: int,
+    train_store: str,
+    heldout: str,
+    teacher,
+    config,
+    settings: OnPolicySettings,
+    folder: str,
+    progress: bool,
+    last: bool,
+) -> dict:
     """Train the ensemble, score it, run its MD, and (unless this is the last round or it has converged)
     label the most disputed frames. Every step skips work already on disk."""
     os.makedirs(folder, exist_ok=True)
@@ -216,8 +231,16 @@ def run_round(r: int, train_store: str, heldout: str, teacher, config, settings:
     return summary
 
 
-def measurements(r: int, train_store: str, heldout: str, students: list[str], md: list[dict], scores: np.ndarray,
-                 teacher, settings: OnPolicySettings) -> dict:
+def measurements(
+    r: int,
+    train_store: str,
+    heldout: str,
+    students: list[str],
+    md: list[dict],
+    scores: np.ndarray,
+    teacher,
+    settings: OnPolicySettings,
+) -> dict:
     """What a round's report shows: data, cost, held-out error, MD stability and disagreement."""
     from ffdistill.labels import LabelStore
 
@@ -323,7 +346,7 @@ def _bond_lengths(atoms, bonds) -> np.ndarray:
     return np.linalg.norm(atoms.positions[j] - atoms.positions[i] + shifts @ atoms.cell.array, axis=1)
 
 
-def _failure(atoms, bonds, reference, tolerance: Optional[float] = None) -> Optional[str]:
+def _failure(atoms, bonds, reference, tolerance: float | None = None) -> str | None:
     """Why the MD counts as blown up, or None: the same limits as ``ffdistill evaluate``'s stability
     (or a bond change of ``tolerance`` Å where given)."""
     from ffdistill.simulate import BOND_TOLERANCE, MAX_FORCE
@@ -389,8 +412,9 @@ def ensemble_disagreement(students: Sequence[str], frames: Sequence) -> np.ndarr
     return np.array([force_disagreement(f) for f in ensemble_forces(students, frames)])
 
 
-def pick_frames(candidates: Sequence, scores: np.ndarray, students: Sequence[str], teacher,
-                settings: OnPolicySettings) -> tuple[list[int], int]:
+def pick_frames(
+    candidates: Sequence, scores: np.ndarray, students: Sequence[str], teacher, settings: OnPolicySettings
+) -> tuple[list[int], int]:
     """Indices of the frames to label (largest disagreement first), and the teacher calls spent choosing.
 
     With ``spot_check`` the teacher's forces on the top candidates rank them by the ensemble mean's
@@ -401,8 +425,9 @@ def pick_frames(candidates: Sequence, scores: np.ndarray, students: Sequence[str
         return sorted(order[: settings.new_frames].tolist()), 0
     checked = order[: max(settings.spot_check, settings.new_frames)]
     predicted = ensemble_forces(students, [candidates[i] for i in checked])
-    true_error = [np.abs(p.mean(axis=0) - teacher.label(candidates[i]).forces).max()
-                  for i, p in zip(checked, predicted)]
+    true_error = [
+        np.abs(p.mean(axis=0) - teacher.label(candidates[i]).forces).max() for i, p in zip(checked, predicted)
+    ]
     ranked = checked[np.argsort(-np.asarray(true_error), kind="stable")]
     return sorted(ranked[: settings.new_frames].tolist()), len(checked)
 
@@ -481,7 +506,7 @@ def _attrs(store_path: str) -> dict:
     return LabelStore(store_path).attrs
 
 
-def _read_json(path: str) -> Optional[dict]:
+def _read_json(path: str) -> dict | None:
     if not os.path.isfile(path):
         return None
     with open(path) as handle:

@@ -18,7 +18,7 @@ probes the vectors in ``graph.probe_vectors`` (``probe_owner`` says whose struct
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from torch import Tensor
 
@@ -76,12 +76,12 @@ class Outputs(NamedTuple):
     """Named outputs of ``predict``; fields not asked for (or not applicable) are None."""
 
     energy: Tensor  #: (B,) eV
-    forces: Optional[Tensor] = None  #: (N, 3) eV/Å
-    hessian_rows: Optional[Tensor] = None  #: (K, N, 3) eV/Å², the rows ``graph.row_index``
-    features: Optional[Tensor] = None  #: (N, D)
-    conservative_forces: Optional[Tensor] = None  #: (N, 3) -dE/dR of a direct-force model's energy head
-    probe_products: Optional[Tensor] = None  #: (P, N, 3) eV/Å²
-    stress: Optional[Tensor] = None  #: (B, 3, 3) eV/Å³, ASE's sign
+    forces: Tensor | None = None  #: (N, 3) eV/Å
+    hessian_rows: Tensor | None = None  #: (K, N, 3) eV/Å², the rows ``graph.row_index``
+    features: Tensor | None = None  #: (N, D)
+    conservative_forces: Tensor | None = None  #: (N, 3) -dE/dR of a direct-force model's energy head
+    probe_products: Tensor | None = None  #: (P, N, 3) eV/Å²
+    stress: Tensor | None = None  #: (B, 3, 3) eV/Å³, ASE's sign
 
 
 class Raw(NamedTuple):
@@ -89,9 +89,9 @@ class Raw(NamedTuple):
     itself (direct-force heads, calculators); derivatives of the energy are ``evaluate``'s job."""
 
     energy: Tensor  #: (B,)
-    forces: Optional[Tensor] = None
-    stress: Optional[Tensor] = None
-    features: Optional[Tensor] = None
+    forces: Tensor | None = None
+    stress: Tensor | None = None
+    features: Tensor | None = None
 
 
 class Potential:

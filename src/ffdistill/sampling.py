@@ -4,7 +4,7 @@ a training step looks at."""
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import ase
 import ase.io
@@ -36,7 +36,12 @@ NAMED_STRUCTURES = {
 
 
 def _perovskite() -> ase.Atoms:
-    cell = ase.Atoms("BaTiO3", scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)], cell=[4.0] * 3, pbc=True)
+    cell = ase.Atoms(
+        "BaTiO3",
+        scaled_positions=[(0, 0, 0), (0.5, 0.5, 0.5), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)],
+        cell=[4.0] * 3,
+        pbc=True,
+    )
     return cell * (2, 2, 2)
 
 
@@ -54,8 +59,15 @@ def load_structure(name_or_path: str) -> ase.Atoms:
 
 
 def teacher_md_frames(
-    teacher: Teacher, atoms: ase.Atoms, n_frames: int, temperature: float, interval: int = 5,
-    equilibration: int = 10, timestep_fs: float = 2.0, seed: int = 0, bar=None,
+    teacher: Teacher,
+    atoms: ase.Atoms,
+    n_frames: int,
+    temperature: float,
+    interval: int = 5,
+    equilibration: int = 10,
+    timestep_fs: float = 2.0,
+    seed: int = 0,
+    bar=None,
 ) -> list[ase.Atoms]:
     """Langevin MD with the teacher; one frame every ``interval`` steps after ``equilibration`` steps."""
     atoms = atoms.copy()
@@ -73,7 +85,9 @@ def teacher_md_frames(
     return frames
 
 
-def perturbed_copies(frames: Sequence[ase.Atoms], n: int, rattle: float = 0.04, max_strain: float = 0.02, seed: int = 0) -> list[ase.Atoms]:
+def perturbed_copies(
+    frames: Sequence[ase.Atoms], n: int, rattle: float = 0.04, max_strain: float = 0.02, seed: int = 0
+) -> list[ase.Atoms]:
     """Rattled and homogeneously strained copies of ``frames`` (periodic cells are strained); each copy
     keeps its parent's ``info["group"]``, so a split never puts a copy and its parent on two sides."""
     rng = np.random.default_rng(seed)
@@ -101,8 +115,16 @@ def group_block(interval: int, timestep_fs: float, min_span_fs: float = MIN_GROU
 
 
 def sample_to_file(
-    teacher: Teacher, structure: str, output: str, n_frames: int = 40, temperatures: Sequence[float] = (300.0, 600.0),
-    md_fraction: float = 0.5, interval: int = 5, seed: int = 0, progress: bool = True, runs: int = 1,
+    teacher: Teacher,
+    structure: str,
+    output: str,
+    n_frames: int = 40,
+    temperatures: Sequence[float] = (300.0, 600.0),
+    md_fraction: float = 0.5,
+    interval: int = 5,
+    seed: int = 0,
+    progress: bool = True,
+    runs: int = 1,
     timestep_fs: float = 2.0,
 ) -> int:
     """Teacher MD (``runs`` independent runs per temperature) plus perturbed copies, written to ``output``
@@ -118,8 +140,19 @@ def sample_to_file(
     block = group_block(interval, timestep_fs)
     frames: list[ase.Atoms] = []
     with tqdm(total=n_md, desc="teacher MD", unit="frame", disable=not progress) as bar:
-        for k, (temperature, share) in enumerate(zip([t for t, _ in chains], np.array_split(np.arange(n_md), len(chains)))):
-            run = teacher_md_frames(teacher, atoms, len(share), temperature, interval=interval, timestep_fs=timestep_fs, seed=seed + k, bar=bar)
+        for k, (temperature, share) in enumerate(
+            zip([t for t, _ in chains], np.array_split(np.arange(n_md), len(chains)))
+        ):
+            run = teacher_md_frames(
+                teacher,
+                atoms,
+                len(share),
+                temperature,
+                interval=interval,
+                timestep_fs=timestep_fs,
+                seed=seed + k,
+                bar=bar,
+            )
             first_group = 1 + max([f.info[GROUP_KEY] for f in frames], default=-1)
             for j, frame in enumerate(run):
                 frame.info[GROUP_KEY] = first_group + j // block
@@ -131,7 +164,9 @@ def sample_to_file(
     return len(frames)
 
 
-def select_rows(graph: AtomicGraph, s: int, generator: torch.Generator, temperature: float | None = None) -> AtomicGraph:
+def select_rows(
+    graph: AtomicGraph, s: int, generator: torch.Generator, temperature: float | None = None
+) -> AtomicGraph:
     """Keep ``s`` of the Hessian rows and ``s`` of the probes stored for a one-structure graph.
 
     Rows are drawn uniformly by default; with ``temperature`` the draw is biased to rows of large teacher
@@ -147,7 +182,11 @@ def select_rows(graph: AtomicGraph, s: int, generator: torch.Generator, temperat
         graph = graph._replace(hessian_rows=graph.hessian_rows[keep], row_index=graph.row_index[keep])
     if graph.probe_vectors is not None and len(graph.probe_vectors) > s:
         keep = torch.randperm(len(graph.probe_vectors), generator=generator)[:s].sort().values
-        graph = graph._replace(probe_vectors=graph.probe_vectors[keep], probe_products=graph.probe_products[keep], probe_owner=graph.probe_owner[keep])
+        graph = graph._replace(
+            probe_vectors=graph.probe_vectors[keep],
+            probe_products=graph.probe_products[keep],
+            probe_owner=graph.probe_owner[keep],
+        )
     return graph
 
 

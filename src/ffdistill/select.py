@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
 
 import ase
 import ase.data
@@ -27,14 +27,14 @@ RULES = ("elements", "require", "max_atoms", "composition", "energy_window", "wh
 class FrameFilter:
     """Rules a frame must pass. Every rule left at its default accepts everything."""
 
-    elements: Optional[frozenset[int]] = None  #: atomic numbers allowed (only these)
+    elements: frozenset[int] | None = None  #: atomic numbers allowed (only these)
     require: frozenset[int] = frozenset()  #: atomic numbers every frame must contain
-    max_atoms: Optional[int] = None
-    composition: Optional[dict] = None  #: atomic number -> fraction of atoms (sums to 1)
-    energy_window: Optional[tuple[float, float]] = None  #: eV/atom; frames without an energy fail it
+    max_atoms: int | None = None
+    composition: dict | None = None  #: atomic number -> fraction of atoms (sums to 1)
+    energy_window: tuple[float, float] | None = None  #: eV/atom; frames without an energy fail it
     where: dict = field(default_factory=dict)  #: atoms.info key -> wanted value (as written)
 
-    def first_failure(self, atoms: ase.Atoms) -> Optional[str]:
+    def first_failure(self, atoms: ase.Atoms) -> str | None:
         """The name of the first rule ``atoms`` fails, or None when it passes them all."""
         for rule in RULES:
             if not getattr(self, f"_{rule}_ok")(atoms):
@@ -92,7 +92,7 @@ def parse_composition(text: str) -> dict[int, float]:
     return {z: n / total for z, n in numbers.items()}
 
 
-def parse_elements(symbols: Optional[Sequence[str]]) -> Optional[frozenset[int]]:
+def parse_elements(symbols: Sequence[str] | None) -> frozenset[int] | None:
     if symbols is None:
         return None
     unknown = [s for s in symbols if s not in ase.data.atomic_numbers or s == "X"]
@@ -123,7 +123,7 @@ def info_matches(found, wanted: str) -> bool:
         return False
 
 
-def frame_energy(atoms: ase.Atoms) -> Optional[float]:
+def frame_energy(atoms: ase.Atoms) -> float | None:
     """The energy a file carries for this frame (single-point results or ``info['energy']``), or None."""
     results = getattr(atoms.calc, "results", None) or {}
     if "energy" in results:
@@ -226,7 +226,7 @@ def _scalar_info(atoms: ase.Atoms) -> dict:
 # --------------------------------------------------------------------------------------------- picking
 
 
-def farthest_point_order(points: np.ndarray, n: int, first: Optional[int] = None) -> np.ndarray:
+def farthest_point_order(points: np.ndarray, n: int, first: int | None = None) -> np.ndarray:
     """Indices of ``n`` points chosen greedily, each the farthest (Euclidean) from those already chosen.
 
     Starts from ``first``, or else from the point farthest from the centroid, so the answer is
@@ -346,8 +346,13 @@ class SelectSummary:
 
 
 def select_frames(
-    inputs: Sequence[str], output: str, rules: FrameFilter = FrameFilter(), pick: Optional[int] = None, by: str = "fps",
-    describe: Optional[Callable] = None, seed: int = 0,
+    inputs: Sequence[str],
+    output: str,
+    rules: FrameFilter = FrameFilter(),
+    pick: int | None = None,
+    by: str = "fps",
+    describe: Callable | None = None,
+    seed: int = 0,
 ) -> SelectSummary:
     """Write the frames of ``inputs`` that pass ``rules`` to ``output``; with ``pick``, only ``pick`` of
     them, chosen by ``by`` (fps over ``describe``, default the RDF descriptor), whole groups at a time."""

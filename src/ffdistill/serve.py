@@ -8,16 +8,15 @@ on the same socket, which i-PI spreads beads over).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import ase
 import numpy as np
 
 from ffdistill.errors import InputError
 
 
-def socket_client(unix: Optional[str] = None, port: Optional[int] = None, host: str = "localhost",
-                  timeout: Optional[float] = None):
+def socket_client(
+    unix: str | None = None, port: int | None = None, host: str = "localhost", timeout: float | None = None
+):
     """An ASE ``SocketClient`` connected to the server at the unix socket ``unix`` or ``host:port``."""
     from ase.calculators.socketio import SocketClient
 
@@ -30,8 +29,14 @@ def socket_client(unix: Optional[str] = None, port: Optional[int] = None, host: 
         raise InputError(f"no i-PI server at {where} ({error.strerror or error})") from error
 
 
-def serve(calc, template: ase.Atoms, unix: Optional[str] = None, port: Optional[int] = None, host: str = "localhost",
-          use_stress: Optional[bool] = None) -> int:
+def serve(
+    calc,
+    template: ase.Atoms,
+    unix: str | None = None,
+    port: int | None = None,
+    host: str = "localhost",
+    use_stress: bool | None = None,
+) -> int:
     """Answer the server's force requests with ``calc`` until it says EXIT; returns the number answered.
 
     ``template`` gives atomic numbers and periodicity; positions and cell come from the server. The
@@ -50,7 +55,7 @@ def serve(calc, template: ase.Atoms, unix: Optional[str] = None, port: Optional[
     return answered
 
 
-def load_template(path: Optional[str], elements: list[int]) -> ase.Atoms:
+def load_template(path: str | None, elements: list[int]) -> ase.Atoms:
     """The template structure: a file or named structure, checked against the student's elements."""
     from ffdistill.sampling import load_structure
 

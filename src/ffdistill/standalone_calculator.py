@@ -1,7 +1,7 @@
 """ASE calculator for a student exported by ``ffdistill export`` — needs torch, numpy and ASE only.
 
-    from standalone_calculator import ExportedStudent
-    atoms.calc = ExportedStudent("student.pt")
+from standalone_calculator import ExportedStudent
+atoms.calc = ExportedStudent("student.pt")
 """
 
 import json

@@ -29,8 +29,8 @@ import copy
 import math
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import ase
 import ase.io
@@ -60,10 +60,26 @@ class Tolerances:
 
 
 TOLERANCES = {
-    torch.float64: Tolerances(exact=1e-8, forces=1e-6, second=1e-5, stress=1e-7, relative=1e-6,
-                              energy_step=1e-5, force_step=1e-5, strain_step=1e-5),
-    torch.float32: Tolerances(exact=2e-4, forces=1e-2, second=2e-2, stress=5e-4, relative=2e-3,
-                              energy_step=1e-2, force_step=2e-3, strain_step=1e-3),
+    torch.float64: Tolerances(
+        exact=1e-8,
+        forces=1e-6,
+        second=1e-5,
+        stress=1e-7,
+        relative=1e-6,
+        energy_step=1e-5,
+        force_step=1e-5,
+        strain_step=1e-5,
+    ),
+    torch.float32: Tolerances(
+        exact=2e-4,
+        forces=1e-2,
+        second=2e-2,
+        stress=5e-4,
+        relative=2e-3,
+        energy_step=1e-2,
+        force_step=2e-3,
+        strain_step=1e-3,
+    ),
 }
 
 
@@ -98,9 +114,15 @@ class ConformanceError(AssertionError):
     """A potential failed one or more checks; the message names each."""
 
 
-def check_potential(potential: Potential, structures: Sequence[ase.Atoms], *, dtype: Optional[torch.dtype] = None,
-                    tolerances: Optional[Tolerances] = None, checks: Optional[Sequence[str]] = None,
-                    raise_on_failure: bool = True) -> ConformanceReport:
+def check_potential(
+    potential: Potential,
+    structures: Sequence[ase.Atoms],
+    *,
+    dtype: torch.dtype | None = None,
+    tolerances: Tolerances | None = None,
+    checks: Sequence[str] | None = None,
+    raise_on_failure: bool = True,
+) -> ConformanceReport:
     """Run the checks that apply to ``potential`` on ``structures`` (small ones: finite differences cost
     2 evaluations per coordinate checked). Raises ``ConformanceError`` naming every failed check.
 
@@ -178,8 +200,9 @@ class _Kit:
         atoms = self.structures[0]
         g = _with_items(self.graph(atoms), rows=[0, 3 * len(atoms) - 1], n_probes=1)
         periodic = bool(np.all(atoms.pbc))
-        want = Want(stress=periodic and self.caps.stress, hessian_rows=True, probe_products=True,
-                    features=self.caps.features)
+        want = Want(
+            stress=periodic and self.caps.stress, hessian_rows=True, probe_products=True, features=self.caps.features
+        )
         out = self.p.predict(g, want)
         n = len(atoms)
         expected = {"energy": (1,), "forces": (n, 3), "hessian_rows": (2, n, 3), "probe_products": (1, n, 3)}
@@ -201,8 +224,11 @@ class _Kit:
         g = _with_items(self.graph(atoms), rows=[1], n_probes=1)
         before = [x.clone() if isinstance(x, Tensor) else x for x in g]
         self.p.predict(g, Want(hessian_rows=True, probe_products=True))
-        changed = [name for name, a, b in zip(AtomicGraph._fields, before, g)
-                   if isinstance(a, Tensor) and (a.shape != b.shape or not torch.equal(a, b))]
+        changed = [
+            name
+            for name, a, b in zip(AtomicGraph._fields, before, g)
+            if isinstance(a, Tensor) and (a.shape != b.shape or not torch.equal(a, b))
+        ]
         return not changed, f"changed: {', '.join(changed)}" if changed else "graph tensors untouched"
 
     def batched_equals_single(self):
@@ -227,7 +253,9 @@ class _Kit:
             minus = self.p.predict(g._replace(R=g.R - step.view_as(g.R)), Want(forces=False)).energy.double().sum()
             expected.view(-1)[k] = -(plus - minus) / (2 * h)
         error = _max_error(forces, expected)
-        return self.within(error, self.tol.forces, _scale(expected)), f"max |F - (-dE/dR)_fd| {error:.2e} eV/Å (h {h} Å)"
+        return self.within(
+            error, self.tol.forces, _scale(expected)
+        ), f"max |F - (-dE/dR)_fd| {error:.2e} eV/Å (h {h} Å)"
 
     def second_derivatives(self):
         atoms, h = self.structures[0], self.tol.force_step
@@ -299,7 +327,9 @@ class _Kit:
         a, b = self.p.predict(self.graph(atoms)), self.p.predict(self.graph(moved))
         rotated = a.forces.double().cpu() @ torch.as_tensor(rotation).T
         e, f = _max_error(a.energy, b.energy), _max_error(rotated, b.forces)
-        ok = self.within(e, self.tol.exact, max(_scale(a.energy), 1.0)) and self.within(f, self.tol.exact, _scale(a.forces))
+        ok = self.within(e, self.tol.exact, max(_scale(a.energy), 1.0)) and self.within(
+            f, self.tol.exact, _scale(a.forces)
+        )
         return ok, f"max |ΔE| {e:.2e} eV, max |RF - F(R·)| {f:.2e} eV/Å"
 
     def _calculator(self):
@@ -314,7 +344,8 @@ class _Kit:
         e = abs(atoms.get_potential_energy() - float(out.energy.sum()))
         f = _max_error(torch.as_tensor(atoms.get_forces()), out.forces)
         ok = self.within(e, self.tol.exact, max(abs(float(out.energy.sum())), 1.0)) and self.within(
-            f, self.tol.exact, _scale(out.forces))
+            f, self.tol.exact, _scale(out.forces)
+        )
         return ok, f"|ΔE| {e:.2e} eV, max |ΔF| {f:.2e} eV/Å"
 
     def torchscript(self):
@@ -350,8 +381,11 @@ def _with_items(g: AtomicGraph, rows: Sequence[int], n_probes: int) -> AtomicGra
     from ffdistill.derivatives import random_probes
 
     vectors = torch.as_tensor(random_probes(g.n_atoms, n_probes, seed=0, frame=0), dtype=g.R.dtype, device=g.R.device)
-    return g._replace(row_index=torch.as_tensor(rows, dtype=torch.long, device=g.R.device), probe_vectors=vectors,
-                      probe_owner=torch.zeros(n_probes, dtype=torch.long, device=g.R.device))
+    return g._replace(
+        row_index=torch.as_tensor(rows, dtype=torch.long, device=g.R.device),
+        probe_vectors=vectors,
+        probe_owner=torch.zeros(n_probes, dtype=torch.long, device=g.R.device),
+    )
 
 
 def _rotation(seed: int) -> np.ndarray:
@@ -360,7 +394,7 @@ def _rotation(seed: int) -> np.ndarray:
     return q if np.linalg.det(q) > 0 else -q
 
 
-def load_check_target(target: str, structures: Optional[str], trust: bool = False, python: Optional[str] = None):
+def load_check_target(target: str, structures: str | None, trust: bool = False, python: str | None = None):
     """(potential, structures) for ``ffdistill check``: a student file or a teacher spec, and the frames of
     ``structures`` (default: two rattled small cells of the potential's elements)."""
     from ffdistill.calculator import load_student
@@ -378,7 +412,9 @@ def load_check_target(target: str, structures: Optional[str], trust: bool = Fals
         try:
             frames = ase.io.read(structures, ":")
         except Exception as error:  # ASE raises many kinds for unreadable files; one line for the user
-            raise InputError(f"cannot read {structures}: {str(error).splitlines()[0] if str(error) else error}") from error
+            raise InputError(
+                f"cannot read {structures}: {str(error).splitlines()[0] if str(error) else error}"
+            ) from error
         if not frames:
             raise InputError(f"{structures} holds no structures")
         return potential, frames[:2]

@@ -13,23 +13,23 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
-
-from torch.nn.parallel import DistributedDataParallel
 
 from ffdistill import distributed
 from ffdistill.calculator import save_student
 from ffdistill.config import RunConfig, save_config
 from ffdistill.data import BatchPlan, FrameDataset, frame_blocks, frame_loader, reference_statistics, split_indices
+from ffdistill.distributed import Ranks
 from ffdistill.errors import InputError
 from ffdistill.evaluate.accuracy import accuracy_of_batches
-from ffdistill.distributed import Ranks
 from ffdistill.graph import AtomicGraph
 from ffdistill.labels import LabelStore
 from ffdistill.loss import DistillationLoss, build_loss
@@ -75,7 +75,15 @@ def ema_update(decay: float):
     return average
 
 
-def train_step(model, batch: AtomicGraph, loss: DistillationLoss, optimizer, grad_clip: float, ranks: Ranks = Ranks(), idle: bool = False) -> dict[str, float]:
+def train_step(
+    model,
+    batch: AtomicGraph,
+    loss: DistillationLoss,
+    optimizer,
+    grad_clip: float,
+    ranks: Ranks = Ranks(),
+    idle: bool = False,
+) -> dict[str, float]:
     """One optimiser step. ``idle``: this rank has no structures in the batch; it steps with zero
     weight so the gradient all-reduce still happens."""
     optimizer.zero_grad(set_to_none=True)
@@ -113,8 +121,11 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
 def _check_streaming(config: RunConfig) -> None:
     """Refuse loader settings DataLoader would reject later with a less clear message."""
     d, steps = config.data, config.train.max_steps
-    for key, value, least in (("workers", d.workers, 0), ("prefetch_factor", d.prefetch_factor, 1),
-                              ("val_rows_per_structure", d.val_rows_per_structure, 1)):
+    for key, value, least in (
+        ("workers", d.workers, 0),
+        ("prefetch_factor", d.prefetch_factor, 1),
+        ("val_rows_per_structure", d.val_rows_per_structure, 1),
+    ):
         if value is not None and value < least:
             raise InputError(f"data.{key} must be at least {least}, got {value}")
     if steps is not None and steps < 1:
@@ -130,11 +141,16 @@ def _build_model(config: RunConfig, store: LabelStore, train_idx: Sequence[int])
     if config.model.a2a:
         embeddings = store.attrs.get("element_embeddings")
         if not embeddings:
-            raise InputError(f"a2a needs teacher element embeddings, and {config.data.store} has none (label with a teacher that has them, e.g. sevenn)")
+            raise InputError(
+                f"a2a needs teacher element embeddings, and {config.data.store} has none "
+                "(label with a teacher that has them, e.g. sevenn)"
+            )
         table = {int(z): v for z, v in embeddings.items()}
     torch.manual_seed(config.train.seed)  # the same initial weights in every process and every run
     dim = len(next(iter(table.values()))) if table else 0
-    model = build_student(config.model.student, elements, config.model.cutoff, teacher_embedding_dim=dim, **config.model.hparams)
+    model = build_student(
+        config.model.student, elements, config.model.cutoff, teacher_embedding_dim=dim, **config.model.hparams
+    )
     if table:
         model.set_teacher_embeddings(teacher_embedding_table(model, table))
     model.set_jacobian(config.model.jacobian, config.model.fd_step)
@@ -142,7 +158,7 @@ def _build_model(config: RunConfig, store: LabelStore, train_idx: Sequence[int])
     return model
 
 
-def hessian_weight_at(step: int, total: int, weight: float, decay_from: Optional[float]) -> float:
+def hessian_weight_at(step: int, total: int, weight: float, decay_from: float | None) -> float:
     """λH at ``step``: ``weight`` until ``decay_from × total`` steps, then a cosine decay to zero at the
     last step, so the end of training refines energies and forces alone."""
     if decay_from is None or total <= 0:
@@ -174,7 +190,7 @@ def _result_on_disk(run_dir: str) -> TrainResult:
     return TrainResult(run_dir, os.path.join(run_dir, "best.pt"), best, history)
 
 
-def teacher_force_error(store: LabelStore, indices: Sequence[int]) -> Optional[float]:
+def teacher_force_error(store: LabelStore, indices: Sequence[int]) -> float | None:
     """The teacher's force MAE against the input's own labels (eV/Å; the mean over frames of each frame's MAE),
     or None if any frame lacks them. Read from the force arrays block by block, never a frame at a time."""
     errors = []
@@ -188,8 +204,13 @@ def teacher_force_error(store: LabelStore, indices: Sequence[int]) -> Optional[f
 
 
 def train(
-    model, train_set: FrameDataset, val_set: FrameDataset, config: RunConfig,
-    resume: bool = False, progress: bool = True, teacher_force_mae: Optional[float] = None,
+    model,
+    train_set: FrameDataset,
+    val_set: FrameDataset,
+    config: RunConfig,
+    resume: bool = False,
+    progress: bool = True,
+    teacher_force_mae: float | None = None,
 ) -> TrainResult:
     """The training loop over frames streamed from the store. Writes config.yaml, checkpoint.pt, best.pt and
     history.json to ``config.output``."""
@@ -201,7 +222,11 @@ def train(
     torch.manual_seed(t.seed)
     device = distributed.resolve_device(t.device)
     model.to(device)
-    step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if ranks.world > 1 else model
+    step_model = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if ranks.world > 1
+        else model
+    )
     loss = _loss(config, model, train_set.store)
     for term in loss.terms:
         if isinstance(term, torch.nn.Module):
@@ -223,7 +248,9 @@ def train(
         for loaded in loaders.train:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state.step, total_steps, t)
-            loss.term("hessian").weight = hessian_weight_at(state.step, total_steps, state.hessian_weight, config.loss.hessian_decay_from)
+            loss.term("hessian").weight = hessian_weight_at(
+                state.step, total_steps, state.hessian_weight, config.loss.hessian_decay_from
+            )
             batch = loaded.graph.to(device)
             terms = train_step(step_model, batch, loss, optimizer, t.grad_clip, ranks, idle=loaded.idle)
             for name, value in terms.items():
@@ -249,7 +276,12 @@ def train(
             _save_checkpoint(checkpoint_path, model, ema, optimizer, state, config, loss)
             _write_json(os.path.join(run_dir, "history.json"), state.history)
         bar.update(1)
-        bar.set_postfix(loss=f"{sums.get('total', 0):.3g}", F=f"{sums.get('forces', 0):.3f}", H=f"{sums.get('hessian', 0):.3f}", val_F=f"{val['force_mae_meV_per_A']:.1f}meV/Å")
+        bar.set_postfix(
+            loss=f"{sums.get('total', 0):.3g}",
+            F=f"{sums.get('forces', 0):.3f}",
+            H=f"{sums.get('hessian', 0):.3f}",
+            val_F=f"{val['force_mae_meV_per_A']:.1f}meV/Å",
+        )
     bar.close()
     return TrainResult(run_dir, best_path, state.best_force_mae, state.history)
 
@@ -297,17 +329,29 @@ def _loss(config: RunConfig, model, store: LabelStore) -> DistillationLoss:
     return build_loss(c.energy, c.forces, c.hessian, consistency=c.consistency, n2n=c.n2n, channels=channels)
 
 
-def _end_of_epoch(state: TrainState, val: dict, train_terms: dict, teacher_force_mae: Optional[float], config: RunConfig) -> None:
+def _end_of_epoch(
+    state: TrainState, val: dict, train_terms: dict, teacher_force_mae: float | None, config: RunConfig
+) -> None:
     """Record the epoch and apply the paper's rule: halve λH once, near the teacher's force error."""
     within = config.loss.halve_hessian_within
     if teacher_force_mae is not None and within is not None and not state.hessian_halved:
         if val["force_mae_meV_per_A"] / 1000 <= (1 + within) * teacher_force_mae:
             state.hessian_weight /= 2
             state.hessian_halved = True
-    state.history.append({"epoch": state.epoch, "step": state.step, "hessian_weight": state.hessian_weight, "train": train_terms, "val": val})
+    state.history.append(
+        {
+            "epoch": state.epoch,
+            "step": state.step,
+            "hessian_weight": state.hessian_weight,
+            "train": train_terms,
+            "val": val,
+        }
+    )
 
 
-def _save_checkpoint(path: str, model, ema, optimizer, state: TrainState, config: RunConfig, loss: DistillationLoss) -> None:
+def _save_checkpoint(
+    path: str, model, ema, optimizer, state: TrainState, config: RunConfig, loss: DistillationLoss
+) -> None:
     payload = {
         "model": model.state_dict(),
         "ema": ema.state_dict(),
@@ -333,7 +377,9 @@ def _load_checkpoint(path: str, model, ema, optimizer, loss: DistillationLoss) -
             term.load_state_dict(saved)
         return TrainState(**payload["state"])
     except Exception as error:
-        raise InputError(f"checkpoint {path} is corrupt or from another model ({type(error).__name__}); delete it to start over") from error
+        raise InputError(
+            f"checkpoint {path} is corrupt or from another model ({type(error).__name__}); delete it to start over"
+        ) from error
 
 
 def _write_json(path: str, data) -> None:

@@ -19,8 +19,12 @@ stays cheap for the trainer.
 
 from __future__ import annotations
 
-from ffdistill.evaluate.accuracy import TestSet, load_test_set, store_test_set
-from ffdistill.evaluate.accuracy import accuracy  # noqa: E402  (the function shadows its module's name on purpose)
+from ffdistill.evaluate.accuracy import (
+    TestSet,
+    accuracy,  # noqa: E402  (the function shadows its module's name on purpose)
+    load_test_set,
+    store_test_set,
+)
 
 _LAZY = {
     "Candidate": "candidates",

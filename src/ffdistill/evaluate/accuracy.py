@@ -7,8 +7,8 @@ own cutoff and dtype, so no radius is assumed for anyone.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
 
 import ase
 import numpy as np
@@ -80,7 +80,7 @@ class TestSet:
     #: True when the labels are the teacher's own (no independent reference such as DFT).
     teacher_is_reference: bool = True
     source: str = ""
-    indices: Optional[list[int]] = field(default=None)
+    indices: list[int] | None = field(default=None)
 
     def __len__(self) -> int:
         return len(self.atoms)
@@ -106,7 +106,7 @@ def _from_graphs(graphs: Sequence[AtomicGraph], teacher_is_reference: bool, sour
     return TestSet(atoms, labels, teacher_is_reference, source, indices)
 
 
-def load_test_set(data: str, teacher=None, indices: Optional[Sequence[int]] = None, reference: bool = True) -> TestSet:
+def load_test_set(data: str, teacher=None, indices: Sequence[int] | None = None, reference: bool = True) -> TestSet:
     """Held-out frames from a label store (``indices``, default all), or from a structure file
     labelled by ``teacher`` (energies and forces only)."""
     from ffdistill.labels import LabelStore
@@ -116,7 +116,7 @@ def load_test_set(data: str, teacher=None, indices: Optional[Sequence[int]] = No
     return _labelled_by_teacher(data, teacher)
 
 
-def store_test_set(store, indices: Optional[Sequence[int]] = None, reference: bool = True) -> TestSet:
+def store_test_set(store, indices: Sequence[int] | None = None, reference: bool = True) -> TestSet:
     """Frames ``indices`` of an open ``LabelStore``; their reference labels are used when present."""
     indices = list(range(len(store))) if indices is None else list(indices)
     # The radius only shapes the throw-away graph here; each model rebuilds its own.
@@ -138,7 +138,7 @@ def _labelled_by_teacher(path: str, teacher) -> TestSet:
     return TestSet(frames, [_as_labels(lab.energy, lab.forces) for lab in labels], True, path)
 
 
-def _own_labels(atoms: ase.Atoms) -> Optional[dict]:
+def _own_labels(atoms: ase.Atoms) -> dict | None:
     results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
     if "energy" not in results or "forces" not in results:
         return None

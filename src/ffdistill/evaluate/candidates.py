@@ -7,8 +7,8 @@ student is judged by its force head, never by -dE/dR of its energy head.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import ase
 import numpy as np
@@ -51,17 +51,17 @@ class Candidate:
     """A model under evaluation: a student (``model``) or a teacher (any ``Teacher``)."""
 
     name: str
-    model: Optional[torch.nn.Module]
+    model: torch.nn.Module | None
     cutoff: float
     dtype: torch.dtype = torch.float32
-    teacher: Optional[object] = None
+    teacher: object | None = None
 
     @classmethod
-    def of_teacher(cls, teacher) -> "Candidate":
+    def of_teacher(cls, teacher) -> Candidate:
         return cls("teacher", None, teacher.cutoff, teacher.dtype, teacher=teacher)
 
     @classmethod
-    def of_student(cls, name: str, model) -> "Candidate":
+    def of_student(cls, name: str, model) -> Candidate:
         return cls(name, freeze(model), model.cutoff)
 
     @property

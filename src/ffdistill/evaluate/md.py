@@ -4,7 +4,6 @@ step failed, NVE energy drift, and the trajectories the observables (RDF, VDOS) 
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import ase
 import numpy as np
@@ -85,7 +84,7 @@ class StabilityMonitor:
         self.atoms, self.interval = atoms, interval
         self.i, self.j, self.S = bonded_pairs(atoms)
         self.reference = self._lengths()
-        self.last_passed: Optional[int] = None
+        self.last_passed: int | None = None
 
     def _lengths(self) -> np.ndarray:
         pos, cell = self.atoms.positions, self.atoms.cell.array

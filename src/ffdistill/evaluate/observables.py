@@ -8,7 +8,7 @@ vibrational density of states (NVE velocities), and distances between a student'
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import ase
 import numpy as np

@@ -10,7 +10,7 @@ their bands can be compared point by point.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import ase
 import numpy as np

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import ase
 import numpy as np
@@ -78,10 +78,10 @@ class Inputs:
     unit cell for phonons (None: skipped) and the torch thread count for timing."""
 
     test: TestSet
-    vib_structure: Optional[ase.Atoms] = None
-    phonon_cell: Optional[ase.Atoms] = None
+    vib_structure: ase.Atoms | None = None
+    phonon_cell: ase.Atoms | None = None
     phonon_supercell: tuple = (2, 2, 2)
-    threads: Optional[int] = None
+    threads: int | None = None
 
 
 def evaluate_models(candidates: Sequence[Candidate], inputs: Inputs, profile: Profile) -> dict:
@@ -147,7 +147,7 @@ def _evaluate_one(
     return m
 
 
-def _speed(candidates: Sequence[Candidate], atoms: ase.Atoms, profile: Profile, threads: Optional[int]) -> dict:
+def _speed(candidates: Sequence[Candidate], atoms: ase.Atoms, profile: Profile, threads: int | None) -> dict:
     from ffdistill.evaluate.speed import cost_growth, force_call_seconds, md_rates
 
     seconds = force_call_seconds(candidates, atoms, repeats=profile.timing_repeats, threads=threads)
@@ -246,13 +246,13 @@ def _nve_summary(nve: dict) -> dict:
     }
 
 
-def _rdf(runs: list[dict]) -> Optional[dict]:
+def _rdf(runs: list[dict]) -> dict | None:
     """g(r) over the stable runs' frames (a failed run's last frames are not physics)."""
     frames = [f for r in runs if r["stable"] for f in frames_from_positions(r["template"], r["frames"])]
     return rdf(frames) if frames else None
 
 
-def _vdos(nve: dict) -> Optional[dict]:
+def _vdos(nve: dict) -> dict | None:
     """The VDOS of a complete NVE run long enough to resolve it (``MIN_VDOS_FS``), else None."""
     if nve["failed_step"] is not None or len(nve["velocities"]) * nve["velocity_dt_fs"] < MIN_VDOS_FS:
         return None
@@ -344,9 +344,9 @@ def evaluate_from_paths(
     output: str,
     profile: str | Profile = "standard",
     trust: bool = False,
-    phonon_cell: Optional[ase.Atoms] = None,
-    threads: Optional[int] = None,
-    teacher_python: Optional[str] = None,
+    phonon_cell: ase.Atoms | None = None,
+    threads: int | None = None,
+    teacher_python: str | None = None,
     device: str | torch.device = "cpu",
 ) -> dict:
     """What ``ffdistill evaluate`` does: load everything, evaluate, write the report (the teacher in the

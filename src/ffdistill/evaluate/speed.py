@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import ase
 import numpy as np
@@ -21,7 +21,7 @@ GROWTH_SIZES = (64, 512, 4096)
 
 
 @contextlib.contextmanager
-def torch_threads(n: Optional[int]):
+def torch_threads(n: int | None):
     """Run the block with ``n`` intra-op threads (None: leave as is)."""
     before = torch.get_num_threads()
     if n:
@@ -50,7 +50,7 @@ def force_call_seconds(
     atoms: ase.Atoms,
     repeats: int = 5,
     warmup: int = 1,
-    threads: Optional[int] = None,
+    threads: int | None = None,
     skip: Sequence[str] = (),
 ) -> dict[str, float]:
     """Median seconds per force call of each candidate, calls interleaved round by round; the order
@@ -75,7 +75,7 @@ def md_rates(
     atoms: ase.Atoms,
     steps: dict[str, int],
     blocks: int = 3,
-    threads: Optional[int] = None,
+    threads: int | None = None,
     timestep_fs: float = 1.0,
 ) -> dict[str, dict]:
     """Velocity Verlet steps/s and ns/day of each candidate: blocks of ``steps[name]`` steps, the
@@ -111,7 +111,7 @@ def cost_growth(
     atoms: ase.Atoms,
     sizes: Sequence[int] = GROWTH_SIZES,
     repeats: int = 5,
-    threads: Optional[int] = None,
+    threads: int | None = None,
     max_call_s: float = 20.0,
 ) -> dict[str, dict]:
     """Seconds per force call against system size (periodic cells replicated towards ``sizes``).
@@ -135,6 +135,6 @@ def cost_growth(
     return growth
 
 
-def _next(sizes: Sequence[int], current: int) -> Optional[int]:
+def _next(sizes: Sequence[int], current: int) -> int | None:
     later = [s for s in sizes if s > current]
     return later[0] if later else None

@@ -6,7 +6,7 @@ never a made-up 0.0.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -24,7 +24,11 @@ MIN_VDOS_FS = 250.0
 
 #: Metrics that measure a distance from the teacher: the teacher's own cell is "reference".
 VS_TEACHER = {
-    "frequency_mae_cm1", "rdf_mae_vs_teacher", "vdos_overlap_vs_teacher", "phonon_band_mae_cm1", "phonon_gamma_mae_cm1",
+    "frequency_mae_cm1",
+    "rdf_mae_vs_teacher",
+    "vdos_overlap_vs_teacher",
+    "phonon_band_mae_cm1",
+    "phonon_gamma_mae_cm1",
 }
 
 
@@ -113,15 +117,23 @@ def criteria(m: dict) -> list[tuple[str, str, bool]]:
     rdf_d, vdos_o = m.get("rdf_mae_vs_teacher"), m.get("vdos_overlap_vs_teacher")
     needs = f"needs all {m['md_runs']} × {m['md_steps'] / 1000:g} ps"
     return [
-        ("NVT stability", f"{m['md_stable_runs']}/{m['md_runs']} runs stable over {m['md_total_ps']:.2f} ps ({needs})",
-         m["md_stable_runs"] == m["md_runs"]),
-        ("NVE drift", _drift_text(m),
-         m["nve_failed_step"] is None and abs(drift) < MAX_NVE_DRIFT),
-        ("RDF", f"MAE vs teacher {_num(rdf_d, '.3f')} (limit {MAX_RDF_MAE:g})",
-         rdf_d is not None and rdf_d <= MAX_RDF_MAE),
-        ("VDOS", f"overlap with teacher {_num(vdos_o, '.2f') if vdos_o is not None else _NO_VDOS} "
-                 f"(needs ≥ {MIN_VDOS_OVERLAP:g})",
-         vdos_o is not None and vdos_o >= MIN_VDOS_OVERLAP),
+        (
+            "NVT stability",
+            f"{m['md_stable_runs']}/{m['md_runs']} runs stable over {m['md_total_ps']:.2f} ps ({needs})",
+            m["md_stable_runs"] == m["md_runs"],
+        ),
+        ("NVE drift", _drift_text(m), m["nve_failed_step"] is None and abs(drift) < MAX_NVE_DRIFT),
+        (
+            "RDF",
+            f"MAE vs teacher {_num(rdf_d, '.3f')} (limit {MAX_RDF_MAE:g})",
+            rdf_d is not None and rdf_d <= MAX_RDF_MAE,
+        ),
+        (
+            "VDOS",
+            f"overlap with teacher {_num(vdos_o, '.2f') if vdos_o is not None else _NO_VDOS} "
+            f"(needs ≥ {MIN_VDOS_OVERLAP:g})",
+            vdos_o is not None and vdos_o >= MIN_VDOS_OVERLAP,
+        ),
     ]
 
 
@@ -135,7 +147,7 @@ _NO_VDOS = f"not measured (an NVE run, the student's or the teacher's, failed or
 
 
 def verdict(models: dict) -> str:
-    """"fit for MD" only when every criterion holds; otherwise the ones that failed, by name."""
+    """ "fit for MD" only when every criterion holds; otherwise the ones that failed, by name."""
     lines = []
     for name, m in models.items():
         if m["role"] == "teacher":
@@ -157,31 +169,45 @@ def method_notes(models: dict, profile) -> str:
     teacher = next((m for m in models.values() if m["role"] == "teacher"), None)
     student = next((m for m in models.values() if m["role"] == "student"), None)
     first = next(iter(models.values()))
-    lines = [f"- Profile **{profile.name}**, {profile.temperature:g} K, 1 fs steps. "
-             f"Stability: {stability_criteria(profile.check_interval)}."]
+    lines = [
+        f"- Profile **{profile.name}**, {profile.temperature:g} K, 1 fs steps. "
+        f"Stability: {stability_criteria(profile.check_interval)}."
+    ]
     if student is not None:
-        lines.append(f"- Students: {student['md_runs']} NVT runs × {student['md_steps'] / 1000:g} ps "
-                     f"(Langevin, friction {FRICTION_PER_FS:g}/fs), NVE {student['nve_ps']:.2f} ps "
-                     "(velocities every step for the VDOS).")
+        lines.append(
+            f"- Students: {student['md_runs']} NVT runs × {student['md_steps'] / 1000:g} ps "
+            f"(Langevin, friction {FRICTION_PER_FS:g}/fs), NVE {student['nve_ps']:.2f} ps "
+            "(velocities every step for the VDOS)."
+        )
     if teacher is not None:
-        lines.append(f"- Teacher: {teacher['md_runs']} NVT run × {teacher['md_steps'] / 1000:g} ps and NVE "
-                     f"{teacher['nve_ps']:.3f} ps: what {profile.teacher_md_budget_s:g} s at its measured "
-                     f"{1000 * teacher['seconds_per_force_call']:.0f} ms per force call allows. "
-                     "Its RDF and VDOS are the yardstick, noisier when its runs are short.")
+        lines.append(
+            f"- Teacher: {teacher['md_runs']} NVT run × {teacher['md_steps'] / 1000:g} ps and NVE "
+            f"{teacher['nve_ps']:.3f} ps: what {profile.teacher_md_budget_s:g} s at its measured "
+            f"{1000 * teacher['seconds_per_force_call']:.0f} ms per force call allows. "
+            "Its RDF and VDOS are the yardstick, noisier when its runs are short."
+        )
     if teacher is not None:
         outcome = "converged" if teacher["relax_converged"] else "did not converge"
-        lines.append(f"- Relaxation: BFGS from the first test frame to fmax 0.05 eV/Å, at most {profile.relax_steps} "
-                     f"steps; the teacher's {outcome} in {teacher['relax_steps']}. RMSD and ΔE are against its result.")
+        lines.append(
+            f"- Relaxation: BFGS from the first test frame to fmax 0.05 eV/Å, at most {profile.relax_steps} "
+            f"steps; the teacher's {outcome} in {teacher['relax_steps']}. RMSD and ΔE are against its result."
+        )
     threads = first["timing_threads"] or "as set"
-    lines.append(f"- Timing: calls interleaved across models on the same structure, 1 warm-up, median of "
-                 f"{profile.timing_repeats}; torch threads {threads}. Cost growth: cells replicated towards "
-                 f"{', '.join(map(str, profile.growth_sizes))} atoms; a model stops (\"too slow\") once its next call "
-                 f"would take over {profile.max_call_s:g} s.")
-    walls = "; ".join(f"{n} " + ", ".join(f"{k} {v:.0f} s" for k, v in m["wall_s"].items() if k != "speed_all_models")
-                      for n, m in models.items())
+    lines.append(
+        f"- Timing: calls interleaved across models on the same structure, 1 warm-up, median of "
+        f"{profile.timing_repeats}; torch threads {threads}. Cost growth: cells replicated towards "
+        f'{", ".join(map(str, profile.growth_sizes))} atoms; a model stops ("too slow") once its next call '
+        f"would take over {profile.max_call_s:g} s."
+    )
+    walls = "; ".join(
+        f"{n} " + ", ".join(f"{k} {v:.0f} s" for k, v in m["wall_s"].items() if k != "speed_all_models")
+        for n, m in models.items()
+    )
     lines.append(f"- Wall time: timing of all models {first['wall_s']['speed_all_models']:.0f} s; {walls}.")
-    lines.append(f"- Verdict thresholds: all NVT runs stable, |NVE drift| < {MAX_NVE_DRIFT:g} meV/atom/ps, "
-                 f"RDF MAE ≤ {MAX_RDF_MAE:g}, VDOS overlap ≥ {MIN_VDOS_OVERLAP:g}.")
+    lines.append(
+        f"- Verdict thresholds: all NVT runs stable, |NVE drift| < {MAX_NVE_DRIFT:g} meV/atom/ps, "
+        f"RDF MAE ≤ {MAX_RDF_MAE:g}, VDOS overlap ≥ {MIN_VDOS_OVERLAP:g}."
+    )
     return "\n".join(lines)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import ase.data
 import numpy as np
@@ -66,11 +66,16 @@ class EnergyStudent(nn.Module, Potential):
         unknown = sorted(set(int(z) for z in numbers) - set(self.elements))
         if unknown:
             known = " ".join(ase.data.chemical_symbols[z] for z in self.elements)
-            raise InputError(f"the student was not trained on {' '.join(ase.data.chemical_symbols[z] for z in unknown)} (knows {known})")
+            raise InputError(
+                f"the student was not trained on {' '.join(ase.data.chemical_symbols[z] for z in unknown)} "
+                f"(knows {known})"
+            )
 
     @staticmethod
     def make_readout(channels: int) -> nn.Module:
-        readout = nn.Sequential(nn.Linear(channels, max(1, channels // 2)), nn.SiLU(), nn.Linear(max(1, channels // 2), 1))
+        readout = nn.Sequential(
+            nn.Linear(channels, max(1, channels // 2)), nn.SiLU(), nn.Linear(max(1, channels // 2), 1)
+        )
         # Start from E = sum of fitted element references: an untrained network adds nothing.
         nn.init.zeros_(readout[-1].weight)
         nn.init.zeros_(readout[-1].bias)

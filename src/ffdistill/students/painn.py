@@ -7,7 +7,7 @@ conservative by construction.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -70,7 +70,15 @@ class PaiNN(EnergyStudent):
 
     arch = "painn"
 
-    def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 2, n_basis: int = 16, cutoff: float = 5.0, teacher_embedding_dim: int = 0):
+    def __init__(
+        self,
+        elements: Sequence[int],
+        channels: int = 32,
+        layers: int = 2,
+        n_basis: int = 16,
+        cutoff: float = 5.0,
+        teacher_embedding_dim: int = 0,
+    ):
         super().__init__(elements=elements, cutoff=cutoff)
         self.hparams = {"channels": channels, "layers": layers, "n_basis": n_basis}
         self.make_embedding(channels, teacher_embedding_dim)
@@ -107,7 +115,15 @@ class DirectForcePaiNN(PaiNN):
     arch = "painn-direct"
     capabilities = Capabilities(forces="direct", second_derivatives="autograd", stress=False, features=True)
 
-    def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 2, n_basis: int = 16, cutoff: float = 5.0, teacher_embedding_dim: int = 0):
+    def __init__(
+        self,
+        elements: Sequence[int],
+        channels: int = 32,
+        layers: int = 2,
+        n_basis: int = 16,
+        cutoff: float = 5.0,
+        teacher_embedding_dim: int = 0,
+    ):
         super().__init__(elements, channels, layers, n_basis, cutoff, teacher_embedding_dim)
         self.force_head = nn.Linear(channels, 1, bias=False)
 

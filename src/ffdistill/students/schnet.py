@@ -6,7 +6,7 @@ one gather-scatter per block, cheap on CPUs and trivially batched on GPUs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +42,15 @@ class Interaction(nn.Module):
 class SchNet(EnergyStudent):
     arch = "schnet"
 
-    def __init__(self, elements: Sequence[int], channels: int = 32, layers: int = 3, n_basis: int = 20, cutoff: float = 5.0, teacher_embedding_dim: int = 0):
+    def __init__(
+        self,
+        elements: Sequence[int],
+        channels: int = 32,
+        layers: int = 3,
+        n_basis: int = 20,
+        cutoff: float = 5.0,
+        teacher_embedding_dim: int = 0,
+    ):
         super().__init__(elements=elements, cutoff=cutoff)
         self.hparams = {"channels": channels, "layers": layers, "n_basis": n_basis}
         self.make_embedding(channels, teacher_embedding_dim)

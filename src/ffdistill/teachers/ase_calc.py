@@ -27,7 +27,7 @@ class ASETeacher(Teacher):
         self.elements = None if elements is None else frozenset(elements)
 
     @classmethod
-    def from_spec(cls, target: str) -> "ASETeacher":
+    def from_spec(cls, target: str) -> ASETeacher:
         module_name, _, factory_name = target.rpartition(":")
         if not module_name or not factory_name:
             raise TeacherError(f"ase teacher spec must be ase:MODULE:FACTORY, got ase:{target}")
@@ -38,7 +38,13 @@ class ASETeacher(Teacher):
             raise TeacherError(f"cannot load ASE calculator {target}: {error}") from error
         version = getattr(importlib.import_module(module_name.split(".")[0]), "__version__", "unknown")
         elements = _emt_elements() if target == "ase.calculators.emt:EMT" else None
-        return cls(factory(), spec=f"ase:{target}", version=f"{module_name.split('.')[0]} {version}", elements=elements, factory=factory)
+        return cls(
+            factory(),
+            spec=f"ase:{target}",
+            version=f"{module_name.split('.')[0]} {version}",
+            elements=elements,
+            factory=factory,
+        )
 
     def label(self, atoms, rows=(), probes=None):
         if self.factory is not None:
@@ -58,7 +64,9 @@ class ASETeacher(Teacher):
             forces = atoms.get_forces()
             sigma = atoms.get_stress(voigt=False) if stress else None
         except Exception as error:  # calculators raise anything; say which structure broke it
-            raise TeacherError(f"teacher {self.spec} failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
+            raise TeacherError(
+                f"teacher {self.spec} failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            ) from error
         as_t = lambda x: None if x is None else torch.as_tensor(np.asarray(x), dtype=torch.float64)  # noqa: E731
         return as_t(energy), as_t(forces), as_t(sigma)
 

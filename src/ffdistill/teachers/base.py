@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 import ase
 import numpy as np
@@ -26,11 +27,11 @@ class TeacherLabels:
 
     energy: float
     forces: np.ndarray  #: (N, 3) eV/Å
-    stress: Optional[np.ndarray]  #: (3, 3) eV/Å³, None when not periodic
+    stress: np.ndarray | None  #: (3, 3) eV/Å³, None when not periodic
     hessian_rows: np.ndarray  #: (K, N, 3) eV/Å², K may be 0
     row_index: np.ndarray  #: (K,) flat coordinate indices
-    probe_vectors: Optional[np.ndarray] = None  #: (P, N, 3) probe directions v
-    probe_products: Optional[np.ndarray] = None  #: (P, N, 3) H·v, eV/Å²
+    probe_vectors: np.ndarray | None = None  #: (P, N, 3) probe directions v
+    probe_products: np.ndarray | None = None  #: (P, N, 3) H·v, eV/Å²
 
 
 class Teacher(Potential, ABC):
@@ -44,7 +45,7 @@ class Teacher(Potential, ABC):
 
     spec: str
     version: str
-    elements: Optional[frozenset[int]] = None
+    elements: frozenset[int] | None = None
     #: Radius of the graph the teacher is evaluated on (Å).
     cutoff: float = 5.0
     #: Hessian rows by autograd (True) or by central differences of forces (False).
@@ -67,9 +68,9 @@ class Teacher(Potential, ABC):
     #: Where the teacher computes (``to_device``); its graphs are built there.
     device: torch.device = torch.device("cpu")
     #: Why the teacher computes on the CPU whatever the device (None: it moves, see ``to_device``).
-    cpu_only: Optional[str] = None
+    cpu_only: str | None = None
 
-    def to_device(self, device: torch.device | str) -> "Teacher":
+    def to_device(self, device: torch.device | str) -> Teacher:
         """Compute on ``device`` from now on (its model moved there); a teacher that cannot move stays on
         the CPU and says so in one line, so a GPU run never fails for the teacher's sake."""
         device = torch.device(device)
@@ -89,14 +90,16 @@ class Teacher(Potential, ABC):
         """The teacher's graph of ``atoms``, on the teacher's device."""
         return from_ase(atoms, self.cutoff, dtype=self.dtype, labels=False).to(self.device)
 
-    def label(self, atoms: ase.Atoms, rows: Sequence[int] = (), probes: Optional[np.ndarray] = None) -> TeacherLabels:
+    def label(self, atoms: ase.Atoms, rows: Sequence[int] = (), probes: np.ndarray | None = None) -> TeacherLabels:
         """Energy, forces, stress (periodic cells), the Hessian rows ``rows`` and the products H·v with
         the (P, N, 3) ``probes`` of one structure."""
         return self._label_together([atoms], [rows], [probes])[0]
 
     def label_batch(
-        self, atoms_list: Sequence[ase.Atoms], rows_list: Optional[Sequence] = None,
-        probes_list: Optional[Sequence[Optional[np.ndarray]]] = None,
+        self,
+        atoms_list: Sequence[ase.Atoms],
+        rows_list: Sequence | None = None,
+        probes_list: Sequence[np.ndarray | None] | None = None,
     ) -> list[TeacherLabels]:
         """``label`` of several structures in one ``predict`` call on their disjoint graph: one forward and
         backward pass, and each structure's k-th Hessian row (or probe) in one shared VJP, instead of one
@@ -167,11 +170,11 @@ class Teacher(Potential, ABC):
 
         return PotentialCalculator(self, dtype=self.dtype)
 
-    def node_features(self, graph: AtomicGraph) -> Optional[Tensor]:
+    def node_features(self, graph: AtomicGraph) -> Tensor | None:
         """(N, D) per-atom features for feature-distillation baselines, when the teacher exposes them."""
         return None
 
-    def element_embeddings(self) -> Optional[dict[int, np.ndarray]]:
+    def element_embeddings(self) -> dict[int, np.ndarray] | None:
         """Atomic number -> the teacher's learned element embedding (a2a baseline), when it has one."""
         return None
 
@@ -200,7 +203,8 @@ def _request_graph(graphs: list[AtomicGraph], rows_list: list, probes_list: list
         if p is not None and len(p):
             vectors[k : k + len(p), lo:hi] = torch.as_tensor(np.asarray(p), dtype=graph.R.dtype, device=device)
     graph = graph._replace(
-        row_index=torch.as_tensor(rows, device=device), probe_vectors=vectors,
+        row_index=torch.as_tensor(rows, device=device),
+        probe_vectors=vectors,
         probe_owner=torch.as_tensor(np.repeat(np.arange(len(graphs)), counts), device=device),
     )
     spans = [_Span(*x) for x in zip(starts, starts[1:], row_starts, row_starts[1:], probe_starts, probe_starts[1:])]

@@ -26,7 +26,7 @@ class MACETeacher(Teacher):
         self.cutoff = float(model.r_max)
 
     @classmethod
-    def from_path(cls, path: str, trust: bool = False) -> "MACETeacher":
+    def from_path(cls, path: str, trust: bool = False) -> MACETeacher:
         try:
             import mace
         except ImportError as error:
@@ -37,7 +37,9 @@ class MACETeacher(Teacher):
         if not os.path.isfile(path):
             raise TeacherError(f"MACE model file not found: {path}")
         if not trust:
-            raise TeacherError(f"{path} is a pickled model that can run code when loaded; pass --trust-teacher if you trust it")
+            raise TeacherError(
+                f"{path} is a pickled model that can run code when loaded; pass --trust-teacher if you trust it"
+            )
         model = torch.load(path, map_location="cpu", weights_only=False)
         return cls(model, spec=f"mace:{path}", version=f"mace-torch {getattr(mace, '__version__', 'unknown')}")
 

@@ -12,7 +12,13 @@ from ffdistill.graph import AtomicGraph, edge_vectors, structure
 from ffdistill.teachers.base import Teacher
 
 #: Names of checkpoints bundled in the sevenn wheel, resolved to files without network access.
-BUNDLED = {"7net-0": "SEVENNET_0_11Jul2024", "sevennet-0": "SEVENNET_0_11Jul2024", "7net-0_22may2024": "SEVENNET_0_22May2024", "7net-l3i5": "SEVENNET_l3i5", "7net-mf-0": "SEVENNET_MF_0"}
+BUNDLED = {
+    "7net-0": "SEVENNET_0_11Jul2024",
+    "sevennet-0": "SEVENNET_0_11Jul2024",
+    "7net-0_22may2024": "SEVENNET_0_22May2024",
+    "7net-l3i5": "SEVENNET_l3i5",
+    "7net-mf-0": "SEVENNET_MF_0",
+}
 
 
 class SevenNetTeacher(Teacher):
@@ -146,6 +152,10 @@ def _resolve(name: str, const, trust: bool) -> str:
         return path
     if os.path.isfile(name):
         if not trust:
-            raise TeacherError(f"{name} is a pickled checkpoint that can run code when loaded; pass --trust-teacher if you trust it")
+            raise TeacherError(
+                f"{name} is a pickled checkpoint that can run code when loaded; pass --trust-teacher if you trust it"
+            )
         return name
-    raise TeacherError(f"unknown SevenNet model {name!r}: use one of {', '.join(sorted(BUNDLED))} or a local checkpoint path")
+    raise TeacherError(
+        f"unknown SevenNet model {name!r}: use one of {', '.join(sorted(BUNDLED))} or a local checkpoint path"
+    )

@@ -47,7 +47,9 @@ class TorchModelTeacher(Teacher):
     def node_features(self, graph: AtomicGraph) -> Tensor:
         """(N, 2): each atom's Morse energy and its neighbour count (stand-ins for learned features)."""
         with torch.no_grad():
-            count = torch.zeros_like(graph.R[:, 0]).index_add(0, graph.edge_index[0], torch.ones_like(graph.edge_index[0], dtype=graph.R.dtype))
+            count = torch.zeros_like(graph.R[:, 0]).index_add(
+                0, graph.edge_index[0], torch.ones_like(graph.edge_index[0], dtype=graph.R.dtype)
+            )
             return torch.stack([self.model.atomic_energies(graph), count], dim=1)
 
     def element_embeddings(self) -> dict:

@@ -140,7 +140,12 @@ class WorkerTeacher(Teacher):
     has_autograd = False
 
     def __init__(
-        self, python: str, spec: str, trust: bool = False, env: dict | None = None, echo_stderr: bool = True,
+        self,
+        python: str,
+        spec: str,
+        trust: bool = False,
+        env: dict | None = None,
+        echo_stderr: bool = True,
         device: str = "cpu",
     ):
         self.python, self.remote_spec, self.remote_device = python, spec, device
