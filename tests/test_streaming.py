@@ -237,3 +237,17 @@ def test_extxyz_input_is_read_frame_by_frame_with_everything_ase_reads(tmp_path)
             if want.calc is not None:
                 assert got.calc.results.keys() == want.calc.results.keys()
                 np.testing.assert_array_equal(got.get_forces(), want.get_forces())
+
+
+def test_cached_frames_equal_streamed_frames_and_are_read_once(emt_store):
+    from ffdistill.data import FrameDataset
+    from ffdistill.labels import LabelStore
+
+    store = LabelStore(emt_store)
+    streamed, cached = FrameDataset(store, [0, 2], 4.0), FrameDataset(store, [0, 2], 4.0, cache=True)
+    for k in range(2):
+        expected = store.graph([0, 2][k], 4.0)  # built directly from the store, not through a dataset
+        for got in (streamed[k], cached[k]):
+            for name in ("R", "forces", "hessian_rows", "edge_index"):
+                assert torch.equal(getattr(got, name), getattr(expected, name)), name
+    assert cached[1] is cached[1] and streamed[1] is not streamed[1]

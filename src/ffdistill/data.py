@@ -104,11 +104,14 @@ class FrameDataset(torch.utils.data.Dataset):
         cutoff: float,
         reference: bool = True,
         hessian_labels: str = "both",
+        cache: bool = False,
     ):
         check_hessian_labels(hessian_labels)
         self.path, self.indices = store.path, np.asarray(indices, dtype=np.int64)
         self.cutoff, self.reference, self.hessian_labels = float(cutoff), reference, hessian_labels
         self._store: LabelStore | None = store
+        #: built graphs kept per process when asked (small stores: a zarr read costs ~20 ms a frame, every epoch)
+        self._cache: dict | None = {} if cache else None
 
     @property
     def store(self) -> LabelStore:
@@ -122,8 +125,13 @@ class FrameDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         if isinstance(key, Draw):
             return self[key.position], key
+        if self._cache is not None and key in self._cache:
+            return self._cache[key]
         graph = self.store.graph(int(self.indices[key]), self.cutoff, reference=self.reference)
-        return keep_labels(graph, self.hessian_labels)
+        graph = keep_labels(graph, self.hessian_labels)
+        if self._cache is not None:
+            self._cache[key] = graph
+        return graph
 
     def row_counts(self, position: int) -> tuple[int, int]:
         """Hessian rows and probes the graph at ``position`` carries, from the store's index (no frame read)."""
@@ -133,7 +141,8 @@ class FrameDataset(torch.utils.data.Dataset):
         return rows, probes
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_store": None}
+        cache = None if self._cache is None else {}  # a worker builds its own
+        return {**self.__dict__, "_store": None, "_cache": cache}
 
 
 class Draw(NamedTuple):

@@ -111,8 +111,9 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
     d = config.data
     train_idx, val_idx, _ = split_indices(store.groups(), d.val_fraction, d.test_fraction, d.split_seed)
     train_idx = train_idx[: d.n_train] if d.n_train else train_idx
-    train_set = FrameDataset(store, train_idx, config.model.cutoff, d.use_reference, d.hessian_labels)
-    val_set = FrameDataset(store, val_idx, config.model.cutoff, d.use_reference, d.hessian_labels)
+    cache = len(train_idx) + len(val_idx) <= d.cache_frames
+    train_set = FrameDataset(store, train_idx, config.model.cutoff, d.use_reference, d.hessian_labels, cache)
+    val_set = FrameDataset(store, val_idx, config.model.cutoff, d.use_reference, d.hessian_labels, cache)
     model = _build_model(config, store, train_idx)
     teacher_mae = teacher_force_error(store, val_idx)
     return train(model, train_set, val_set, config, resume=resume, progress=progress, teacher_force_mae=teacher_mae)
