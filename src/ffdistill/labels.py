@@ -111,6 +111,21 @@ class LabelRequest:
     hessian_probes: int = 0  # random-probe products H·v per frame
     group_rule: str = ""  # how frames were grouped (see ``group_rule``)
 
+    @classmethod
+    def whole_store_like(cls, attrs, input_sha256: str, group_rule: str) -> LabelRequest:
+        """A one-shard request with the teacher and labels of a store's ``attrs`` (merges and joins)."""
+        return cls(
+            input_sha256,
+            attrs["teacher_spec"],
+            attrs["teacher_version"],
+            attrs["hessian_rows"],
+            attrs["seed"],
+            [0, 1],
+            attrs.get("node_features", False),
+            attrs.get("hessian_probes", 0),
+            group_rule,
+        )
+
 
 def group_rule(input_path: str, group_by: str | None, group_size: int, n_keyed: int, n_total: int) -> str:
     """``info:KEY`` when the input names each frame's group, else ``blocks:B`` (B consecutive input frames)."""
@@ -285,17 +300,7 @@ def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True)
     if counts != list(range(n_shards)) or any(s.attrs["shard"][1] != n_shards for s in shards):
         raise StoreError(f"cannot merge: need each of the {n_shards} shards exactly once, got {counts}")
     owner = {int(f): (s, k) for s in shards for k, f in enumerate(s.group["frame_index"][:])}
-    request = LabelRequest(
-        first["input_sha256"],
-        first["teacher_spec"],
-        first["teacher_version"],
-        first["hessian_rows"],
-        first["seed"],
-        [0, 1],
-        first.get("node_features", False),
-        first.get("hessian_probes", 0),
-        first.get("group_rule", ""),
-    )
+    request = LabelRequest.whole_store_like(first, first["input_sha256"], first.get("group_rule", ""))
     partial = store_path + ".partial"
     if os.path.exists(partial):
         import shutil as _shutil

@@ -136,17 +136,7 @@ def copy_frames(sources: Sequence[tuple], path: str):
                 raise InputError(f"cannot join {store.path}: its {key} differs from {sources[0][0].path}'s")
     what = [[store.attrs["input_sha256"], [int(i) for i in indices]] for store, indices in sources]
     fingerprint = hashlib.sha256(json.dumps(what).encode()).hexdigest()
-    request = LabelRequest(
-        fingerprint,
-        first["teacher_spec"],
-        first["teacher_version"],
-        first["hessian_rows"],
-        first["seed"],
-        [0, 1],
-        first.get("node_features", False),
-        first.get("hessian_probes", 0),
-        "copied",
-    )
+    request = LabelRequest.whole_store_like(first, fingerprint, "copied")
     shutil.rmtree(path + ".partial", ignore_errors=True)  # copying is cheap: start over rather than resume
     group = _open_partial(path + ".partial", request, sources[0][0].path, sum(len(idx) for _, idx in sources))
     frames = _frames_with_group_offsets(sources)
