@@ -111,9 +111,14 @@ def prepare_data(system: str, n_pool: int, runs: int, folder: str) -> dict:
         store = path.replace(".extxyz", ".zarr")
         if not os.path.exists(store):
             label_file(teacher, path, store, rows=K, probes=probes, seed=0)
-    n_md = max(len(temperatures) * runs, int(round(n_pool * 0.5)))
-    md_steps = len(temperatures) * runs * EQUILIBRATION + n_md * INTERVAL
-    cost = measure_label_cost(teacher, pool) | {"md_steps_per_frame": md_steps / n_pool}
+    cost_path = os.path.join(folder, "cost.json")  # measured once per system, so every run is charged alike
+    if not os.path.exists(cost_path):
+        n_md = max(len(temperatures) * runs, int(round(n_pool * 0.5)))
+        md_steps = len(temperatures) * runs * EQUILIBRATION + n_md * INTERVAL
+        with open(cost_path, "w") as handle:
+            json.dump(measure_label_cost(teacher, pool) | {"md_steps_per_frame": md_steps / n_pool}, handle)
+    with open(cost_path) as handle:
+        cost = json.load(handle)
     return {
         "pool": pool.replace(".extxyz", ".zarr"),
         "test": test.replace(".extxyz", ".zarr"),
@@ -122,7 +127,7 @@ def prepare_data(system: str, n_pool: int, runs: int, folder: str) -> dict:
     }
 
 
-def measure_label_cost(teacher, frames: str, repeats: int = 3) -> dict:
+def measure_label_cost(teacher, frames: str, repeats: int = 5) -> dict:
     """Seconds of one E/F call and of K rows or K probes on top, medians on the first frame."""
     import ase.io
 
@@ -175,7 +180,10 @@ def run_one(data: dict, student: str, size: int, method: str, seed: int, args, f
     if os.path.exists(cached):
         with open(cached) as handle:
             row = json.load(handle)
-        return row | {"val_force_meV_per_A": best_validation_force(os.path.dirname(cached))}
+        return row | {
+            "val_force_meV_per_A": best_validation_force(os.path.dirname(cached)),
+            "teacher_cost": teacher_cost(data["cost"], size, method),
+        }
     t0 = time.perf_counter()
     result = train_from_config(load_config(None, overrides), resume=False, progress=False)
     model = load_for_inference(result.best_path)

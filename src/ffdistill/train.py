@@ -241,7 +241,8 @@ def train(
     steps_per_epoch = math.ceil(len(train_set) / config.data.batch_size)
     total_steps = min(t.epochs * steps_per_epoch, t.max_steps or t.epochs * steps_per_epoch)
     loaders = _loaders(config, train_set, val_set, ranks, device)
-    bar = tqdm(total=t.epochs, initial=state.epoch, desc=os.path.basename(run_dir), unit="epoch", disable=not progress)
+    epochs = min(t.epochs, math.ceil(total_steps / steps_per_epoch))  # max_steps may end training first
+    bar = tqdm(total=epochs, initial=state.epoch, desc=os.path.basename(run_dir), unit="epoch", disable=not progress)
     while state.epoch < t.epochs and state.bad_epochs < t.patience and state.step < total_steps:
         loaders.train.batch_sampler.seed = t.seed * 100_003 + state.epoch  # resuming at an epoch repeats it
         sums: dict[str, float] = {}
