@@ -7,12 +7,13 @@ and seed: undistilled (λH = 0), one-hot rows, and probes, all on the same frame
 whole groups, scored once on the held-out trajectory. Teacher cost is counted in force-call equivalents:
 the sampling MD's steps per frame, one E/F label, and each row or probe at its measured cost.
 
-    python benchmarks/distillation_gain.py --system si --sizes 8 16 32 --seeds 3 --students painn-small painn-medium
+    python benchmarks/distillation_gain.py --system si --sizes 8 30 --seeds 3 --pool-frames 36 --runs 2 --threads 1
 
 Prints the table, the wall time, and as its last line one JSON object with ``force_ratio_few``,
 ``energy_ratio_few`` (distilled rows / undistilled at the fewest frames, mean over seeds; < 1: distilled
-better), ``force_ratio_dense`` (at the most frames), ``equal_cost_force_ratio`` (rows vs undistilled at
-equal teacher cost, interpolated on the undistilled learning curve in log-log) and the same for probes.
+better), ``force_ratio_dense`` and ``energy_ratio_dense`` (at the most frames), ``equal_cost_force_ratio``
+(rows vs undistilled at equal teacher cost, interpolated on the undistilled learning curve in log-log) and
+the same for probes.
 """
 
 from __future__ import annotations
@@ -245,6 +246,7 @@ def summarise(rows: list, cost: dict, args) -> dict:
         out[f"force_ratio_few{suffix}"] = ratio("force_meV_per_A", few)
         out[f"energy_ratio_few{suffix}"] = ratio("energy_meV_per_atom", few)
         out[f"force_ratio_dense{suffix}"] = ratio("force_meV_per_A", dense)
+        out[f"energy_ratio_dense{suffix}"] = ratio("energy_meV_per_atom", dense)
         out[f"equal_cost_force_ratio{suffix}"] = equal_cost_ratio(rows, student, method, args.sizes)
     return out
 
