@@ -69,6 +69,26 @@ def test_resume_repeats_the_uninterrupted_run(emt_store, tmp_path, monkeypatch):
         assert b["val"]["force_mae_meV_per_A"] == pytest.approx(a["val"]["force_mae_meV_per_A"], rel=1e-5)
 
 
+def test_validating_every_second_epoch_records_the_same_run_and_the_mean_of_its_steps(emt_store, tmp_path, monkeypatch):
+    fixed = {"train.epochs": 5, "train.refit_references": "false"}  # refits move the energies between runs
+    every = train_from_config(_config(emt_store, tmp_path / "a", **fixed), progress=False)
+    steps = []
+    original = train_module.train_step
+    monkeypatch.setattr(train_module, "train_step", lambda *a, **k: steps.append(original(*a, **k)) or steps[-1])
+    sparse = train_from_config(
+        _config(emt_store, tmp_path / "b", **fixed, **{"train.validate_every": 2}), progress=False
+    )
+    assert [h["epoch"] for h in sparse.history] == [2, 4, 5]  # the last epoch is always validated
+    for h in sparse.history:
+        same = next(a for a in every.history if a["epoch"] == h["epoch"])
+        assert h["val"]["force_mae_meV_per_A"] == pytest.approx(same["val"]["force_mae_meV_per_A"], rel=1e-5)
+    since_last = steps[sparse.history[0]["step"] : sparse.history[1]["step"]]
+    by_hand = sum(s["forces"] for s in since_last) / len(since_last)
+    assert sparse.history[1]["train"]["forces"] == pytest.approx(by_hand, rel=1e-9)
+    with pytest.raises(InputError, match="train.validate_every must be at least 1"):
+        train_from_config(_config(emt_store, tmp_path / "c", **{"train.validate_every": 0}), progress=False)
+
+
 def test_resume_without_checkpoint_or_with_corrupt_one_fails_clearly(emt_store, tmp_path):
     with pytest.raises(InputError, match="nothing to resume"):
         train_from_config(_config(emt_store, tmp_path / "c"), resume=True, progress=False)

@@ -74,6 +74,9 @@ class TrainConfig:
     grad_clip: float = 10.0
     refit_references: bool = True  #: after each epoch, refit per-element energies to the energy residuals
     patience: int = 40  #: stop after this many epochs without validation improvement
+    #: epochs between validations (each also refits the energy references and writes the checkpoint, which
+    #: resuming restarts from); small stores whose epoch is two steps spent ~25 % of training validating
+    validate_every: int = 1
     seed: int = 0
     device: str = "cpu"  #: cpu, cuda, cuda:K or auto; under data parallelism cuda is each rank's LOCAL_RANK GPU
     devices: int = 1  #: data-parallel processes on this node (gloo on CPU, NCCL on GPUs)

@@ -129,8 +129,9 @@ def _check_streaming(config: RunConfig) -> None:
     ):
         if value is not None and value < least:
             raise InputError(f"data.{key} must be at least {least}, got {value}")
-    if steps is not None and steps < 1:
-        raise InputError(f"train.max_steps must be at least 1, got {steps}")
+    for key, value in (("max_steps", steps), ("validate_every", config.train.validate_every)):
+        if value is not None and value < 1:
+            raise InputError(f"train.{key} must be at least 1, got {value}")
 
 
 def _build_model(config: RunConfig, store: LabelStore, train_idx: Sequence[int]):
@@ -243,10 +244,9 @@ def train(
     loaders = _loaders(config, train_set, val_set, ranks, device)
     epochs = min(t.epochs, math.ceil(total_steps / steps_per_epoch))  # max_steps may end training first
     bar = tqdm(total=epochs, initial=state.epoch, desc=os.path.basename(run_dir), unit="epoch", disable=not progress)
+    sums, first_step = {}, state.step  # the training terms recorded at a validation: means since the last one
     while state.epoch < t.epochs and state.bad_epochs < t.patience and state.step < total_steps:
         loaders.train.batch_sampler.seed = t.seed * 100_003 + state.epoch  # resuming at an epoch repeats it
-        sums: dict[str, float] = {}
-        first_step = state.step
         for loaded in loaders.train:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(state.step, total_steps, t)
@@ -256,32 +256,36 @@ def train(
             batch = loaded.graph.to(device)
             terms = train_step(step_model, batch, loss, optimizer, t.grad_clip, ranks, idle=loaded.idle)
             for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value / steps_per_epoch
+                sums[name] = sums.get(name, 0.0) + value
             ema.update_parameters(model)
             state.step += 1
             if state.step >= total_steps:
                 break
-        sums = {name: value * steps_per_epoch / (state.step - first_step) for name, value in sums.items()}
         state.epoch += 1
+        bar.update(1)
+        finished = state.epoch >= t.epochs or state.step >= total_steps
+        if state.epoch % t.validate_every and not finished:
+            continue
+        means = {name: value / (state.step - first_step) for name, value in sums.items()}
+        sums, first_step = {}, state.step
         if t.refit_references:
             _refit_references((model, ema.module), loaders.refit)
         val = accuracy_of_batches(ema.module, (loaded.graph for loaded in loaders.val))
-        _end_of_epoch(state, val, sums, teacher_force_mae, config)
+        _end_of_epoch(state, val, means, teacher_force_mae, config)
         # Every rank validates (identical EMA weights), so early stopping agrees without messages.
         if val["force_mae_meV_per_A"] / 1000 < state.best_force_mae:
             state.best_force_mae, state.bad_epochs = val["force_mae_meV_per_A"] / 1000, 0
             if ranks.is_main:
                 save_student(ema.module, best_path, epoch=state.epoch, val=val)
         else:
-            state.bad_epochs += 1
+            state.bad_epochs += t.validate_every
         if ranks.is_main:
             _save_checkpoint(checkpoint_path, model, ema, optimizer, state, config, loss)
             _write_json(os.path.join(run_dir, "history.json"), state.history)
-        bar.update(1)
         bar.set_postfix(
-            loss=f"{sums.get('total', 0):.3g}",
-            F=f"{sums.get('forces', 0):.3f}",
-            H=f"{sums.get('hessian', 0):.3f}",
+            loss=f"{means.get('total', 0):.3g}",
+            F=f"{means.get('forces', 0):.3f}",
+            H=f"{means.get('hessian', 0):.3f}",
             val_F=f"{val['force_mae_meV_per_A']:.1f}meV/Å",
         )
     bar.close()
