@@ -2,11 +2,11 @@
 
 Steps (each skipped when its output already exists, so an interrupted demo resumes):
 
-1. sample training frames with teacher Langevin MD (two runs at each of 300/600/900 K) plus rattled and
-   strained copies, and held-out frames from a trajectory of their own (750 K, its own seed);
+1. sample frames with teacher Langevin MD (one run at 600 K, one at 900 K, 4 frames 10 fs apart each) plus
+   rattled and strained copies, and held-out frames from a trajectory of their own (750 K, its own seed);
 2. label them with energies, forces, stress and K = 4 random Hessian rows per frame;
-3. train an undistilled (λH = 0) and a Hessian-distilled student with identical settings and seeds,
-   validating on whole groups of the training frames;
+3. train an undistilled (λH = 0) and a Hessian-distilled student with identical settings and seeds on one
+   run's frames, validating on the other run's (a group is one run's block of frames and their copies);
 4. evaluate teacher and students on the held-out trajectory, print the table.
 """
 
@@ -30,20 +30,24 @@ ROWS_PER_FRAME = 4
 
 @dataclasses.dataclass
 class DemoPlan:
-    n_frames: int = 12  #: training and validation frames (validation: two whole groups, 4 frames)
-    val_fraction: float = 4 / 12
+    #: training and validation frames: 4 MD frames and 4 copies per run, one run (group) for each side.
+    #: Few frames of one trajectory are where the Hessian pays; frames spread over four independent runs
+    #: gained little (held-out force ratio 0.96 even at 2400 steps; README)
+    n_frames: int = 16
+    val_fraction: float = 0.5
     test_frames: int = 8  #: held-out frames, from a trajectory of their own
     test_temperature: float = 750.0
     test_interval: int = 10  #: MD steps (2 fs) between held-out frames
     #: optimiser steps per student. With few frames the distilled student's validation force error keeps
-    #: falling to ~2400 steps (README), which does not fit in 10 minutes: 1200 took the demo 646 s on 2
-    #: cores, 900 keeps it under 10 minutes, and the demo shows less of the gain than the benchmark
-    steps: int = 900
+    #: falling to ~2400 steps (README), which does not fit in 10 minutes; 1200 does, validating every 10th
+    #: epoch
+    steps: int = 1200
     #: peak learning rate: at 1200 steps 6e-3 gave the lower validation force error (distilled 15.2 vs 16.2
     #: meV/Å at 3e-3, undistilled 18.3 vs 17.4; one seed, README)
     lr: float = 6e-3
-    temperatures: tuple = (300.0, 600.0, 900.0)
-    runs: int = 2  #: independent teacher MD runs per temperature
+    validate_every: int = 10  #: epochs (2 steps each) between validations: every epoch cost ~25 % of training
+    temperatures: tuple = (600.0, 900.0)
+    runs: int = 1  #: independent teacher MD runs per temperature
     md_runs: int = 3  #: NVT stability runs per student
     md_steps: int = 300  #: steps (1 fs) per student stability / NVE run
     teacher_md_steps: int = 40  #: the teacher costs ~0.4 s a step on 2 cores: short runs only
@@ -54,14 +58,16 @@ QUICK = DemoPlan(
     val_fraction=2 / 12,
     test_frames=2,
     steps=10,
+    validate_every=1,
     temperatures=(300.0, 600.0),
     runs=1,
     md_runs=1,
     md_steps=50,
     teacher_md_steps=5,
 )
-#: Seed of the held-out trajectory: no training run shares it.
-TEST_SEED = 1000
+#: Seed of the held-out trajectory: no training run shares it. Changed from 1000, whose frames were scored
+#: while the demo's plan was chosen, to one never scored before the plan was fixed.
+TEST_SEED = 2026
 
 
 def run_demo(
@@ -158,7 +164,13 @@ def _config(plan: DemoPlan, store: str, output: str, hessian: float, device: str
         loss=LossConfig(energy=5.0, forces=100.0, hessian=hessian),
         # epochs is only an upper bound: max_steps ends training (and the schedules) at plan.steps
         train=TrainConfig(
-            epochs=plan.steps, max_steps=plan.steps, lr=plan.lr, patience=plan.steps, seed=0, device=device
+            epochs=plan.steps,
+            max_steps=plan.steps,
+            lr=plan.lr,
+            patience=plan.steps,
+            validate_every=plan.validate_every,
+            seed=0,
+            device=device,
         ),
         output=output,
     )
