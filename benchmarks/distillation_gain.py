@@ -4,8 +4,10 @@ For one system: teacher MD frames plus rattled/strained copies (grouped: an MD b
 straddle a split), labelled once with E, F, K one-hot Hessian rows and K random-probe products H·v; a
 held-out trajectory of its own (own seed and temperature). Then, per student preset, training-set size
 and seed: undistilled (λH = 0), one-hot rows, and probes, all on the same frames, validated on the same
-whole groups, scored once on the held-out trajectory. Teacher cost is counted in force-call equivalents:
-the sampling MD's steps per frame, one E/F label, and each row or probe at its measured cost.
+whole groups, scored once on the held-out trajectory. A size n is the first n training frames in the split's
+group order (``data.n_train``): whole groups first, so small sizes are frames of one or two MD runs. Teacher
+cost is counted in force-call equivalents: the sampling MD's steps per frame, one E/F label, and each row or
+probe at its measured cost.
 
     python benchmarks/distillation_gain.py --system si --sizes 8 30 --seeds 3 --pool-frames 36 --runs 2 --threads 1
 
