@@ -42,10 +42,10 @@ class DemoPlan:
     #: falling to ~2400 steps (README), which does not fit in 10 minutes; 1200 does, validating every 10th
     #: epoch
     steps: int = 1200
-    #: peak learning rate: at 1200 steps 6e-3 gave the lower validation force error (distilled 15.2 vs 16.2
-    #: meV/Å at 3e-3, undistilled 18.3 vs 17.4; one seed, README)
+    #: peak learning rate: at 1200 steps on the earlier 12-frame plan, 6e-3 gave the lower validation force
+    #: error (distilled 15.2 vs 16.2 meV/Å at 3e-3, undistilled 18.3 vs 17.4; one seed, README)
     lr: float = 6e-3
-    validate_every: int = 10  #: epochs (2 steps each) between validations: every epoch cost ~25 % of training
+    validate_every: int = 10  #: epochs (2 steps each) between validations: validating every epoch cost ~25 %
     temperatures: tuple = (600.0, 900.0)
     runs: int = 1  #: independent teacher MD runs per temperature
     md_runs: int = 3  #: NVT stability runs per student
