@@ -234,7 +234,9 @@ def train(
         if isinstance(term, torch.nn.Module):
             term.to(device)
     optimizer = torch.optim.AdamW([*model.parameters(), *loss.parameters()], lr=t.lr, weight_decay=t.weight_decay)
-    ema = AveragedModel(model, avg_fn=ema_update(t.ema_decay), use_buffers=True)
+    # Parameters only: averaging buffers in float corrupted the integer element table (species 3 became 2
+    # after ~30 updates); the averaged student's energy references are refitted with its own weights instead.
+    ema = AveragedModel(model, avg_fn=ema_update(t.ema_decay), use_buffers=False)
     state = TrainState(hessian_weight=config.loss.hessian)
     checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
     if resume:
