@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,19 +65,29 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
-    max_steps: int | None = None  #: stop after this many optimiser steps (the schedules end there too)
-    lr: float = 3e-3  #: peak learning rate (AdamW)
-    min_lr_factor: float = 0.05  #: cosine decay to lr × this
+    """How long and how fast: training runs until the validation force error stops improving (the stopping
+    rule below), whatever the store's size, so one config serves 8 frames and 10⁵."""
+
+    max_steps: int = 100_000  #: ceiling on optimiser steps; the stopping rule ends most runs long before
+    epochs: int | None = None  #: optional ceiling in passes over the training frames
+    lr: float = 3e-3  #: peak learning rate (AdamW), reached after the warm-up
     warmup_steps: int = 20
+    lr_factor: float = 0.5  #: reduce on plateau: lr × this after lr_patience steps without a gain
+    lr_patience: int = 250  #: steps without a gain of min_improvement before the learning rate is reduced
+    min_lr_factor: float = 0.01  #: the learning rate never goes below lr × this
+    #: a gain: validation force MAE below (1 - this) × its value at the last gain
+    min_improvement: float = 0.01
+    #: stop when there was no gain over the last max(patience steps, patience_fraction × steps taken,
+    #: 2 validations)
+    patience: int = 1000
+    patience_fraction: float = 0.25
+    #: steps between validations (each also refits the energy references and writes the checkpoint);
+    #: null: max(50, 5 × validation batches + 2 × training batches), ≲ 10 % of training's cost
+    validate_every: int | None = None
     weight_decay: float = 0.0
     ema_decay: float = 0.99  #: exponential moving average of weights used for validation and export
     grad_clip: float = 10.0
-    refit_references: bool = True  #: after each epoch, refit per-element energies to the energy residuals
-    patience: int = 40  #: stop after this many epochs without validation improvement
-    #: epochs between validations (each also refits the energy references and writes the checkpoint, which
-    #: resuming restarts from); small stores whose epoch is two steps spent ~25 % of training validating
-    validate_every: int = 1
+    refit_references: bool = True  #: at each validation, refit per-element energies to the energy residuals
     seed: int = 0
     device: str = "cpu"  #: cpu, cuda, cuda:K or auto; under data parallelism cuda is each rank's LOCAL_RANK GPU
     devices: int = 1  #: data-parallel processes on this node (gloo on CPU, NCCL on GPUs)
@@ -89,6 +100,86 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: str = "runs/student"  #: run folder: config, checkpoints, history, best student
+
+
+#: Allowed values of every numeric or named setting: (low, high, which ends are allowed) or a set of names.
+#: A None value is allowed wherever the field's type says so (it means "the default rule").
+RANGES: dict[str, tuple | set] = {
+    "data.val_fraction": (0.0, 1.0, "[)"),
+    "data.test_fraction": (0.0, 1.0, "[)"),
+    "data.n_train": (1, math.inf, "[)"),
+    "data.batch_size": (1, math.inf, "[)"),
+    "data.rows_per_structure": (1, math.inf, "[)"),
+    "data.hessian_labels": {"rows", "probes", "both"},
+    "data.row_temperature": (0.0, math.inf, "()"),
+    "data.val_rows_per_structure": (1, math.inf, "[)"),
+    "data.workers": (0, math.inf, "[)"),
+    "data.prefetch_factor": (1, math.inf, "[)"),
+    "data.cache_frames": (0, math.inf, "[)"),
+    "model.cutoff": (0.0, math.inf, "()"),
+    "model.jacobian": {"fd", "autograd"},
+    "model.fd_step": (0.0, 0.1, "(]"),
+    "loss.energy": (0.0, math.inf, "[)"),
+    "loss.forces": (0.0, math.inf, "[)"),
+    "loss.hessian": (0.0, math.inf, "[)"),
+    "loss.halve_hessian_within": (0.0, math.inf, "[)"),
+    "loss.hessian_decay_from": (0.0, 1.0, "[]"),
+    "loss.consistency": (0.0, math.inf, "[)"),
+    "loss.n2n": (0.0, math.inf, "[)"),
+    "train.max_steps": (1, math.inf, "[)"),
+    "train.epochs": (1, math.inf, "[)"),
+    "train.lr": (0.0, math.inf, "()"),
+    "train.warmup_steps": (0, math.inf, "[)"),
+    "train.lr_factor": (0.0, 1.0, "()"),
+    "train.lr_patience": (1, math.inf, "[)"),
+    "train.min_lr_factor": (0.0, 1.0, "(]"),
+    "train.min_improvement": (0.0, 1.0, "[)"),
+    "train.patience": (1, math.inf, "[)"),
+    "train.patience_fraction": (0.0, 1.0, "[)"),
+    "train.validate_every": (1, math.inf, "[)"),
+    "train.weight_decay": (0.0, math.inf, "[)"),
+    "train.ema_decay": (0.0, 1.0, "[)"),
+    "train.grad_clip": (0.0, math.inf, "()"),
+    "train.devices": (1, math.inf, "[)"),
+}
+
+
+def check_ranges(config: RunConfig) -> RunConfig:
+    """Refuse, before any work, a value outside its allowed range, in one line naming the key, the value and
+    the range."""
+    for key, allowed in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is None or _allowed(value, allowed):
+            continue
+        raise InputError(f"config key {key}={value!r} is out of range: {_describe(allowed)}")
+    d = config.data
+    if d.val_fraction + d.test_fraction >= 1:
+        raise InputError(
+            f"config keys data.val_fraction + data.test_fraction = {d.val_fraction + d.test_fraction:g} leave "
+            "no training frames: their sum must be below 1"
+        )
+    return config
+
+
+def _allowed(value, allowed) -> bool:
+    if isinstance(allowed, set):
+        return value in allowed
+    low, high, ends = allowed
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    above = value >= low if ends[0] == "[" else value > low
+    below = value <= high if ends[1] == "]" else value < high
+    return above and below
+
+
+def _describe(allowed) -> str:
+    if isinstance(allowed, set):
+        return "one of " + ", ".join(sorted(allowed))
+    low, high, ends = allowed
+    if high == math.inf:
+        return f"must be {'≥' if ends[0] == '[' else '>'} {low:g}"
+    return f"must be in {ends[0]}{low:g}, {high:g}{ends[1]}"
 
 
 def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
@@ -106,7 +197,7 @@ def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
             raise InputError(f"config file {path} must hold a mapping")
     for item in overrides:
         _apply_override(raw, item)
-    return from_dict(RunConfig, raw)
+    return check_ranges(from_dict(RunConfig, raw))
 
 
 def _apply_override(raw: dict, item: str) -> None:
@@ -144,8 +235,9 @@ _SCALARS = {"float": float, "int": int, "bool": bool, "str": str, "dict": dict}
 
 def _coerce(value, annotation: str, key: str):
     """Check a value against its field's type, accepting what YAML reads loosely ('5e-3' as a string)."""
-    optional = annotation.startswith("Optional[")
-    name = annotation[len("Optional[") : -1] if optional else annotation
+    optional = annotation.startswith("Optional[") or annotation.endswith(" | None")
+    name = annotation.removeprefix("Optional[").removesuffix("]") if annotation.startswith("Optional[") else annotation
+    name = name.removesuffix(" | None")
     if value is None and optional:
         return None
     kind = _SCALARS.get(name)

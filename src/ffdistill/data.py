@@ -183,6 +183,7 @@ class BatchPlan(torch.utils.data.Sampler):
     ):
         self.dataset, self.batch_size, self.rows, self.shuffle = dataset, batch_size, rows, shuffle
         self.temperature, self.ranks, self.seed = temperature, ranks, seed
+        self.skip = 0  #: batches of the next pass to draw but not yield (a resumed epoch)
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
@@ -191,9 +192,10 @@ class BatchPlan(torch.utils.data.Sampler):
         generator = torch.Generator().manual_seed(self.seed)
         n = len(self.dataset)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        for start in range(0, n, self.batch_size):
+        for index, start in enumerate(range(0, n, self.batch_size)):
             draws = [self._draw(k, generator) for k in order[start : start + self.batch_size].tolist()]
-            yield self.ranks.shard(draws) or [draws[0]._replace(idle=True)]
+            if index >= self.skip:
+                yield self.ranks.shard(draws) or [draws[0]._replace(idle=True)]
 
     def _draw(self, position: int, generator: torch.Generator) -> Draw:
         if self.rows is None:

@@ -15,3 +15,7 @@ class TeacherError(FFDistillError):
 
 class StoreError(FFDistillError):
     """A label store that is missing, corrupt, or does not match the command."""
+
+
+class TrainingError(FFDistillError):
+    """Training that cannot go on (a non-finite loss) or produced no student."""

@@ -1,9 +1,12 @@
 """Training a student: one step function, one loop, plain-dict checkpoints.
 
-Every epoch ends with a validation pass on the EMA weights, a checkpoint (``checkpoint.pt``, written
-atomically) and, when validation improves, the best student (``best.pt``, student file format).
-``resume=True`` continues from the last checkpoint; shuffling and row sampling are seeded by epoch,
-so a resumed run repeats exactly what an uninterrupted one would have done.
+Training runs until it converges, whatever the store's size: every ``validation_interval`` optimiser steps
+the EMA weights are scored on the validation frames, the learning rate follows that score (reduce on
+plateau), a checkpoint is written (``checkpoint.pt``, atomically) and, when validation improves, the best
+student (``best.pt``, student file format); ``stop_reason`` ends the run when the validation force error
+stops improving, or at the ceiling. ``resume=True`` continues from the last checkpoint; shuffling and row
+sampling are seeded by epoch and a resumed epoch skips the batches already taken, so a resumed run repeats
+exactly what an uninterrupted one would have done.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from tqdm.auto import tqdm
 
 from ffdistill import distributed
 from ffdistill.calculator import save_student
-from ffdistill.config import RunConfig, save_config
+from ffdistill.config import RunConfig, check_ranges, save_config
 from ffdistill.data import BatchPlan, FrameDataset, frame_blocks, frame_loader, reference_statistics, split_indices
 from ffdistill.distributed import Ranks
-from ffdistill.errors import InputError
+from ffdistill.errors import InputError, TrainingError
 from ffdistill.evaluate.accuracy import accuracy_of_batches
 from ffdistill.graph import AtomicGraph
 from ffdistill.labels import LabelStore
@@ -39,13 +42,16 @@ from ffdistill.students.base import teacher_embedding_table
 
 @dataclass
 class TrainState:
-    epoch: int = 0  #: epochs completed
+    epoch: int = 0  #: passes over the training frames completed
     step: int = 0  #: optimiser steps taken
-    best_force_mae: float = math.inf  #: best validation force MAE, eV/Å
-    bad_epochs: int = 0  #: epochs since the best
+    best_force_mae: float = math.inf  #: best validation force MAE, eV/Å (the step of best.pt)
+    best_step: int = 0
+    progress_mae: float = math.inf  #: validation force MAE at the last gain of ≥ min_improvement, eV/Å
+    progress_step: int = 0  #: the step of that gain
     hessian_weight: float = 0.0  #: current λH (halved once, see LossConfig)
     hessian_halved: bool = False
-    history: list = field(default_factory=list)  #: one dict of metrics per epoch
+    stop_reason: str = ""  #: why training ended (empty while it runs)
+    history: list = field(default_factory=list)  #: one dict of metrics per validation
 
 
 @dataclass
@@ -54,14 +60,45 @@ class TrainResult:
     best_path: str
     best_force_mae: float  #: eV/Å
     history: list
+    stop_reason: str = ""
 
 
-def lr_at(step: int, total: int, cfg) -> float:
-    """Linear warm-up then cosine decay to ``lr * min_lr_factor``: a pure function of the step."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_factor + (1 - cfg.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * progress)))
+def warmup_lr(step: int, cfg) -> float | None:
+    """The learning rate of a warm-up step (linear to ``lr``), or None once warm-up is over and the
+    plateau rule owns the learning rate."""
+    return cfg.lr * (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else None
+
+
+def validation_interval(cfg, train_batches: int, val_batches: int) -> int:
+    """Steps between validations: ``train.validate_every``, or by default max(50, 5 × validation batches +
+    2 × training batches), so that a validation (a pass over the validation frames, ~½ a step each) and the
+    energy refit (a pass over the training frames without gradients) cost ≲ 10 % of training."""
+    if cfg.validate_every is not None:
+        return cfg.validate_every
+    return max(50, 5 * val_batches + 2 * train_batches)
+
+
+def step_ceiling(cfg, steps_per_epoch: int) -> int:
+    """The most optimiser steps a run may take: ``max_steps``, and ``epochs`` passes when that is set."""
+    return min(cfg.max_steps, cfg.epochs * steps_per_epoch) if cfg.epochs is not None else cfg.max_steps
+
+
+def stop_reason(state: TrainState, force_mae: float, cfg, interval: int, ceiling: int) -> str:
+    """The stopping rule, applied at each validation (updates the state's last gain).
+
+    Converged: no relative gain of ``min_improvement`` in the validation force MAE over the last
+    max(``patience`` steps, ``patience_fraction`` × steps taken, 2 validations). Else the ceiling."""
+    if force_mae < state.progress_mae * (1 - cfg.min_improvement):
+        state.progress_mae, state.progress_step = force_mae, state.step
+    window = max(cfg.patience, cfg.patience_fraction * state.step, 2 * interval)
+    if state.step - state.progress_step >= window:
+        return (
+            f"converged: no {100 * cfg.min_improvement:g} % gain in validation force MAE over the last "
+            f"{state.step - state.progress_step} steps (window {window:.0f})"
+        )
+    if state.step >= ceiling:
+        return f"reached the ceiling of {ceiling} steps"
+    return ""
 
 
 def ema_update(decay: float):
@@ -102,7 +139,7 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
     With ``train.devices > 1`` this spawns that many data-parallel workers and returns what rank 0 wrote.
     """
     backend = distributed.backend_for(distributed.resolve_device(config.train.device))  # fails early without CUDA
-    _check_streaming(config)
+    check_ranges(config)
     if config.train.devices > 1 and not distributed.from_environment(backend):
         LabelStore(config.data.store)  # fail here, with one clear line, before spawning anything
         distributed.spawn(train_from_config, config.train.devices, backend, config, resume, progress)
@@ -117,21 +154,6 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
     model = _build_model(config, store, train_idx)
     teacher_mae = teacher_force_error(store, val_idx)
     return train(model, train_set, val_set, config, resume=resume, progress=progress, teacher_force_mae=teacher_mae)
-
-
-def _check_streaming(config: RunConfig) -> None:
-    """Refuse loader settings DataLoader would reject later with a less clear message."""
-    d, steps = config.data, config.train.max_steps
-    for key, value, least in (
-        ("workers", d.workers, 0),
-        ("prefetch_factor", d.prefetch_factor, 1),
-        ("val_rows_per_structure", d.val_rows_per_structure, 1),
-    ):
-        if value is not None and value < least:
-            raise InputError(f"data.{key} must be at least {least}, got {value}")
-    for key, value in (("max_steps", steps), ("validate_every", config.train.validate_every)):
-        if value is not None and value < 1:
-            raise InputError(f"train.{key} must be at least 1, got {value}")
 
 
 def _build_model(config: RunConfig, store: LabelStore, train_idx: Sequence[int]):
@@ -186,10 +208,14 @@ def _prepare_run_dir(run_dir: str) -> None:
 
 
 def _result_on_disk(run_dir: str) -> TrainResult:
-    with open(os.path.join(run_dir, "history.json")) as handle:
+    paths = RunPaths(run_dir)
+    with open(paths.history) as handle:
         history = json.load(handle)
-    best = min(h["val"]["force_mae_meV_per_A"] for h in history) / 1000
-    return TrainResult(run_dir, os.path.join(run_dir, "best.pt"), best, history)
+    with open(paths.summary) as handle:
+        summary = json.load(handle)
+    return TrainResult(
+        run_dir, paths.best, summary["best_val_force_mae_meV_per_A"] / 1000, history, summary["stop_reason"]
+    )
 
 
 def teacher_force_error(store: LabelStore, indices: Sequence[int]) -> float | None:
@@ -214,10 +240,10 @@ def train(
     progress: bool = True,
     teacher_force_mae: float | None = None,
 ) -> TrainResult:
-    """The training loop over frames streamed from the store. Writes config.yaml, checkpoint.pt, best.pt and
-    history.json to ``config.output``."""
+    """The training loop over frames streamed from the store, run until the stopping rule (``stop_reason``)
+    or the ceiling ends it. Writes config.yaml, checkpoint.pt, best.pt, history.json and summary.json to
+    ``config.output``."""
     t, run_dir, ranks = config.train, config.output, distributed.current()
-    progress = progress and ranks.is_main
     _prepare_run_dir(run_dir)
     if ranks.is_main:
         save_config(config, os.path.join(run_dir, "config.yaml"))
@@ -237,61 +263,129 @@ def train(
     # Parameters only: averaging buffers in float corrupted the integer element table (species 3 became 2
     # after ~30 updates); the averaged student's energy references are refitted with its own weights instead.
     ema = AveragedModel(model, avg_fn=ema_update(t.ema_decay), use_buffers=False)
-    state = TrainState(hessian_weight=config.loss.hessian)
-    checkpoint_path, best_path = os.path.join(run_dir, "checkpoint.pt"), os.path.join(run_dir, "best.pt")
-    if resume:
-        state = _load_checkpoint(checkpoint_path, model, ema, optimizer, loss)
-    steps_per_epoch = math.ceil(len(train_set) / config.data.batch_size)
-    total_steps = min(t.epochs * steps_per_epoch, t.max_steps or t.epochs * steps_per_epoch)
     loaders = _loaders(config, train_set, val_set, ranks, device)
-    epochs = min(t.epochs, math.ceil(total_steps / steps_per_epoch))  # max_steps may end training first
-    bar = tqdm(total=epochs, initial=state.epoch, desc=os.path.basename(run_dir), unit="epoch", disable=not progress)
+    steps_per_epoch = len(loaders.train.batch_sampler)
+    interval = validation_interval(t, steps_per_epoch, len(loaders.val.batch_sampler))
+    ceiling = step_ceiling(t, steps_per_epoch)
+    plateau = _plateau(optimizer, t, interval)
+    state = TrainState(hessian_weight=config.loss.hessian)
+    paths = RunPaths(run_dir)
+    if resume:
+        state = _load_checkpoint(paths.checkpoint, model, ema, optimizer, loss, plateau)
+    bar = tqdm(total=ceiling, initial=state.step, desc=os.path.basename(run_dir), unit="step", disable=not progress)
     sums, first_step = {}, state.step  # the training terms recorded at a validation: means since the last one
-    while state.epoch < t.epochs and state.bad_epochs < t.patience and state.step < total_steps:
-        loaders.train.batch_sampler.seed = t.seed * 100_003 + state.epoch  # resuming at an epoch repeats it
+    while not state.stop_reason:
+        plan = loaders.train.batch_sampler
+        plan.seed = t.seed * 100_003 + state.epoch  # a resumed run repeats the epoch's order and rows...
+        plan.skip = state.step - state.epoch * steps_per_epoch  # ...from the batch it stopped at
         for loaded in loaders.train:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(state.step, total_steps, t)
+            lr = warmup_lr(state.step, t)
+            for group in optimizer.param_groups if lr is not None else ():
+                group["lr"] = lr
             loss.term("hessian").weight = hessian_weight_at(
-                state.step, total_steps, state.hessian_weight, config.loss.hessian_decay_from
+                state.step, ceiling, state.hessian_weight, config.loss.hessian_decay_from
             )
-            batch = loaded.graph.to(device)
-            terms = train_step(step_model, batch, loss, optimizer, t.grad_clip, ranks, idle=loaded.idle)
+            terms = train_step(step_model, loaded.graph.to(device), loss, optimizer, t.grad_clip, ranks, loaded.idle)
+            _check_finite(terms, state.step, paths)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value
             ema.update_parameters(model)
             state.step += 1
-            if state.step >= total_steps:
-                break
-        state.epoch += 1
-        bar.update(1)
-        finished = state.epoch >= t.epochs or state.step >= total_steps
-        if state.epoch % t.validate_every and not finished:
-            continue
-        means = {name: value / (state.step - first_step) for name, value in sums.items()}
-        sums, first_step = {}, state.step
-        if t.refit_references:
-            _refit_references((model, ema.module), loaders.refit)
-        val = accuracy_of_batches(ema.module, (loaded.graph for loaded in loaders.val))
-        _end_of_epoch(state, val, means, teacher_force_mae, config)
-        # Every rank validates (identical EMA weights), so early stopping agrees without messages.
-        if val["force_mae_meV_per_A"] / 1000 < state.best_force_mae:
-            state.best_force_mae, state.bad_epochs = val["force_mae_meV_per_A"] / 1000, 0
+            bar.update(1)
+            if state.step % interval and state.step < ceiling:
+                continue
+            means = {name: value / (state.step - first_step) for name, value in sums.items()}
+            sums, first_step = {}, state.step
+            val = _validate(model, ema, loaders, state, means, teacher_force_mae, config, plateau, interval, ceiling)
             if ranks.is_main:
-                save_student(ema.module, best_path, epoch=state.epoch, val=val)
+                _save_checkpoint(paths.checkpoint, model, ema, optimizer, state, config, loss, plateau)
+                _write_json(paths.history, state.history)
+            bar.set_postfix(
+                F=f"{means.get('forces', 0):.3f}",
+                H=f"{means.get('hessian', 0):.3f}",
+                val_F=f"{val['force_mae_meV_per_A']:.1f}meV/Å",
+                lr=f"{optimizer.param_groups[0]['lr']:.2g}",
+            )
+            if state.stop_reason:
+                break
         else:
-            state.bad_epochs += t.validate_every
-        if ranks.is_main:
-            _save_checkpoint(checkpoint_path, model, ema, optimizer, state, config, loss)
-            _write_json(os.path.join(run_dir, "history.json"), state.history)
-        bar.set_postfix(
-            loss=f"{means.get('total', 0):.3g}",
-            F=f"{means.get('forces', 0):.3f}",
-            H=f"{means.get('hessian', 0):.3f}",
-            val_F=f"{val['force_mae_meV_per_A']:.1f}meV/Å",
-        )
+            state.epoch += 1
     bar.close()
-    return TrainResult(run_dir, best_path, state.best_force_mae, state.history)
+    return _finish(state, paths, ranks)
+
+
+class RunPaths:
+    """The files of one run folder."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.checkpoint = os.path.join(run_dir, "checkpoint.pt")
+        self.best = os.path.join(run_dir, "best.pt")
+        self.history = os.path.join(run_dir, "history.json")
+        self.summary = os.path.join(run_dir, "summary.json")
+
+
+def _plateau(optimizer, t, interval: int) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """Reduce-on-plateau, as in the paper's reference code: lr × ``lr_factor`` after ``lr_patience`` steps
+    (in validations) without a relative gain of ``min_improvement``, never below lr × ``min_lr_factor``."""
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer,
+        mode="min",
+        factor=t.lr_factor,
+        patience=max(0, math.ceil(t.lr_patience / interval) - 1),
+        threshold=t.min_improvement,
+        threshold_mode="rel",
+        min_lr=t.lr * t.min_lr_factor,
+    )
+
+
+def _validate(model, ema, loaders, state, means, teacher_force_mae, config, plateau, interval, ceiling) -> dict:
+    """Refit references, score the EMA student on the validation frames, keep the best, apply the λH halving,
+    the plateau rule and the stopping rule. Every rank validates the identical EMA weights, so they agree
+    on when to stop without messages."""
+    t = config.train
+    if t.refit_references:
+        _refit_references((model, ema.module), loaders.refit)
+    val = accuracy_of_batches(ema.module, (loaded.graph for loaded in loaders.val))
+    _end_of_epoch(state, val, means, teacher_force_mae, config)
+    force_mae = val["force_mae_meV_per_A"] / 1000
+    if force_mae < state.best_force_mae:
+        state.best_force_mae, state.best_step = force_mae, state.step
+        if distributed.current().is_main:
+            save_student(ema.module, os.path.join(config.output, "best.pt"), step=state.step, val=val)
+    if state.step >= t.warmup_steps:
+        plateau.step(force_mae)
+    state.stop_reason = stop_reason(state, force_mae, t, interval, ceiling)
+    return val
+
+
+def _check_finite(terms: dict, step: int, paths: RunPaths) -> None:
+    """A non-finite loss ends training at once, naming the step and the term; the last checkpoint stays."""
+    bad = [name for name, value in terms.items() if name != "total" and not math.isfinite(value)]
+    if bad or not math.isfinite(terms["total"]):
+        raise TrainingError(
+            f"the loss became non-finite at step {step + 1} (term {', '.join(bad) or 'total'}); the last good "
+            f"checkpoint is {paths.checkpoint} (lower train.lr, or check the store with ffdistill inspect)"
+        )
+
+
+def _finish(state: TrainState, paths: RunPaths, ranks: Ranks) -> TrainResult:
+    """The run's summary (why it stopped, where the best student is); no student is an error."""
+    if not math.isfinite(state.best_force_mae) or not os.path.isfile(paths.best):
+        raise TrainingError(
+            f"training produced no student in {paths.run_dir}: the validation force MAE was never finite "
+            f"({state.step} steps; {state.stop_reason})"
+        )
+    summary = {
+        "stop_reason": state.stop_reason,
+        "steps": state.step,
+        "best_step": state.best_step,
+        "best_val_force_mae_meV_per_A": 1000 * state.best_force_mae,
+        "last_gain_step": state.progress_step,
+    }
+    if ranks.is_main:
+        _write_json(paths.summary, summary)
+    return TrainResult(paths.run_dir, paths.best, state.best_force_mae, state.history, state.stop_reason)
 
 
 class _Loaders(NamedTuple):
@@ -358,12 +452,13 @@ def _end_of_epoch(
 
 
 def _save_checkpoint(
-    path: str, model, ema, optimizer, state: TrainState, config: RunConfig, loss: DistillationLoss
+    path: str, model, ema, optimizer, state: TrainState, config: RunConfig, loss: DistillationLoss, plateau
 ) -> None:
     payload = {
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "plateau": plateau.state_dict(),
         "loss": [t.state_dict() for t in loss.terms if isinstance(t, torch.nn.Module)],
         "state": dataclasses.asdict(state),
         "config": dataclasses.asdict(config),
@@ -373,7 +468,7 @@ def _save_checkpoint(
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: str, model, ema, optimizer, loss: DistillationLoss) -> TrainState:
+def _load_checkpoint(path: str, model, ema, optimizer, loss: DistillationLoss, plateau) -> TrainState:
     if not os.path.isfile(path):
         raise InputError(f"nothing to resume: no checkpoint at {path}")
     try:
@@ -381,6 +476,7 @@ def _load_checkpoint(path: str, model, ema, optimizer, loss: DistillationLoss) -
         model.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])
         optimizer.load_state_dict(payload["optimizer"])
+        plateau.load_state_dict(payload["plateau"])
         for term, saved in zip([t for t in loss.terms if isinstance(t, torch.nn.Module)], payload.get("loss", [])):
             term.load_state_dict(saved)
         return TrainState(**payload["state"])
