@@ -58,7 +58,8 @@ def test_train_reports_the_validation_errors_recomputed_by_hand_from_the_saved_s
         f"data.store={store}",
         f"output={run}",
         "model.student=painn-tiny",
-        "train.epochs=2",
+        "train.max_steps=2",
+        "train.validate_every=1",
         "data.batch_size=5",
     ]
     # validate on every stored row (null), not a seeded draw of them, so the row MAE is over rows known here
@@ -67,7 +68,7 @@ def test_train_reports_the_validation_errors_recomputed_by_hand_from_the_saved_s
     printed = re.search(saved, capsys.readouterr().out)
     history = json.loads((run / "history.json").read_text())
     assert printed and len(history) == 2
-    # best.pt holds the EMA weights of the epoch with the lowest validation force MAE (the first, on a tie).
+    # best.pt holds the EMA weights of the validation with the lowest validation force MAE (the first, on a tie).
     best = min(range(len(history)), key=lambda k: history[k]["val"]["force_mae_meV_per_A"])
     data = yaml.safe_load((run / "config.yaml").read_text())["data"]
     labels = LabelStore(str(store))

@@ -191,7 +191,10 @@ def test_two_loader_workers_train_exactly_what_the_training_process_alone_trains
     for workers in (0, 2):
         config = _config(emt_store, tmp_path / f"w{workers}", **{"data.workers": workers})
         result = train_from_config(config, progress=False)
-        assert [h["step"] for h in result.history] == [4, 6]  # 13 frames in 4 steps an epoch; the ceiling (max_steps) at 6
+        assert [h["step"] for h in result.history] == [
+            4,
+            6,
+        ]  # 13 frames in 4 steps an epoch; the ceiling (max_steps) at 6
         runs[workers] = (result.history, torch.load(tmp_path / f"w{workers}" / "checkpoint.pt", weights_only=True))
     (history0, saved0), (history2, saved2) = runs[0], runs[2]
     assert history2 == history0

@@ -1,6 +1,7 @@
 """Training: every term falls, resume repeats an uninterrupted run, configs are strict."""
 
 import json
+import math
 import os
 
 import pytest
@@ -11,6 +12,7 @@ import ffdistill.train as train_module
 from ffdistill import derivatives
 from ffdistill.config import load_config
 from ffdistill.errors import InputError
+from ffdistill.loss import build_loss
 from ffdistill.train import train_from_config
 
 
@@ -109,8 +111,8 @@ def test_learning_rate_and_stopping_follow_the_validation_error_as_worked_out_by
 
     Gains at steps 2 (from nothing) and 4 (80 < 0.99 · 100); 79.5 is no 1 % gain on 80. Plateau: lr_patience 4
     steps = 2 validations, i.e. reduce when a second bad validation follows (torch's patience 1): bad at steps
-    6 and 8, so the learning rate halves after step 8's validation. best.pt: the lowest score, first at step 6. Stop: no gain since step 4 over
-    max(patience 6, 0 · steps, 2 validations = 4) steps, i.e. at step 10."""
+    6 and 8, so the learning rate halves after step 8's validation. best.pt: the lowest score, first at step 6.
+    Stop: no gain since step 4 over max(patience 6, 0 · steps, 2 validations = 4) steps, i.e. at step 10."""
     scores = iter([100.0, 80.0] + [79.5] * 100)
     monkeypatch.setattr(
         train_module, "accuracy_of_batches", lambda model, batches: {"force_mae_meV_per_A": next(scores)}
@@ -237,3 +239,35 @@ def test_hessian_weight_decays_by_cosine_over_the_last_part_of_training():
     assert hessian_weight_at(85, 100, 400.0, 0.7) == pytest.approx(200.0)  # half-way through the decay: cos(π/2)
     assert hessian_weight_at(100, 100, 400.0, 0.7) == pytest.approx(0.0, abs=1e-9)
     assert hessian_weight_at(100, 100, 400.0, None) == 400.0  # no decay asked
+
+
+def test_the_hessian_term_is_scaled_by_the_training_frames_force_and_row_sizes_worked_out_by_loops(
+    emt_store, tmp_path, monkeypatch
+):
+    """σ_F = mean over atoms of |F|, σ_H = Σ_frames mean_rows Σ_atoms |H[r]_atom| / Σ_frames atoms, from the
+    store's raw arrays with plain loops; the run's loss_scales.json and the Hessian term it trains with agree."""
+    from ffdistill.data import split_indices
+    from ffdistill.labels import LabelStore
+
+    store = LabelStore(emt_store)
+    train_idx, _, _ = split_indices(store.groups(), 0.2, 0.0, 0)
+    force_norms, row_sums, atoms = [], 0.0, 0
+    for i in train_idx:
+        labels = store.frame(int(i))[1]
+        n = len(labels["forces"])
+        force_norms += [math.sqrt(sum(c * c for c in f)) for f in labels["forces"].tolist()]
+        rows = labels["hessian_rows"].tolist()
+        row_sums += sum(sum(math.sqrt(sum(c * c for c in a)) for a in row) for row in rows) / len(rows)
+        atoms += n
+    sigma_f, sigma_h = sum(force_norms) / len(force_norms), row_sums / atoms
+    terms = []
+    monkeypatch.setattr(train_module, "build_loss", lambda *a, **k: terms.append(k) or build_loss(*a, **k))
+    config = _config(emt_store, tmp_path / "run", **{"train.epochs": 1, "data.val_fraction": 0.2})
+    train_from_config(config, progress=False)
+    scales = json.load(open(tmp_path / "run" / "loss_scales.json"))
+    assert scales["force_scale_eV_per_A"] == pytest.approx(sigma_f, rel=1e-5)
+    assert scales["hessian_scale_eV_per_A2"] == pytest.approx(sigma_h, rel=1e-5)
+    assert terms[-1]["hessian_factor"] == pytest.approx(sigma_f / sigma_h, rel=1e-5)
+    raw = _config(emt_store, tmp_path / "raw", **{"train.epochs": 1, "loss.hessian_normalisation": "none"})
+    train_from_config(raw, progress=False)
+    assert terms[-1]["hessian_factor"] == 1.0 and not os.path.exists(tmp_path / "raw" / "loss_scales.json")

@@ -122,6 +122,7 @@ def cmd_train(args) -> None:
     config = _config(args)
     result = train_from_config(config, resume=args.resume, progress=not args.quiet)
     print(f"best student saved to {result.best_path} (validation force MAE {1000 * result.best_force_mae:.1f} meV/Å)")
+    print(f"training stopped: {result.stop_reason}")
 
 
 def _config(args):
@@ -393,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a student from a YAML config with a.b=c overrides")
     p.add_argument("config", help="YAML config (optional: overrides alone run on the defaults)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.hessian=0 train.epochs=50")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. loss.hessian=0 train.max_steps=5000")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.set_defaults(func=cmd_train)
 
@@ -534,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         "distill", help="on-policy rounds: train an ensemble, run its MD, label the frames it disputes, retrain"
     )
     p.add_argument("config", help="YAML run config; data.store is the initial label store, output the run folder")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=50")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=5000")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--ensemble", type=int, default=3, help="students per round (different seeds)")
     p.add_argument("--new-frames", type=int, default=8, help="frames the teacher labels per round")

@@ -56,7 +56,12 @@ class ModelConfig:
 class LossConfig:
     energy: float = 5.0  #: λE
     forces: float = 100.0  #: λF
-    hessian: float = 1000.0  #: λH; 0 trains the undistilled baseline (chosen on validation frames: see README)
+    #: λH; 0 trains the undistilled baseline. With hessian_normalisation "store" it weighs the relative Hessian
+    #: error against λF's relative force error (chosen on validation frames: docs' training page)
+    hessian: float = 1000.0
+    #: "store": the Hessian term × σ_F / σ_H from the training frames' teacher labels (loss.hessian_scale), so
+    #: one λH travels between systems; "none": the paper's raw term (eV/Å², λH tuned per system)
+    hessian_normalisation: str = "store"
     halve_hessian_within: float | None = 0.05  #: halve λH once val force MAE ≤ (1 + this) × teacher's
     hessian_decay_from: float | None = None  #: from this fraction of the steps on, λH decays (cosine) to 0
     consistency: float = 0.0  #: direct-force students: weight tying -dE/dR of the energy head to the forces
@@ -123,6 +128,7 @@ RANGES: dict[str, tuple | set] = {
     "loss.forces": (0.0, math.inf, "[)"),
     "loss.hessian": (0.0, math.inf, "[)"),
     "loss.halve_hessian_within": (0.0, math.inf, "[)"),
+    "loss.hessian_normalisation": {"store", "none"},
     "loss.hessian_decay_from": (0.0, 1.0, "[]"),
     "loss.consistency": (0.0, math.inf, "[)"),
     "loss.n2n": (0.0, math.inf, "[)"),

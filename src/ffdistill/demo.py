@@ -38,14 +38,10 @@ class DemoPlan:
     test_frames: int = 8  #: held-out frames, from a trajectory of their own
     test_temperature: float = 750.0
     test_interval: int = 10  #: MD steps (2 fs) between held-out frames
-    #: optimiser steps per student. With few frames the distilled student's validation force error keeps
-    #: falling to ~2400 steps (README), which does not fit in 10 minutes; 1200 does, validating every 10th
-    #: epoch
-    steps: int = 1200
-    #: peak learning rate: at 1200 steps on the earlier 12-frame plan, 6e-3 gave the lower validation force
-    #: error (distilled 15.2 vs 16.2 meV/Å at 3e-3, undistilled 18.3 vs 17.4; one seed, README)
-    lr: float = 6e-3
-    validate_every: int = 10  #: epochs (2 steps each) between validations: validating every epoch cost ~25 %
+    #: training runs with the shipped defaults, as any user's run: until the stopping rule ends it. Only the
+    #: smoke plan (QUICK) caps it, at this many steps validating every ``validate_every``
+    max_steps: int | None = None
+    validate_every: int | None = None
     temperatures: tuple = (600.0, 900.0)
     runs: int = 1  #: independent teacher MD runs per temperature
     md_runs: int = 3  #: NVT stability runs per student
@@ -57,8 +53,8 @@ QUICK = DemoPlan(
     n_frames=12,
     val_fraction=2 / 12,
     test_frames=2,
-    steps=10,
-    validate_every=1,
+    max_steps=10,
+    validate_every=5,
     temperatures=(300.0, 600.0),
     runs=1,
     md_runs=1,
@@ -159,15 +155,11 @@ def _sample(teacher, plan: DemoPlan, paths: dict, timings: dict, progress: bool)
 
 def _config(plan: DemoPlan, store: str, output: str, hessian: float, device: str = "cpu") -> RunConfig:
     return RunConfig(
-        data=DataConfig(store=store, val_fraction=plan.val_fraction, test_fraction=0.0, batch_size=4),
-        model=ModelConfig(student="painn-small", cutoff=5.0),
-        loss=LossConfig(energy=5.0, forces=100.0, hessian=hessian),
-        # epochs is only an upper bound: max_steps ends training (and the schedules) at plan.steps
+        data=DataConfig(store=store, val_fraction=plan.val_fraction, test_fraction=0.0),
+        model=ModelConfig(),
+        loss=LossConfig(hessian=hessian),
         train=TrainConfig(
-            epochs=plan.steps,
-            max_steps=plan.steps,
-            lr=plan.lr,
-            patience=plan.steps,
+            max_steps=plan.max_steps or TrainConfig.max_steps,
             validate_every=plan.validate_every,
             seed=0,
             device=device,

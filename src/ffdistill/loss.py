@@ -21,8 +21,10 @@ single-process loss of the global batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -64,9 +66,14 @@ class ForceTerm:
 @dataclass
 class HessianTerm:
     """One-hot rows and random probes alike: per structure, the mean over its items of the summed
-    per-atom error norms; summed over structures and divided by the batch's atoms."""
+    per-atom error norms; summed over structures and divided by the batch's atoms; times ``scale``.
+
+    ``scale`` = σ_F / σ_H (Å) makes the term travel between systems whose Hessians differ ~10× in size
+    (``hessian_scale``): the term becomes σ_F × the relative Hessian error, on the footing of the force term
+    (σ_F × the relative force error), so one λH serves a stiff molecule and a soft crystal alike."""
 
     weight: float
+    scale: float = 1.0
     name: str = "hessian"
     needs: tuple = ("hessian_rows", "probe_products")
 
@@ -81,7 +88,7 @@ class HessianTerm:
         if not errors:
             return batch.R.new_zeros(()), batch.n_atoms
         per_structure = per_structure_mean(torch.cat(errors), torch.cat(owners), batch.n_structures)
-        return per_structure.sum(), batch.n_atoms
+        return self.scale * per_structure.sum(), batch.n_atoms
 
 
 #: The name the trainer and older code use for the Hessian term.
@@ -169,6 +176,22 @@ class DistillationLoss:
         return next(t for t in self.terms if t.name == name)
 
 
+def hessian_scale(forces: Sequence[np.ndarray], items: Sequence[np.ndarray]) -> dict[str, float]:
+    """The factor that makes the Hessian term dimensionless against the force term, from teacher labels.
+
+    ``forces``: each frame's (N, 3) force labels; ``items``: each frame's (k, N, 3) Hessian rows and/or H·v
+    products. σ_F = mean over atoms of ||F_i|| is the force term of a student that predicts zero forces;
+    σ_H = Σ_b [mean over b's items of Σ_atoms ||H[r]_atom||] / Σ_b N_b is the Hessian term of a student that
+    predicts a zero Hessian. factor = σ_F / σ_H (Å)."""
+    norms = np.concatenate([np.linalg.norm(f, axis=-1) for f in forces])
+    sigma_f = float(norms.mean())
+    per_frame = [np.linalg.norm(k, axis=-1).sum(axis=-1).mean() for k in items if len(k)]
+    atoms = sum(k.shape[1] for k in items if len(k))
+    sigma_h = float(np.sum(per_frame) / atoms) if atoms else 0.0
+    factor = sigma_f / sigma_h if sigma_h > 0 and sigma_f > 0 else 1.0
+    return {"force_scale_eV_per_A": sigma_f, "hessian_scale_eV_per_A2": sigma_h, "factor_A": factor}
+
+
 def build_loss(
     energy: float,
     forces: float,
@@ -176,9 +199,11 @@ def build_loss(
     consistency: float = 0.0,
     n2n: float = 0.0,
     channels: tuple[int, int] | None = None,
+    hessian_factor: float = 1.0,
 ) -> DistillationLoss:
-    """The paper's terms; ``consistency`` for direct-force students, ``n2n`` with (student, teacher) feature sizes."""
-    terms = [EnergyTerm(energy), ForceTerm(forces), HessianTerm(hessian)]
+    """The paper's terms; ``consistency`` for direct-force students, ``n2n`` with (student, teacher) feature sizes;
+    ``hessian_factor`` the Hessian term's ``scale``."""
+    terms = [EnergyTerm(energy), ForceTerm(forces), HessianTerm(hessian, hessian_factor)]
     if consistency:
         terms.append(ConsistencyTerm(consistency))
     if n2n:

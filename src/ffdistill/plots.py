@@ -10,11 +10,11 @@ import numpy as np  # noqa: E402
 
 
 def learning_curves(histories: dict[str, list], path: str) -> None:
-    """Validation force MAE per epoch, one line per run."""
+    """Validation force MAE per optimiser step, one line per run."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, history in histories.items():
-        ax.plot([h["epoch"] for h in history], [h["val"]["force_mae_meV_per_A"] for h in history], label=name)
-    ax.set(xlabel="epoch", ylabel="validation force MAE (meV/Å)", yscale="log")
+        ax.plot([h["step"] for h in history], [h["val"]["force_mae_meV_per_A"] for h in history], label=name)
+    ax.set(xlabel="optimiser step", ylabel="validation force MAE (meV/Å)", yscale="log")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

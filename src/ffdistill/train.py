@@ -35,7 +35,7 @@ from ffdistill.errors import InputError, TrainingError
 from ffdistill.evaluate.accuracy import accuracy_of_batches
 from ffdistill.graph import AtomicGraph
 from ffdistill.labels import LabelStore
-from ffdistill.loss import DistillationLoss, build_loss
+from ffdistill.loss import DistillationLoss, build_loss, hessian_scale
 from ffdistill.students import build_student
 from ffdistill.students.base import teacher_embedding_table
 
@@ -255,7 +255,7 @@ def train(
         if ranks.world > 1
         else model
     )
-    loss = _loss(config, model, train_set.store)
+    loss = _loss(config, model, train_set.store, _hessian_scale(config, train_set, ranks))
     for term in loss.terms:
         if isinstance(term, torch.nn.Module):
             term.to(device)
@@ -419,7 +419,32 @@ def _refit_references(models: Sequence, loader) -> None:
         model.shift_references(np.concatenate([c for c, _ in part]), np.concatenate([r for _, r in part]))
 
 
-def _loss(config: RunConfig, model, store: LabelStore) -> DistillationLoss:
+#: training frames (evenly spaced) whose teacher labels give the Hessian term's scale
+SCALE_FRAMES = 512
+
+
+def _hessian_scale(config: RunConfig, train_set: FrameDataset, ranks: Ranks) -> float:
+    """σ_F / σ_H of the training frames (``loss.hessian_scale``; at most ``SCALE_FRAMES`` of them), written to
+    the run folder as loss_scales.json; 1 when the normalisation is off or nothing is distilled."""
+    if config.loss.hessian_normalisation == "none" or not config.loss.hessian:
+        return 1.0
+    positions = np.unique(np.linspace(0, len(train_set) - 1, min(len(train_set), SCALE_FRAMES)).astype(int))
+    graphs = [train_set[int(k)] for k in positions]
+    items = [_hessian_items(g) for g in graphs]
+    scales = hessian_scale([g.forces.numpy() for g in graphs], items)
+    if ranks.is_main:
+        _write_json(os.path.join(config.output, "loss_scales.json"), {**scales, "frames": len(graphs)})
+    return scales["factor_A"]
+
+
+def _hessian_items(graph: AtomicGraph) -> np.ndarray:
+    """(k, N, 3) the one-structure graph's stored Hessian rows and H·v products, as the loss compares them."""
+    parts = [p for p in (graph.hessian_rows, graph.probe_products) if p is not None and len(p)]
+    n = graph.n_atoms
+    return torch.cat([p.reshape(-1, n, 3) for p in parts]).double().numpy() if parts else np.zeros((0, n, 3))
+
+
+def _loss(config: RunConfig, model, store: LabelStore, hessian_factor: float = 1.0) -> DistillationLoss:
     c = config.loss
     channels = None
     if c.n2n:
@@ -428,7 +453,9 @@ def _loss(config: RunConfig, model, store: LabelStore) -> DistillationLoss:
         channels = (model.hparams["channels"], store.arrays["node_features"].shape[1])
     if c.consistency and not model.capabilities.direct:
         raise InputError("loss.consistency is for direct-force students (e.g. painn-direct-small)")
-    return build_loss(c.energy, c.forces, c.hessian, consistency=c.consistency, n2n=c.n2n, channels=channels)
+    return build_loss(
+        c.energy, c.forces, c.hessian, c.consistency, c.n2n, channels=channels, hessian_factor=hessian_factor
+    )
 
 
 def _end_of_epoch(
