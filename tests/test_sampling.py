@@ -1,6 +1,7 @@
 """Where frames and Hessian rows come from."""
 
 import numpy as np
+import pytest
 import torch
 from conftest import rattled_cu
 
@@ -55,3 +56,42 @@ def test_teacher_md_frames_are_spaced_and_distinct(morse_teacher):
     assert len(frames) == 3
     assert np.abs(frames[1].positions - frames[0].positions).max() > 1e-3
     assert frames[0].calc is None  # plain structures: labels come from `ffdistill label`
+
+
+def test_burn_in_ends_when_the_windowed_kinetic_temperature_settles_as_worked_out_by_hand(morse_teacher, monkeypatch):
+    """Scripted kinetic temperatures: 30 steps at 2T, then T. The 50 fs window at 2 fs holds 25 steps, and its mean
+    T (1 + k/25) with k steps at 2T is within 10 % of T once k ≤ 2: k = 55 − s at step s, so s = 53 (106 fs)."""
+    import itertools
+
+    from ffdistill import sampling
+
+    target = 300.0
+    script = itertools.chain([2 * target] * 30, itertools.repeat(target))
+    monkeypatch.setattr(sampling, "kinetic_temperature", lambda atoms: next(script))
+    frames = teacher_md_frames(morse_teacher, rattled_cu(0), n_frames=1, temperature=target, interval=1)
+    assert frames[0].info["burn_in_fs"] == 106.0
+
+
+def test_kept_frames_carry_their_momenta_and_kinetic_temperature_with_3n_minus_3_dof(morse_teacher):
+    frames = teacher_md_frames(morse_teacher, rattled_cu(0, (2, 2, 2)), n_frames=2, temperature=600, seed=3)
+    for atoms in frames:
+        p, m = atoms.get_momenta(), atoms.get_masses()
+        kinetic = sum(float(np.dot(p[i], p[i])) / (2 * m[i]) for i in range(len(atoms)))  # eV
+        by_hand = 2 * kinetic / ((3 * len(atoms) - 3) * 8.617333262e-5)
+        assert atoms.info["kinetic_temperature_K"] == pytest.approx(by_hand, rel=1e-6)
+        assert atoms.info["burn_in_fs"] >= 20.0  # at least the 10 equilibration steps of 2 fs
+    assert np.abs(frames[1].positions - frames[0].positions).max() > 1e-2  # 50 fs apart by default
+
+
+def test_sampling_options_out_of_range_are_refused_before_any_md(morse_teacher, tmp_path):
+    from ffdistill.errors import InputError
+    from ffdistill.sampling import sample_to_file
+
+    for kwargs, key in (
+        ({"interval": 0}, "--interval"),
+        ({"n_frames": 0}, "-n"),
+        ({"temperatures": (-5.0,)}, "--temp"),
+    ):
+        with pytest.raises(InputError, match=key):
+            sample_to_file(morse_teacher, "Cu", str(tmp_path / "x.extxyz"), **kwargs)
+    assert not (tmp_path / "x.extxyz").exists()

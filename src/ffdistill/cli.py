@@ -96,7 +96,9 @@ def _describe_rule(rule: str) -> str:
 
 
 def cmd_sample(args) -> None:
-    from ffdistill.sampling import sample_to_file
+    import ase.io
+
+    from ffdistill.sampling import sample_to_file, temperature_summary
     from ffdistill.teachers import load_teacher
 
     device = _device(args)
@@ -114,6 +116,8 @@ def cmd_sample(args) -> None:
         runs=args.runs,
     )
     print(f"wrote {n} frames to {args.output}")
+    for line in temperature_summary(ase.io.read(args.output, ":")):
+        print(line)
 
 
 def cmd_train(args) -> None:
@@ -385,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=40, help="number of frames to write")
     p.add_argument("--temperature", type=float, nargs="+", default=[300.0, 600.0])
     p.add_argument("--md-fraction", type=float, default=0.5, help="share of frames from MD (the rest rattled/strained)")
-    p.add_argument("--interval", type=int, default=5, help="MD steps between kept frames")
+    p.add_argument(
+        "--interval", type=int, default=None, help="MD steps between kept frames (default: 50 fs apart, decorrelated)"
+    )
     p.add_argument("--runs", type=int, default=1, help="independent MD runs per temperature (each its own groups)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-teacher", action="store_true")

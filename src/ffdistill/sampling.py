@@ -4,6 +4,7 @@ a training step looks at."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import ase
@@ -25,6 +26,18 @@ GROUP_KEY = "group"
 #: A group of consecutive MD frames spans at least this much time, past the decorrelation of most
 #: vibrations (a 500 cm⁻¹ phonon has a 67 fs period).
 MIN_GROUP_SPAN_FS = 100.0
+
+#: Burn-in before the first kept frame: Langevin MD with a stronger friction until the kinetic temperature
+#: averaged over the last BURN_IN_WINDOW_FS is within BURN_IN_TOLERANCE of the target (and at least the
+#: ``equilibration`` steps asked), at most BURN_IN_MAX_FS (then the frames are kept with a warning).
+BURN_IN_WINDOW_FS = 50.0
+BURN_IN_TOLERANCE = 0.10
+BURN_IN_MAX_FS = 4000.0
+BURN_IN_FRICTION = 0.05  #: 1/fs, five times the production thermostat's
+FRICTION = 0.01  #: 1/fs, the production thermostat (weak, so kept frames follow near-Newtonian dynamics)
+#: Kept frames are at least this far apart by default (``interval`` × time step): past the velocity
+#: decorrelation of most vibrations (a 500 cm⁻¹ phonon has a 67 fs period, so frames sample distinct phases).
+DECORRELATION_FS = 50.0
 
 #: Structures the CLI knows by name.
 NAMED_STRUCTURES = {
@@ -58,31 +71,77 @@ def load_structure(name_or_path: str) -> ase.Atoms:
     return atoms
 
 
+def kinetic_temperature(atoms: ase.Atoms) -> float:
+    """Kinetic temperature (K) with 3N − 3 degrees of freedom for a periodic cell (the centre of mass is fixed)
+    and 3N − 6 for a molecule (nor does it rotate)."""
+    n = len(atoms)
+    dof = 3 * n - 3 if atoms.pbc.any() else max(1, 3 * n - 6)
+    return 2.0 * atoms.get_kinetic_energy() / (dof * units.kB)
+
+
+def default_interval(timestep_fs: float) -> int:
+    """MD steps between kept frames: at least ``DECORRELATION_FS`` apart."""
+    return max(1, int(np.ceil(DECORRELATION_FS / timestep_fs)))
+
+
 def teacher_md_frames(
     teacher: Teacher,
     atoms: ase.Atoms,
     n_frames: int,
     temperature: float,
-    interval: int = 5,
+    interval: int | None = None,
     equilibration: int = 10,
     timestep_fs: float = 2.0,
     seed: int = 0,
     bar=None,
 ) -> list[ase.Atoms]:
-    """Langevin MD with the teacher; one frame every ``interval`` steps after ``equilibration`` steps."""
+    """Langevin MD with the teacher: Maxwell–Boltzmann velocities at ``temperature``, a burn-in (``burn_in``) of
+    at least ``equilibration`` steps, then one frame every ``interval`` steps (default ``default_interval``).
+    Frames keep their momenta; ``info`` has the burn-in's length (fs) and each frame's kinetic temperature."""
     atoms = atoms.copy()
     atoms.calc = teacher.as_calculator()
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-    dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature, friction=0.01 / units.fs, rng=rng)
-    dyn.run(equilibration)
+    burned_fs = burn_in(atoms, temperature, timestep_fs, equilibration, rng)
+    dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=temperature, friction=FRICTION / units.fs, rng=rng)
     frames = []
     for _ in range(n_frames):
-        dyn.run(interval)
-        frames.append(_plain_copy(atoms))
+        dyn.run(interval or default_interval(timestep_fs))
+        frame = _plain_copy(atoms)
+        frame.set_momenta(atoms.get_momenta())
+        frame.info.update(
+            burn_in_fs=burned_fs, target_temperature_K=temperature, kinetic_temperature_K=kinetic_temperature(atoms)
+        )
+        frames.append(frame)
         if bar is not None:
             bar.update(1)
     return frames
+
+
+def burn_in(atoms: ase.Atoms, temperature: float, timestep_fs: float, min_steps: int, rng) -> float:
+    """Run ``atoms`` (with their calculator) under a strong Langevin thermostat until the kinetic temperature
+    averaged over the last ``BURN_IN_WINDOW_FS`` is within ``BURN_IN_TOLERANCE`` of ``temperature`` and at least
+    ``min_steps`` steps were taken; the fs it took. Past ``BURN_IN_MAX_FS`` it warns and stops."""
+    dyn = Langevin(
+        atoms, timestep_fs * units.fs, temperature_K=temperature, friction=BURN_IN_FRICTION / units.fs, rng=rng
+    )
+    window = max(2, int(round(BURN_IN_WINDOW_FS / timestep_fs)))
+    recent: list[float] = []
+    steps = 0
+    while True:
+        dyn.run(1)
+        steps += 1
+        recent = (recent + [kinetic_temperature(atoms)])[-window:]
+        settled = len(recent) == window and abs(np.mean(recent) / temperature - 1) <= BURN_IN_TOLERANCE
+        if settled and steps >= min_steps:
+            return steps * timestep_fs
+        if steps * timestep_fs >= BURN_IN_MAX_FS:
+            warnings.warn(
+                f"burn-in at {temperature:g} K: the kinetic temperature over the last {BURN_IN_WINDOW_FS:g} fs is "
+                f"{np.mean(recent):.0f} K after {BURN_IN_MAX_FS:g} fs; keeping frames anyway",
+                stacklevel=2,
+            )
+            return steps * timestep_fs
 
 
 def perturbed_copies(
@@ -121,7 +180,7 @@ def sample_to_file(
     n_frames: int = 40,
     temperatures: Sequence[float] = (300.0, 600.0),
     md_fraction: float = 0.5,
-    interval: int = 5,
+    interval: int | None = None,
     seed: int = 0,
     progress: bool = True,
     runs: int = 1,
@@ -133,10 +192,12 @@ def sample_to_file(
     Every frame carries ``info["group"]``: a block of consecutive frames of one run spanning at least
     ``MIN_GROUP_SPAN_FS`` of MD, together with the perturbed copies of those frames.
     """
+    _check_sampling(n_frames, temperatures, md_fraction, interval, runs, timestep_fs)
     atoms = load_structure(structure)
     teacher.check_elements(atoms.numbers)
     chains = [(t, r) for t in temperatures for r in range(runs)]
     n_md = max(len(chains), int(round(n_frames * md_fraction)))
+    interval = interval or default_interval(timestep_fs)
     block = group_block(interval, timestep_fs)
     frames: list[ase.Atoms] = []
     with tqdm(total=n_md, desc="teacher MD", unit="frame", disable=not progress) as bar:
@@ -162,6 +223,35 @@ def sample_to_file(
     ase.io.write(tmp, frames, format="extxyz")
     os.replace(tmp, output)
     return len(frames)
+
+
+def _check_sampling(n_frames, temperatures, md_fraction, interval, runs, timestep_fs) -> None:
+    """One line naming the option and the allowed range, before any MD."""
+    checks = (
+        ("-n (frames)", n_frames, n_frames >= 1, "≥ 1"),
+        ("--temperature", list(temperatures), len(temperatures) > 0 and min(temperatures) > 0, "each > 0 K"),
+        ("--md-fraction", md_fraction, 0 < md_fraction <= 1, "in (0, 1]"),
+        ("--interval", interval, interval is None or interval >= 1, "≥ 1 MD step"),
+        ("--runs", runs, runs >= 1, "≥ 1"),
+        ("time step", timestep_fs, timestep_fs > 0, "> 0 fs"),
+    )
+    for name, value, ok, allowed in checks:
+        if not ok:
+            raise InputError(f"{name} {value} is out of range: must be {allowed}")
+
+
+def temperature_summary(frames: Sequence[ase.Atoms]) -> list[str]:
+    """Per target temperature: the kept MD frames' mean kinetic temperature and burn-in, one line each."""
+    by_target: dict[float, list] = {}
+    for atoms in frames:
+        if "kinetic_temperature_K" in atoms.info:
+            by_target.setdefault(float(atoms.info["target_temperature_K"]), []).append(atoms.info)
+    return [
+        f"{target:g} K: {len(infos)} MD frames at a mean kinetic temperature of "
+        f"{np.mean([i['kinetic_temperature_K'] for i in infos]):.0f} K (burn-in "
+        f"{min(i['burn_in_fs'] for i in infos):.0f}–{max(i['burn_in_fs'] for i in infos):.0f} fs)"
+        for target, infos in sorted(by_target.items())
+    ]
 
 
 def select_rows(
