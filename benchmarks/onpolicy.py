@@ -284,6 +284,7 @@ def main() -> None:
     sizes = {"initial": 16, "new_frames": 8, "rounds": args.rounds, "epochs": 40, "monitor": 8, "hotter": 24, "keep": 6}
     sizes["sampler_temperatures"] = args.sampler_temperatures
     settings_kw = {
+        "teacher": TEACHER,
         "ensemble": 2,
         "md_steps": 300,
         "md_temperature": HOT,

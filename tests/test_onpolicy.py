@@ -31,6 +31,7 @@ def _config(store, out):
 
 
 SETTINGS = OnPolicySettings(
+    teacher="ase:ase.calculators.emt:EMT",
     rounds=2,
     ensemble=2,
     new_frames=3,
@@ -128,7 +129,7 @@ def test_cli_distill_reports_per_round_and_resumes_a_finished_run(finished, stor
     overrides = [f"data.store={store}", f"output={out}", "model.student=painn-tiny", "model.cutoff=3.0"]
     overrides.append("train.epochs=2")
     args = ["--rounds", "2", "--ensemble", "2", "--new-frames", "3", "--md-steps", "30", "--md-temperature", "300"]
-    args += ["--threshold", "0", "-q"]
+    args += ["--threshold", "0", "--teacher", "ase:ase.calculators.emt:EMT", "-q"]
     assert main(["distill", *overrides, *args]) == 0
     printed = capsys.readouterr().out
     assert "| round |" in printed and "2 rounds" in printed
@@ -167,3 +168,6 @@ def test_distill_refuses_a_teacher_other_than_the_stores_in_one_line(finished, s
     assert main(["distill", f"data.store={store}", f"output={out}", "--teacher", "morse", "-q"]) == 2
     error = capsys.readouterr().err.strip()
     assert "labelled by ase:ase.calculators.emt:EMT, not by morse" in error and "\n" not in error
+    with pytest.raises(SystemExit):  # no --teacher: argparse refuses, the store's own spec is never run
+        main(["distill", f"data.store={store}", f"output={out}", "-q"])
+    assert "--teacher" in capsys.readouterr().err

@@ -557,7 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--spot-check", type=int, default=0, help="teacher force calls on this many top candidates; pick by true error"
     )
-    p.add_argument("--teacher", help="teacher spec (default: the initial store's teacher)")
+    p.add_argument(
+        "--teacher", required=True, help="teacher spec, the one that labelled the store (a file never chooses code)"
+    )
     p.add_argument("--test", help="held-out label store (default: hold out --test-fraction of the initial store)")
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)

@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import json
 import os
+import warnings
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -52,7 +53,8 @@ class OnPolicySettings:
     md_interval: int = 10  #: steps between visited frames kept as candidates
     threshold: float = 0.1  #: eV/Å; stop once the largest disagreement is below this and MD is stable
     spot_check: int = 0  #: teacher force calls on this many top candidates; then pick by true error
-    teacher: str | None = None  #: teacher spec; default the initial store's teacher
+    #: teacher spec, required: a store names the teacher that labelled it, but a file never chooses code to run
+    teacher: str | None = None
     test_store: str | None = None  #: held-out store; default a test_fraction split of the initial store
     test_fraction: float = 0.2
     seed: int = 0
@@ -70,10 +72,19 @@ def distill(config, settings: OnPolicySettings, progress: bool = True) -> list[d
     out = config.output
     os.makedirs(out, exist_ok=True)
     pool, heldout = initial_split(config.data.store, settings, out)
-    labelled_by = _attrs(pool)["teacher_spec"]
-    if settings.teacher and settings.teacher != labelled_by:  # a union store must hold one teacher's labels
+    attrs = _attrs(pool)
+    labelled_by = attrs["teacher_spec"]
+    if not settings.teacher:
+        raise InputError(f"name the teacher with --teacher ({config.data.store} says it was labelled by {labelled_by})")
+    if settings.teacher != labelled_by:  # a union store must hold one teacher's labels
         raise InputError(f"{config.data.store} was labelled by {labelled_by}, not by {settings.teacher}")
-    teacher = load_teacher(labelled_by, python=settings.teacher_python, device=config.train.device)  # as training
+    teacher = load_teacher(settings.teacher, python=settings.teacher_python, device=config.train.device)
+    if teacher.version != attrs.get("teacher_version"):
+        warnings.warn(
+            f"{config.data.store} was labelled by {labelled_by} version {attrs.get('teacher_version')}; "
+            f"new frames will be labelled by version {teacher.version}",
+            stacklevel=2,
+        )
     rounds: list[dict] = []
     for r in range(settings.rounds):
         folder = os.path.join(out, f"round_{r}")
