@@ -88,8 +88,8 @@ def main() -> None:
 
 def prepare_data(system: str, n_pool: int, runs: int, folder: str) -> dict:
     """Sample, label and cost the frames once; later runs reuse them."""
-    from ffdistill.labels import LabelStore, label_file
-    from ffdistill.sampling import sample_to_file
+    from ffdistill.data.labels import LabelStore, label_file
+    from ffdistill.data.sampling import sample_to_file
     from ffdistill.teachers import load_teacher
 
     structure, temperatures, test_temperature = SYSTEMS[system]
@@ -157,11 +157,11 @@ def measure_label_cost(teacher, frames: str, repeats: int = 5) -> dict:
 
 def run_one(data: dict, student: str, size: int, method: str, seed: int, args, folder: str) -> dict:
     from ffdistill.config import load_config
-    from ffdistill.data import load_graphs
+    from ffdistill.data.frames import load_graphs
+    from ffdistill.data.labels import LabelStore
     from ffdistill.evaluate.accuracy import accuracy
     from ffdistill.evaluate.candidates import load_for_inference
-    from ffdistill.labels import LabelStore
-    from ffdistill.train import train_from_config
+    from ffdistill.training.trainer import train_from_config
 
     epochs = int(math.ceil(args.steps / math.ceil(size / 4)))
     labels = {"undistilled": "rows", "rows": "rows", "probes": "probes"}[method]

@@ -133,7 +133,7 @@ def fd_check(store_path: str, python: str, model: str, h: float = 1e-3) -> dict:
     same for the float64 rows the worker returns (the store keeps rows in float32)."""
     import numpy as np
 
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.labels import LabelStore
     from ffdistill.teachers import load_teacher
 
     store = LabelStore(store_path)
@@ -169,7 +169,7 @@ def adapter_check(store_path: str, own: str) -> dict:
     """ffdistill's MACE adapter (as stored through the worker) against MACE's own calculator."""
     import numpy as np
 
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.labels import LabelStore
 
     store, ref = LabelStore(store_path), np.load(own)
     worst = {"energy": 0.0, "forces": 0.0, "stress": 0.0}

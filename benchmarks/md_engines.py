@@ -70,7 +70,7 @@ def time_ase(student: str, n_atoms: int, steps: int) -> dict:
 
 
 def time_lammps(student: str, n_atoms: int, steps: int) -> dict:
-    from ffdistill.lammps import run_lammps
+    from ffdistill.deploy.lammps import run_lammps
 
     stamps = []  # at step 0 (after LAMMPS' set-up and the first force call) and at the last step
     run_lammps(
@@ -99,7 +99,7 @@ def force_difference(student: str) -> float:
     import numpy as np
 
     from ffdistill import load_calculator
-    from ffdistill.lammps import run_lammps
+    from ffdistill.deploy.lammps import run_lammps
 
     atoms = silicon(64)
     frames = []

@@ -59,7 +59,7 @@ def write_synthetic_store(path: str, n: int, chunk: int = 2000) -> None:
     at a time (labelling 20,000 frames with a teacher would take the better part of an hour)."""
     import numpy as np
 
-    from ffdistill import labels
+    from ffdistill.data.frames import labels
     from ffdistill.teachers.base import TeacherLabels
 
     rng = np.random.default_rng(1)
@@ -80,7 +80,7 @@ def write_synthetic_store(path: str, n: int, chunk: int = 2000) -> None:
 
 def child_train(store: str, out: str) -> dict:
     from ffdistill.config import load_config
-    from ffdistill.train import train_from_config
+    from ffdistill.training.trainer import train_from_config
 
     overrides = [
         f"data.store={store}",
@@ -107,7 +107,7 @@ def _peaks(baseline: tuple[float, float]) -> dict:
 
 
 def child_label(frames: str, out: str) -> dict:
-    from ffdistill.labels import label_file
+    from ffdistill.data.labels import label_file
     from ffdistill.teachers import load_teacher
 
     teacher = load_teacher("ase:ase.calculators.emt:EMT")

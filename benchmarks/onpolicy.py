@@ -19,7 +19,7 @@ The students are wanted for 900 K MD. Both arms start from the same initial labe
 sampler (teacher Langevin MD at ``--sampler-temperatures``, default 300 K only, one frame every 5 steps
 of 2 fs; half of the frames are rattled/strained copies of the MD frames):
 
-* on-policy (``ffdistill.onpolicy.distill``): rounds of train an ensemble → run each student's 900 K MD
+* on-policy (``ffdistill.workflows.onpolicy.distill``): rounds of train an ensemble → run each student's 900 K MD
   → label the frames where the ensemble's forces disagree most. It stops as ``ffdistill distill`` does:
   once every student's 900 K MD is stable for the target time (``md_steps``) and the largest disagreement
   is below ``threshold``, or after ``rounds`` rounds. Rounds used are reported.
@@ -29,7 +29,7 @@ of 2 fs; half of the frames are rattled/strained copies of the MD frames):
 Teacher cost, in force-call equivalents, is charged in full to each arm: every teacher MD step of the
 sampler (counted by wrapping the teacher's calculator: equilibration, the steps between frames, the
 first force call), one per labelled frame, plus Hessian rows/probes and spot checks as
-``ffdistill.onpolicy`` counts them (none here: labels carry no rows, no spot checks). The student MD is
+``ffdistill.workflows.onpolicy`` counts them (none here: labels carry no rows, no spot checks). The student MD is
 not teacher cost. The on-policy arm runs first; the random arm is then given exactly its budget: after
 the shared initial sampler (MD + labels), each extra frame costs one label and each extra MD frame also
 its 5 continuation MD steps, so it gets the most frames that fit (a labelled MD frame is charged both its
@@ -101,7 +101,7 @@ class CountingTeacher:
 def md_chains(teacher, counts: list[int], temperatures: list[float], seed: int) -> tuple[list[list], int]:
     """Teacher MD at each temperature with ``counts[k]`` frames (every ``INTERVAL`` steps), and the force
     calls spent. A longer chain of the same seed starts with the shorter one's frames (continuation)."""
-    from ffdistill.sampling import load_structure, teacher_md_frames
+    from ffdistill.data.sampling import load_structure, teacher_md_frames
 
     counter, chains = CountingTeacher(teacher), []
     for k, (count, temperature) in enumerate(zip(counts, temperatures)):
@@ -119,7 +119,7 @@ def split(n: int, parts: int) -> list[int]:
 
 def with_copies(md: list, n_copies: int, first_group: int, seed: int) -> list:
     """MD frames (two neighbouring frames per group) and rattled/strained copies keeping their groups."""
-    from ffdistill.sampling import perturbed_copies
+    from ffdistill.data.sampling import perturbed_copies
 
     for k, frame in enumerate(md):
         frame.info["group"] = first_group + k // 2
@@ -128,7 +128,7 @@ def with_copies(md: list, n_copies: int, first_group: int, seed: int) -> list:
 
 def labelled(teacher, frames: list, path: str):
     """A label store of ``frames`` (energies and forces; no Hessian rows, so one teacher call per frame)."""
-    from ffdistill.labels import LabelStore, label_file
+    from ffdistill.data.labels import LabelStore, label_file
 
     if os.path.isdir(path):
         return LabelStore(path)
@@ -167,8 +167,8 @@ def random_extra(budget: int) -> tuple[int, int]:
 
 def run_seed(seed: int, teacher, monitor: str, folder: str, sizes: dict, settings_kw: dict) -> dict:
     """Both arms' training for one seed, at equal teacher cost; returns their costs and final students."""
-    from ffdistill.labels import LabelStore
-    from ffdistill.onpolicy import OnPolicySettings, copy_frames, distill, teacher_calls, train_ensemble
+    from ffdistill.data.labels import LabelStore
+    from ffdistill.workflows.onpolicy import OnPolicySettings, copy_frames, distill, teacher_calls, train_ensemble
 
     os.makedirs(folder, exist_ok=True)
     temperatures, md_seed = sizes["sampler_temperatures"], 100 + 10 * seed
@@ -233,7 +233,7 @@ def run_seed(seed: int, teacher, monitor: str, folder: str, sizes: dict, setting
 
 def student_test_frames(students: list[str], start_store: str, settings, seed: int, keep: int, path: str) -> list:
     """``keep`` evenly spaced frames of each student's fresh 900 K MD (cached in ``path``)."""
-    from ffdistill.onpolicy import md_starts, student_md
+    from ffdistill.workflows.onpolicy import md_starts, student_md
 
     if os.path.isfile(path):
         return ase.io.read(path, ":")
@@ -251,7 +251,7 @@ def student_test_frames(students: list[str], start_store: str, settings, seed: i
 def frame_errors(student: str, store_path: str) -> np.ndarray:
     """Per test frame, the student's force MAE (meV/Å) against the teacher."""
     from ffdistill.calculator import load_calculator
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.labels import LabelStore
 
     store, calc, errors = LabelStore(store_path), load_calculator(student), []
     for i in range(len(store)):
@@ -277,9 +277,9 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.05, help="eV/Å: the stop rule's disagreement")
     parser.add_argument("--bond-tolerance", type=float, default=1.0, help="Å: the students' MD stability check")
     args = parser.parse_args()
-    from ffdistill.onpolicy import OnPolicySettings
-    from ffdistill.sampling import load_structure, teacher_md_frames
+    from ffdistill.data.sampling import load_structure, teacher_md_frames
     from ffdistill.teachers import load_teacher
+    from ffdistill.workflows.onpolicy import OnPolicySettings
 
     sizes = {"initial": 16, "new_frames": 8, "rounds": args.rounds, "epochs": 40, "monitor": 8, "hotter": 24, "keep": 6}
     sizes["sampler_temperatures"] = args.sampler_temperatures

@@ -90,8 +90,8 @@ def load_sevenn(device):
 
 def labelling(teacher, device, quick: bool) -> dict:
     """Frames/s of ``label_batch`` for E/F, K rows and K probes, at batch sizes 1 and 4 (after a warm-up)."""
+    from ffdistill.data.labels import choose_rows
     from ffdistill.derivatives import random_probes
-    from ffdistill.labels import choose_rows
 
     n = 4 if quick else 8
     frames = [silicon(64, seed) for seed in range(n)]
@@ -199,7 +199,7 @@ def labelled_graphs(n: int = 4):
 
 
 def steps_of(model, batch, loss, optimizer, steps: int) -> None:
-    from ffdistill.train import train_step
+    from ffdistill.training.trainer import train_step
 
     for _ in range(steps):
         train_step(model, batch, loss, optimizer, 10.0)
@@ -209,9 +209,9 @@ def training(device, quick: bool) -> dict:
     """Structures/s of ``train_step`` (painn-small, 4 x 64 atoms) with and without the Hessian term."""
     from ffdistill.config import ModelConfig
     from ffdistill.graph import batch_graphs
-    from ffdistill.loss import build_loss
     from ffdistill.students import build_student
-    from ffdistill.train import train_step
+    from ffdistill.training.loss import build_loss
+    from ffdistill.training.trainer import train_step
 
     graphs = labelled_graphs(4)
     batch = batch_graphs(graphs).to(device)

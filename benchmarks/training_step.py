@@ -19,13 +19,13 @@ import time
 import torch
 from ase.build import bulk
 
+from ffdistill.data.sampling import select_rows
 from ffdistill.graph import batch_graphs
-from ffdistill.loss import build_loss
 from ffdistill.potential import Want
-from ffdistill.sampling import select_rows
 from ffdistill.students import build_student
 from ffdistill.teachers.toy import morse_teacher
-from ffdistill.train import train_step
+from ffdistill.training.loss import build_loss
+from ffdistill.training.trainer import train_step
 
 
 def labelled_batch(n_structures: int = 4, rows: int = 4):

@@ -59,7 +59,7 @@ def cu_frames(tmp_path):
 @pytest.fixture(scope="session")
 def emt_store(tmp_path_factory):
     """16 labelled Cu frames (8 atoms), 6 Hessian rows each, from EMT."""
-    from ffdistill.labels import label_file
+    from ffdistill.data.labels import label_file
 
     folder = tmp_path_factory.mktemp("store")
     frames = write_frames(folder / "cu16.extxyz", n=16, reps=(1, 1, 1))

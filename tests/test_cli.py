@@ -43,8 +43,8 @@ def test_train_reports_the_validation_errors_recomputed_by_hand_from_the_saved_s
 
     import yaml
 
-    from ffdistill.data import split_indices
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.frames import split_indices
+    from ffdistill.data.labels import LabelStore
 
     frames, store, run = tmp_path / "frames.extxyz", tmp_path / "labels.zarr", tmp_path / "run"
     sample = ["sample", "--teacher", "morse", "--structure", "Cu", "-n", "10", "--temperature", "300", "600"]

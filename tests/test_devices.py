@@ -20,15 +20,15 @@ from conftest import rattled_cu, write_frames
 from ffdistill import derivatives
 from ffdistill.calculator import PotentialCalculator
 from ffdistill.cli import main
+from ffdistill.data.labels import label_file, stores_equal
 from ffdistill.devices import DeviceAudit, device_of
 from ffdistill.graph import batch_graphs, from_ase
-from ffdistill.labels import label_file, stores_equal
-from ffdistill.loss import build_loss
 from ffdistill.potential import Capabilities, Outputs, Want
 from ffdistill.students import build_student
 from ffdistill.teachers import Teacher, load_teacher
 from ffdistill.teachers.toy import MorsePotential, TorchModelTeacher
-from ffdistill.train import train_step
+from ffdistill.training.loss import build_loss
+from ffdistill.training.trainer import train_step
 
 #: Where host tensors are expected: reading structures in, copying results out to numpy.
 LABEL_BOUNDARIES = ("ffdistill.graph.from_ase", "ffdistill.teachers.base._np")
@@ -137,7 +137,7 @@ def _frames_done(partial):
 def test_killed_batched_runs_resume_to_the_identical_store(morse_teacher, tmp_path, monkeypatch):
     """Interrupted between batches and in the middle of writing one: the batch is committed whole or not
     at all, a resume starts at a batch boundary and the finished store is the per-frame store, bit for bit."""
-    from ffdistill import labels
+    from ffdistill.data.frames import labels
 
     frames = write_frames(tmp_path / "f.extxyz", n=8)
     reference = label_file(morse_teacher, frames, str(tmp_path / "ref.zarr"), rows=2, probes=1, progress=False)

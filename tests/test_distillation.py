@@ -7,12 +7,12 @@ import torch
 from conftest import assert_close, rattled_cu
 
 from ffdistill import derivatives
-from ffdistill.data import split_indices
+from ffdistill.data.frames import split_indices
 from ffdistill.graph import batch_graphs, from_ase
-from ffdistill.loss import DistillationLoss, EnergyTerm, ForceTerm, HessianTerm, StudentOutput, build_loss
 from ffdistill.potential import Want
 from ffdistill.students import build_student
 from ffdistill.teachers.toy import MorsePotential
+from ffdistill.training.loss import DistillationLoss, EnergyTerm, ForceTerm, HessianTerm, StudentOutput, build_loss
 
 
 def _random_labels(atoms, n_rows: int, n_probes: int, seed: int):
@@ -201,7 +201,7 @@ def test_fd_teacher_probe_products_equal_its_full_hessian_times_the_probe(emt_te
 
 
 def _sampled(tmp_path, morse_teacher):
-    from ffdistill.sampling import sample_to_file
+    from ffdistill.data.sampling import sample_to_file
 
     path = str(tmp_path / "sampled.extxyz")
     sample_to_file(
@@ -233,7 +233,7 @@ def test_sampled_copies_share_their_parents_group_and_blocks_span_100_fs(tmp_pat
 
 
 def test_splits_never_put_one_group_on_two_sides(tmp_path, morse_teacher):
-    from ffdistill.labels import LabelStore, label_file
+    from ffdistill.data.labels import LabelStore, label_file
 
     path, frames = _sampled(tmp_path, morse_teacher)
     store = label_file(morse_teacher, path, str(tmp_path / "s.zarr"), rows=1, progress=False)
@@ -249,7 +249,7 @@ def test_splits_never_put_one_group_on_two_sides(tmp_path, morse_teacher):
 
 def test_without_group_ids_frames_are_grouped_in_stated_blocks(emt_teacher, tmp_path, capsys):
     from ffdistill.cli import main
-    from ffdistill.labels import label_file
+    from ffdistill.data.labels import label_file
 
     frames = [rattled_cu(k) for k in range(7)]
     ase.io.write(tmp_path / "plain.extxyz", frames)

@@ -6,13 +6,13 @@ import pytest
 import torch
 from ase.build import molecule
 
-import ffdistill.train as train_module
+import ffdistill.training.trainer as train_module
 from ffdistill.calculator import load_student
 from ffdistill.config import load_config
-from ffdistill.data import split_indices
-from ffdistill.labels import LabelStore, label_file
+from ffdistill.data.frames import split_indices
+from ffdistill.data.labels import LabelStore, label_file
 from ffdistill.teachers import load_teacher
-from ffdistill.train import train_from_config
+from ffdistill.training.trainer import train_from_config
 
 
 @pytest.fixture(scope="module")

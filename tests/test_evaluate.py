@@ -305,9 +305,10 @@ def test_demo_parity_plots_the_force_head(direct_student, emt_teacher, tmp_path,
 
     from conftest import write_frames
 
-    from ffdistill import demo, plots
+    from ffdistill import plots
     from ffdistill.calculator import save_student
-    from ffdistill.labels import LabelStore, label_file
+    from ffdistill.data.labels import LabelStore, label_file
+    from ffdistill.workflows import demo
 
     for name, seed in (("labels", 0), ("heldout", 50)):  # the demo's layout: held-out frames beside the training store
         label_file(

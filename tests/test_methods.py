@@ -10,10 +10,10 @@ from conftest import assert_close, rattled_cu, write_frames
 
 from ffdistill import derivatives
 from ffdistill.graph import batch_graphs, from_ase
-from ffdistill.loss import ConsistencyTerm, DistillationLoss, NodeFeatureTerm, StudentOutput
 from ffdistill.potential import Want
 from ffdistill.students import build_student
 from ffdistill.students.base import teacher_embedding_table
+from ffdistill.training.loss import ConsistencyTerm, DistillationLoss, NodeFeatureTerm, StudentOutput
 
 #: Direct-force Jacobian columns, autograd vs forward differences (h = 1e-6 Å, float64).
 JACOBIAN_ATOL = 1e-4
@@ -141,10 +141,10 @@ def test_a2a_keeps_the_teacher_table_frozen_and_learns_its_map(tmp_path):
 def test_nonconservative_teacher_still_gives_a_conservative_student(tmp_path):
     from ffdistill.calculator import load_calculator
     from ffdistill.config import load_config
-    from ffdistill.labels import label_file
-    from ffdistill.simulate import nve_energy_drift
+    from ffdistill.data.labels import label_file
+    from ffdistill.deploy.simulate import nve_energy_drift
     from ffdistill.teachers.toy import CurlTeacher
-    from ffdistill.train import train_from_config
+    from ffdistill.training.trainer import train_from_config
 
     teacher = CurlTeacher(strength=0.5)
     frames = write_frames(tmp_path / "f.extxyz", n=8, reps=(2, 1, 1))
@@ -177,8 +177,8 @@ def test_compare_reports_each_seeds_test_errors_and_their_mean_and_spread_as_rec
     from ffdistill.calculator import PotentialCalculator, load_student
     from ffdistill.cli import main
     from ffdistill.config import load_config
-    from ffdistill.data import split_indices
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.frames import split_indices
+    from ffdistill.data.labels import LabelStore
 
     frames = []
     for k in range(10):  # EMT energies and forces play the reference (DFT) labels; Morse is the teacher

@@ -8,10 +8,10 @@ import ase.io
 import numpy as np
 import pytest
 
-import ffdistill.onpolicy as onpolicy
+import ffdistill.workflows.onpolicy as onpolicy
 from ffdistill.config import load_config
-from ffdistill.labels import LabelStore
-from ffdistill.onpolicy import OnPolicySettings, distill, force_disagreement
+from ffdistill.data.labels import LabelStore
+from ffdistill.workflows.onpolicy import OnPolicySettings, distill, force_disagreement
 
 
 def _config(store, out):
@@ -47,7 +47,7 @@ def store(tmp_path_factory):
     """12 EMT-labelled 8-atom Cu frames in groups of two, with one Hessian row each."""
     from conftest import rattled_cu
 
-    from ffdistill.labels import label_file
+    from ffdistill.data.labels import label_file
     from ffdistill.teachers import load_teacher
 
     folder = tmp_path_factory.mktemp("onpolicy_store")

@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import rattled_cu
 
+from ffdistill.data.sampling import perturbed_copies, select_rows, teacher_md_frames
 from ffdistill.graph import from_ase
-from ffdistill.sampling import perturbed_copies, select_rows, teacher_md_frames
 
 
 def _graph_with_rows(norms):
@@ -63,7 +63,7 @@ def test_burn_in_ends_when_the_windowed_kinetic_temperature_settles_as_worked_ou
     T (1 + k/25) with k steps at 2T is within 10 % of T once k ≤ 2: k = 55 − s at step s, so s = 53 (106 fs)."""
     import itertools
 
-    from ffdistill import sampling
+    from ffdistill.data.frames import sampling
 
     target = 300.0
     script = itertools.chain([2 * target] * 30, itertools.repeat(target))
@@ -84,8 +84,8 @@ def test_kept_frames_carry_their_momenta_and_kinetic_temperature_with_3n_minus_3
 
 
 def test_sampling_options_out_of_range_are_refused_before_any_md(morse_teacher, tmp_path):
+    from ffdistill.data.sampling import sample_to_file
     from ffdistill.errors import InputError
-    from ffdistill.sampling import sample_to_file
 
     for kwargs, key in (
         ({"interval": 0}, "--interval"),

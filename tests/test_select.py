@@ -12,8 +12,7 @@ from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from ffdistill.cli import main
-from ffdistill.errors import InputError
-from ffdistill.select import (
+from ffdistill.data.select import (
     FrameFilter,
     farthest_point_order,
     parse_composition,
@@ -21,6 +20,7 @@ from ffdistill.select import (
     pick_groups,
     select_frames,
 )
+from ffdistill.errors import InputError
 
 
 def _frame(symbols: str, a: float, reps=(1, 1, 1), energy_per_atom=None, **info):
@@ -118,7 +118,7 @@ def test_cli_prints_the_summary_and_bad_input_is_one_line(mixed, tmp_path, capsy
 
 MEMORY_PROBE = """
 import resource, sys
-from ffdistill.select import FrameFilter, select_frames
+from ffdistill.data.select import FrameFilter, select_frames
 summary = select_frames([sys.argv[1]], sys.argv[2], FrameFilter(max_atoms=500))
 print(summary.kept, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """

@@ -16,8 +16,8 @@ from conftest import assert_close
 from ffdistill import load_calculator
 from ffdistill.calculator import PotentialCalculator, save_student
 from ffdistill.cli import main
+from ffdistill.deploy.serve import serve
 from ffdistill.errors import InputError
-from ffdistill.serve import serve
 from ffdistill.students import build_student
 
 #: float64 student on both sides; the socket carries float64 and i-PI converts through atomic units.

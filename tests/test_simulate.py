@@ -9,8 +9,15 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.vibrations import Vibrations
 
+from ffdistill.deploy.simulate import (
+    Blowup,
+    frequencies_cm1,
+    md_stability,
+    nve_energy_drift,
+    run_md,
+    vibrational_frequencies,
+)
 from ffdistill.errors import FFDistillError
-from ffdistill.simulate import Blowup, frequencies_cm1, md_stability, nve_energy_drift, run_md, vibrational_frequencies
 
 #: EMT copper, 32 atoms, 300 K, 1 fs: drift seen here ~0.01 meV/atom/ps; 1 is a loose but telling bound.
 EMT_DRIFT_BOUND = 1.0  # meV/atom/ps
@@ -132,9 +139,9 @@ def test_evaluate_report_numbers_equal_ase_vibrations_and_errors_recomputed_by_h
     from conftest import rattled_cu
 
     from ffdistill.calculator import PotentialCalculator, load_student, save_student
+    from ffdistill.data.labels import label_file
     from ffdistill.evaluate.report import Profile, evaluate_from_paths
     from ffdistill.evaluate.speed import replicas
-    from ffdistill.labels import label_file
     from ffdistill.students import build_student
 
     # The first test frame is the perfect crystal: the teacher's relaxation leaves it in place (zero forces
@@ -242,8 +249,8 @@ def test_teacher_error_is_measured_against_reference_labels(emt_teacher, tmp_pat
     import ase.io
     from ase.calculators.singlepoint import SinglePointCalculator
 
+    from ffdistill.data.labels import label_file
     from ffdistill.evaluate.accuracy import load_test_set, teacher_accuracy
-    from ffdistill.labels import label_file
 
     frames, expected_f, expected_e = [], [], []
     for k in range(3):

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-import ffdistill.train as train_module
-from ffdistill import data
+import ffdistill.training.trainer as train_module
 from ffdistill.config import load_config
-from ffdistill.data import BatchPlan, FrameDataset, frame_loader, reference_statistics
+from ffdistill.data import frames as frames_module
+from ffdistill.data.frames import BatchPlan, FrameDataset, frame_loader, reference_statistics
+from ffdistill.data.labels import label_file
+from ffdistill.data.sampling import select_rows
 from ffdistill.distributed import Ranks
 from ffdistill.errors import InputError
 from ffdistill.graph import batch_graphs
-from ffdistill.labels import label_file
-from ffdistill.sampling import select_rows
 from ffdistill.students import build_student
-from ffdistill.train import teacher_force_error, train_from_config
+from ffdistill.training.trainer import teacher_force_error, train_from_config
 
 CUTOFF = 4.0
 FIELDS = (
@@ -143,7 +143,7 @@ def test_validation_rows_are_drawn_once_and_every_pass_scores_the_same(probe_sto
 
 @pytest.mark.parametrize("reference", [True, False])
 def test_references_from_the_store_arrays_match_the_graph_fit(probe_store, monkeypatch, reference):
-    monkeypatch.setattr(data, "BLOCK_FRAMES", 3)  # several blocks, frames missing from some
+    monkeypatch.setattr(frames_module, "BLOCK_FRAMES", 3)  # several blocks, frames missing from some
     indices = [8, 1, 2, 6, 5, 9]
     graphs = [probe_store.graph(i, CUTOFF, reference=reference) for i in indices]
     stats = reference_statistics(probe_store, indices, reference)
@@ -161,7 +161,7 @@ def test_references_from_the_store_arrays_match_the_graph_fit(probe_store, monke
 
 
 def test_teacher_error_from_the_arrays_is_the_mean_of_each_frames_error(probe_store, monkeypatch):
-    monkeypatch.setattr(data, "BLOCK_FRAMES", 3)
+    monkeypatch.setattr(frames_module, "BLOCK_FRAMES", 3)
     assert teacher_force_error(probe_store, [0, 1, 2]) is None  # frame 1 has no reference labels
     frames = [probe_store.frame(i)[1] for i in (0, 2, 4, 6, 8)]
     by_frame = np.mean([np.abs(f["forces"] - f["ref_forces"]).mean() for f in frames])
@@ -221,7 +221,7 @@ def test_extxyz_input_is_read_frame_by_frame_with_everything_ase_reads(tmp_path)
     from ase.calculators.singlepoint import SinglePointCalculator
     from conftest import rattled_cu
 
-    from ffdistill.io import iter_structures
+    from ffdistill.data.io import iter_structures
 
     frames = [rattled_cu(k, reps=(1, 1, 1 + k % 2)) for k in range(5)] + [molecule("CH3CH2OH")]
     for k, atoms in enumerate(frames):
@@ -244,8 +244,8 @@ def test_extxyz_input_is_read_frame_by_frame_with_everything_ase_reads(tmp_path)
 
 
 def test_cached_frames_equal_streamed_frames_and_are_read_once(emt_store):
-    from ffdistill.data import FrameDataset
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.frames import FrameDataset
+    from ffdistill.data.labels import LabelStore
 
     store = LabelStore(emt_store)
     streamed, cached = FrameDataset(store, [0, 2], 4.0), FrameDataset(store, [0, 2], 4.0, cache=True)

@@ -9,10 +9,10 @@ from ffdistill import derivatives, load_calculator
 from ffdistill.calculator import load_student, save_student
 from ffdistill.errors import InputError
 from ffdistill.graph import batch_graphs, from_ase
-from ffdistill.loss import DistillationLoss, HessianRowTerm, StudentOutput
 from ffdistill.potential import Want
 from ffdistill.students import PRESETS, build_student
 from ffdistill.teachers.toy import MorsePotential
+from ffdistill.training.loss import DistillationLoss, HessianRowTerm, StudentOutput
 
 
 @pytest.fixture

@@ -8,12 +8,12 @@ import pytest
 import torch
 import yaml
 
-import ffdistill.train as train_module
+import ffdistill.training.trainer as train_module
 from ffdistill import derivatives
 from ffdistill.config import load_config
 from ffdistill.errors import InputError
-from ffdistill.loss import build_loss
-from ffdistill.train import train_from_config
+from ffdistill.training.loss import build_loss
+from ffdistill.training.trainer import train_from_config
 
 
 def _config(store, out, **extra):
@@ -207,7 +207,7 @@ def test_unwritable_run_folder_fails_before_training(emt_store, tmp_path):
 
 
 def test_hessian_weight_is_halved_once_near_the_teacher_error():
-    from ffdistill.train import TrainState, _end_of_epoch
+    from ffdistill.training.trainer import TrainState, _end_of_epoch
 
     config = load_config(None, ["loss.hessian=200", "loss.halve_hessian_within=0.05"])
     state = TrainState(hessian_weight=200.0)
@@ -233,7 +233,7 @@ def test_asking_for_cuda_without_it_fails_with_one_line_naming_the_key(emt_store
 
 
 def test_hessian_weight_decays_by_cosine_over_the_last_part_of_training():
-    from ffdistill.train import hessian_weight_at
+    from ffdistill.training.trainer import hessian_weight_at
 
     assert hessian_weight_at(69, 100, 400.0, 0.7) == 400.0  # before 70 % of the steps: untouched
     assert hessian_weight_at(85, 100, 400.0, 0.7) == pytest.approx(200.0)  # half-way through the decay: cos(π/2)
@@ -246,8 +246,8 @@ def test_the_hessian_term_is_scaled_by_the_training_frames_force_and_row_sizes_w
 ):
     """σ_F = mean over atoms of |F|, σ_H = Σ_frames mean_rows Σ_atoms |H[r]_atom| / Σ_frames atoms, from the
     store's raw arrays with plain loops; the run's loss_scales.json and the Hessian term it trains with agree."""
-    from ffdistill.data import split_indices
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.frames import split_indices
+    from ffdistill.data.labels import LabelStore
 
     store = LabelStore(emt_store)
     train_idx, _, _ = split_indices(store.groups(), 0.2, 0.0, 0)

@@ -15,9 +15,9 @@ import pytest
 from conftest import rattled_cu, write_frames
 
 from ffdistill.cli import main
+from ffdistill.data.labels import label_file, stores_equal
+from ffdistill.data.sampling import teacher_md_frames
 from ffdistill.errors import TeacherError
-from ffdistill.labels import label_file, stores_equal
-from ffdistill.sampling import teacher_md_frames
 from ffdistill.teachers import load_teacher
 from ffdistill.teachers import worker as worker_module
 from ffdistill.teachers.worker import WorkerTeacher, read_message, serve, write_message

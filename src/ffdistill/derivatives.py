@@ -28,7 +28,7 @@ from torch import Tensor
 from ffdistill.graph import AtomicGraph
 
 if TYPE_CHECKING:
-    from ffdistill.potential import Outputs
+    from ffdistill.contract import Outputs
 
 #: An energy model: graph -> (B,) total energies, differentiable in ``graph.R`` and ``graph.cell``.
 EnergyFn = Callable[[AtomicGraph], Tensor]
@@ -71,7 +71,7 @@ def evaluate(potential, graph: AtomicGraph, want) -> Outputs:
     force Jacobian's columns by two VJPs or forward differences; models without an autograd graph
     get rows and products by central differences of their forces.
     """
-    from ffdistill.potential import Outputs, Want
+    from ffdistill.contract import Outputs, Want
 
     caps = potential.capabilities
     if not caps.autograd:
@@ -158,7 +158,7 @@ def _forward_differences(
 
 def _forces_of(potential, graph: AtomicGraph, keep: bool) -> Tensor:
     """Forces of ``potential`` on ``graph``: its force head, or -dE/dR (kept differentiable when ``keep``)."""
-    from ffdistill.potential import Want
+    from ffdistill.contract import Want
 
     if potential.capabilities.direct:
         return potential.compute(graph, Want()).forces
@@ -170,7 +170,7 @@ def _forces_of(potential, graph: AtomicGraph, keep: bool) -> Tensor:
 
 def _evaluate_by_differences(potential, graph: AtomicGraph, want) -> Outputs:
     """Models without an autograd graph (ASE calculators): rows and products by central differences."""
-    from ffdistill.potential import Outputs, Want
+    from ffdistill.contract import Outputs, Want
 
     raw = potential.compute(graph, Want(stress=want.stress, features=want.features))
     force_fn = lambda g: potential.compute(g, Want()).forces  # noqa: E731
@@ -355,7 +355,7 @@ def full_hessian(potential, graph: AtomicGraph) -> Tensor:
     """The whole (3N, 3N) matrix ``-dF_i/dR_r`` (row i, column r) of a one-structure graph, from all 3N
     second-derivative outputs of ``potential.predict`` (for small systems, vibrations and tests): the
     Hessian of an energy model; the negative force Jacobian of a direct-force model (not symmetric)."""
-    from ffdistill.potential import Want
+    from ffdistill.contract import Want
 
     rows = torch.arange(3 * graph.n_atoms, device=graph.R.device)
     out = potential.predict(graph._replace(row_index=rows), Want(forces=False, hessian_rows=True))

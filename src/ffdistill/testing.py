@@ -350,7 +350,7 @@ class _Kit:
 
     def torchscript(self):
         from ffdistill.calculator import save_student
-        from ffdistill.export import export_student
+        from ffdistill.deploy.export import export_student
 
         atoms = next((a for a in self.structures if bool(np.all(a.pbc))), None)
         if atoms is None:
@@ -358,7 +358,7 @@ class _Kit:
         with tempfile.TemporaryDirectory() as folder:
             save_student(self.p, os.path.join(folder, "s.pt"))
             export_student(os.path.join(folder, "s.pt"), os.path.join(folder, "s.ts"))
-            from ffdistill.standalone_calculator import ExportedStudent
+            from ffdistill.deploy.standalone_calculator import ExportedStudent
 
             exported = atoms.copy()
             exported.calc = ExportedStudent(os.path.join(folder, "s.ts"))

@@ -109,7 +109,7 @@ def _from_graphs(graphs: Sequence[AtomicGraph], teacher_is_reference: bool, sour
 def load_test_set(data: str, teacher=None, indices: Sequence[int] | None = None, reference: bool = True) -> TestSet:
     """Held-out frames from a label store (``indices``, default all), or from a structure file
     labelled by ``teacher`` (energies and forces only)."""
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.labels import LabelStore
 
     if os.path.isdir(data):
         return store_test_set(LabelStore(data), indices, reference)
@@ -128,7 +128,7 @@ def store_test_set(store, indices: Sequence[int] | None = None, reference: bool 
 def _labelled_by_teacher(path: str, teacher) -> TestSet:
     """Frames of a structure file: their own energies and forces (e.g. DFT) are the reference when
     every frame carries them; otherwise the teacher labels them and is the reference itself."""
-    from ffdistill.io import iter_structures
+    from ffdistill.data.io import iter_structures
 
     frames = list(iter_structures(path))
     own = [_own_labels(a) for a in frames]

@@ -125,9 +125,9 @@ def phonons_from_paths(
     import json
     import os
 
+    from ffdistill.data.sampling import load_structure
     from ffdistill.evaluate.candidates import Candidate, student_candidates
     from ffdistill.plots import phonon_bands
-    from ffdistill.sampling import load_structure
     from ffdistill.teachers import load_teacher
 
     cell = load_structure(structure)

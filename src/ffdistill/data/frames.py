@@ -17,11 +17,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ffdistill.data.labels import LabelStore
+from ffdistill.data.sampling import select_rows, skip_rows
 from ffdistill.distributed import Ranks
 from ffdistill.errors import InputError
 from ffdistill.graph import AtomicGraph, batch_graphs
-from ffdistill.labels import LabelStore
-from ffdistill.sampling import select_rows, skip_rows
 
 HESSIAN_LABELS = ("both", "rows", "probes")
 #: Frames read together when statistics are taken from the store's arrays (bounds their memory).

@@ -64,7 +64,7 @@ def load_structure(name_or_path: str) -> ase.Atoms:
         return NAMED_STRUCTURES[name_or_path]()
     if not os.path.isfile(name_or_path):
         raise InputError(f"{name_or_path} is neither a file nor a known structure ({', '.join(NAMED_STRUCTURES)})")
-    from ffdistill.io import iter_structures
+    from ffdistill.data.io import iter_structures
 
     atoms = next(iter_structures(name_or_path))
     check_structure(atoms)

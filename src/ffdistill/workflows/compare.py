@@ -81,10 +81,10 @@ def compare(
     progress: bool = True,
 ) -> dict:
     """Train and evaluate every method for every seed; returns {method: {metric: [value per seed]}}."""
-    from ffdistill.data import split_indices
+    from ffdistill.data.frames import split_indices
+    from ffdistill.data.labels import LabelStore
     from ffdistill.evaluate.accuracy import store_test_set
-    from ffdistill.labels import LabelStore
-    from ffdistill.train import train_from_config
+    from ffdistill.training.trainer import train_from_config
 
     if config.data.test_fraction <= 0:
         raise InputError("compare needs held-out frames: set data.test_fraction (e.g. 0.2)")

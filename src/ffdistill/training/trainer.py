@@ -29,15 +29,22 @@ from tqdm.auto import tqdm
 from ffdistill import distributed
 from ffdistill.calculator import save_student
 from ffdistill.config import RunConfig, check_ranges, save_config
-from ffdistill.data import BatchPlan, FrameDataset, frame_blocks, frame_loader, reference_statistics, split_indices
+from ffdistill.data.frames import (
+    BatchPlan,
+    FrameDataset,
+    frame_blocks,
+    frame_loader,
+    reference_statistics,
+    split_indices,
+)
+from ffdistill.data.labels import LabelStore
 from ffdistill.distributed import Ranks
 from ffdistill.errors import InputError, TrainingError
 from ffdistill.evaluate.accuracy import accuracy_of_batches
 from ffdistill.graph import AtomicGraph
-from ffdistill.labels import LabelStore
-from ffdistill.loss import DistillationLoss, build_loss, hessian_scale
 from ffdistill.students import build_student
 from ffdistill.students.base import teacher_embedding_table
+from ffdistill.training.loss import DistillationLoss, build_loss, hessian_scale
 
 
 @dataclass

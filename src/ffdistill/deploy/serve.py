@@ -57,7 +57,7 @@ def serve(
 
 def load_template(path: str | None, elements: list[int]) -> ase.Atoms:
     """The template structure: a file or named structure, checked against the student's elements."""
-    from ffdistill.sampling import load_structure
+    from ffdistill.data.sampling import load_structure
 
     if path is None:
         raise InputError("serve needs --structure: the i-PI protocol sends positions, not elements")

@@ -29,8 +29,8 @@ import hashlib
 import itertools
 import json
 import os
-import warnings
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -59,7 +59,7 @@ class OnPolicySettings:
     test_fraction: float = 0.2
     seed: int = 0
     teacher_python: str | None = None  #: run the teacher in this interpreter (a worker) when given
-    #: Å; a bond changing by more marks a blow-up (default ffdistill.simulate's BOND_TOLERANCE, 0.5 Å; hot
+    #: Å; a bond changing by more marks a blow-up (default ffdistill.deploy.simulate's BOND_TOLERANCE, 0.5 Å; hot
     #: metals need more: EMT Cu's own 900 K MD changes bonds by up to 0.8 Å in 1 ps)
     bond_tolerance: float | None = None
 
@@ -115,10 +115,10 @@ def initial_split(store_path: str, settings: OnPolicySettings, out: str) -> tupl
     """The training pool and the held-out store: a fixed split made once, so every round is scored alike."""
     if settings.test_store:
         return store_path, settings.test_store
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.labels import LabelStore
 
     pool, heldout = os.path.join(out, "pool.zarr"), os.path.join(out, "heldout.zarr")
-    from ffdistill.data import split_indices
+    from ffdistill.data.frames import split_indices
 
     store = LabelStore(store_path)
     train, _, test = split_indices(store.groups(), 0.0, settings.test_fraction, settings.seed)  # whole groups
@@ -136,7 +136,7 @@ def copy_frames(sources: Sequence[tuple], path: str):
     moved past those of the sources before it, so groups of different stores never merge. Stores must
     share a teacher and Hessian-label settings. Done already: returns the existing store.
     """
-    from ffdistill.labels import LabelRequest, LabelStore, _append_values, _finish, _open_partial
+    from ffdistill.data.labels import LabelRequest, LabelStore, _append_values, _finish, _open_partial
 
     if os.path.isdir(path):
         return LabelStore(path)
@@ -170,7 +170,7 @@ def _frames_with_group_offsets(sources: Sequence[tuple]):
 
 def _regrouped(values: dict, offset: int) -> dict:
     """A copied frame with its group id moved by ``offset`` (its checksum covers the group)."""
-    from ffdistill.labels import frame_checksum
+    from ffdistill.data.labels import frame_checksum
 
     if offset and "group" in values:
         values["group"] = values["group"] + offset
@@ -180,7 +180,7 @@ def _regrouped(values: dict, offset: int) -> dict:
 
 def union_store(previous: dict, folder: str) -> str:
     """Round R's training store: round R-1's plus the frames it had labelled."""
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.labels import LabelStore
 
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "train.zarr")
@@ -243,7 +243,7 @@ def measurements(
     settings: OnPolicySettings,
 ) -> dict:
     """What a round's report shows: data, cost, held-out error, MD stability and disagreement."""
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.labels import LabelStore
 
     store = LabelStore(train_store)
     errors = [heldout_force_mae(path, heldout) for path in students]
@@ -278,7 +278,7 @@ def ensemble_md(students: list[str], train_store: str, settings: OnPolicySetting
 
 def train_ensemble(config, train_store: str, folder: str, size: int, progress: bool) -> list[str]:
     """``size`` students on the same store, seeds train.seed + k; an interrupted run resumes."""
-    from ffdistill.train import train_from_config
+    from ffdistill.training.trainer import train_from_config
 
     paths = []
     for k in range(size):
@@ -293,7 +293,7 @@ def train_ensemble(config, train_store: str, folder: str, size: int, progress: b
 def heldout_force_mae(student_path: str, heldout: str) -> float:
     """Force MAE (meV/Å) of a student against the teacher on every held-out frame."""
     from ffdistill.calculator import load_calculator
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.labels import LabelStore
 
     store, calc, errors = LabelStore(heldout), load_calculator(student_path), []
     for i in range(len(store)):
@@ -305,7 +305,7 @@ def heldout_force_mae(student_path: str, heldout: str) -> float:
 
 def md_starts(train_store: str, n: int, seed: int) -> list:
     """``n`` training frames to start MD from, drawn without replacement where there are enough."""
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.labels import LabelStore
 
     store = LabelStore(train_store)
     picks = np.random.default_rng(seed).choice(len(store), size=n, replace=n > len(store))
@@ -315,7 +315,7 @@ def md_starts(train_store: str, n: int, seed: int) -> list:
 def student_md(student_path: str, start, settings: OnPolicySettings, seed: int) -> dict:
     """Langevin MD with one student; every ``md_interval`` steps the frame is kept as a candidate.
 
-    Stops at the first sign of a blow-up (the criteria of ``ffdistill.simulate``); the frames up to it
+    Stops at the first sign of a blow-up (the criteria of ``ffdistill.deploy.simulate``); the frames up to it
     are kept, since the approach to a blow-up is exactly where the student needs data.
     """
     from ase import units
@@ -323,7 +323,7 @@ def student_md(student_path: str, start, settings: OnPolicySettings, seed: int) 
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
     from ffdistill.calculator import load_calculator
-    from ffdistill.simulate import bonded_pairs
+    from ffdistill.deploy.simulate import bonded_pairs
 
     atoms, rng, frames = start.copy(), np.random.default_rng(seed), []
     atoms.calc = load_calculator(student_path)
@@ -350,7 +350,7 @@ def _bond_lengths(atoms, bonds) -> np.ndarray:
 def _failure(atoms, bonds, reference, tolerance: float | None = None) -> str | None:
     """Why the MD counts as blown up, or None: the same limits as ``ffdistill evaluate``'s stability
     (or a bond change of ``tolerance`` Å where given)."""
-    from ffdistill.simulate import BOND_TOLERANCE, MAX_FORCE
+    from ffdistill.deploy.simulate import BOND_TOLERANCE, MAX_FORCE
 
     tolerance = BOND_TOLERANCE if tolerance is None else tolerance
     forces = atoms.get_forces()
@@ -447,7 +447,7 @@ def label_new_frames(teacher, frames: Sequence, folder: str, store_attrs: dict, 
     """The teacher's labels of the picked frames, with the training store's Hessian-row setting."""
     import ase.io
 
-    from ffdistill.labels import LabelStore, label_file
+    from ffdistill.data.labels import LabelStore, label_file
 
     extxyz, store = os.path.join(folder, "new.extxyz"), os.path.join(folder, "new.zarr")
     if os.path.isdir(store):
@@ -502,7 +502,7 @@ def _spot_before(rounds: list[dict], summary: dict) -> int:
 
 
 def _attrs(store_path: str) -> dict:
-    from ffdistill.labels import LabelStore
+    from ffdistill.data.labels import LabelStore
 
     return LabelStore(store_path).attrs
 

@@ -6,7 +6,7 @@ N atoms, and for each structure b its s_b sampled Hessian items (one-hot rows r 
 ============  ==============================================================  ===============  ========
 term          summed over the batch                                           divided by       paper λ
 ============  ==============================================================  ===============  ========
-energy        Σ_b |E_b - E_ref,b| / N_b                       (eV/atom)        B structures     5
+energy        Σ_b ‖E_b - E_ref,b‖ / N_b                       (eV/atom)        B structures     5
 forces        Σ_i ||F_i - F_ref,i||_2                          (eV/Å)           N atoms          100
 hessian       Σ_b (1/s_b) Σ_items Σ_atoms ||J_s[r] - J_t[r]||_2 (eV/Å²)       N atoms          200-400
 consistency   Σ_i ||-dE/dR_i - F_ref,i||_2  (direct-force students)            N atoms          -
@@ -49,7 +49,7 @@ class EnergyTerm:
     needs: tuple = ()
 
     def contribution(self, out: Outputs, batch: AtomicGraph) -> tuple[Tensor, int]:
-        """Σ_b |ΔE_b| / N_b over B structures: per-atom energy, as in the paper."""
+        """Σ_b abs(ΔE_b) / N_b over B structures: per-atom energy, as in the paper."""
         return ((out.energy - batch.energy).abs() / batch.atoms_per_structure).sum(), batch.n_structures
 
 

@@ -144,7 +144,7 @@ def iter_inputs(paths: Sequence[str]) -> Iterator[tuple[int, int, ase.Atoms]]:
 
 
 def _iter_file(path: str) -> Iterator[ase.Atoms]:
-    from ffdistill.io import iter_structures
+    from ffdistill.data.io import iter_structures
 
     yield from iter_structures(path)
 

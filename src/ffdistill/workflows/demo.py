@@ -19,9 +19,9 @@ import time
 from ase.build import bulk
 
 from ffdistill.config import DataConfig, LossConfig, ModelConfig, RunConfig, TrainConfig
-from ffdistill.labels import LabelStore, label_file
-from ffdistill.sampling import sample_to_file
-from ffdistill.train import train_from_config
+from ffdistill.data.labels import LabelStore, label_file
+from ffdistill.data.sampling import sample_to_file
+from ffdistill.training.trainer import train_from_config
 
 TEACHER = "sevenn"
 STRUCTURE = "Si"  # 64-atom diamond silicon

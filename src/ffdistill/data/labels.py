@@ -35,10 +35,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ffdistill import __version__, derivatives
+from ffdistill.data.io import file_sha256, iter_structures, scan_structures
+from ffdistill.data.sampling import GROUP_KEY
 from ffdistill.errors import FFDistillError, StoreError
 from ffdistill.graph import AtomicGraph, from_ase
-from ffdistill.io import file_sha256, iter_structures, scan_structures
-from ffdistill.sampling import GROUP_KEY
 from ffdistill.teachers.base import Teacher, TeacherLabels
 
 FORMAT = "ffdistill-labels"

@@ -7,7 +7,7 @@ of its energy head, so its export returns ``(E, F)`` and says so (``"forces": "d
 ``standalone_calculator.py`` (copied beside the export) is an ASE calculator for either that imports
 nothing from ffdistill.
 
-ML-IAP: a pickled ``ffdistill.lammps.StudentMLIAP`` for ``pair_style mliap unified FILE 1``.
+ML-IAP: a pickled ``ffdistill.deploy.lammps.StudentMLIAP`` for ``pair_style mliap unified FILE 1``.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def export_mliap(student_path: str, output: str, dtype=torch.float32) -> str:
     LAMMPS reads ``.pt``/``.pth`` files with ``torch.load`` (weights only, which refuses the model
     object), anything else with ``pickle.load``: so the file must not end in ``.pt``/``.pth``.
     """
-    from ffdistill.lammps import mliap_model
+    from ffdistill.deploy.lammps import mliap_model
 
     if output.endswith((".pt", ".pth")):
         raise InputError(f"{output}: LAMMPS would torch.load a .pt/.pth file; name the model e.g. student.mliap.pkl")

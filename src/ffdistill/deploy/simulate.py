@@ -1,5 +1,5 @@
 """Moved to ``ffdistill.evaluate.md`` and ``ffdistill.evaluate.vibrations``; kept so that existing
-imports (``from ffdistill.simulate import run_md``) keep working."""
+imports (``from ffdistill.deploy.simulate import run_md``) keep working."""
 
 from ffdistill.evaluate.md import (  # noqa: F401
     BOND_TOLERANCE,

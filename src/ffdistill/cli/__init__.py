@@ -1,0 +1,58 @@
+"""Thin command-line verbs over library functions of the same name."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ffdistill`` parser: each verb group registers its own verbs (``cli/data.py``, ``training.py``,
+    ``evaluation.py``, ``deploy.py``); the options every verb shares are added here."""
+    from ffdistill.cli import data, deploy, evaluation, training
+
+    parser = argparse.ArgumentParser(prog="ffdistill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (data, training, evaluation, deploy):
+        group.add_parsers(sub)
+    for name in ("label", "sample", "evaluate", "md", "demo", "phonons"):
+        sub.choices[name].add_argument(
+            "--device",
+            default="auto",
+            help="cpu, cuda, cuda:K or auto (default: a GPU when there is one); ASE-calculator teachers stay on CPU",
+        )
+    sub.choices["compare"].add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:K or auto for training and evaluation (default: train.device)"
+    )
+    for name in ("label", "sample", "evaluate", "phonons", "distill"):
+        sub.choices[name].add_argument(
+            "--teacher-python",
+            metavar="PYTHON",
+            default=None,
+            help="run the teacher in this interpreter of another environment (a worker; ffdistill importable there)",
+        )
+    for p in sub.choices.values():
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ffdistill.errors import FFDistillError
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*TorchScript.*|.*torch.jit.*|.*cuEquivariance.*|.*accelerat.*")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FFDistillError as error:
+        print(f"ffdistill {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ffdistill {args.command}: interrupted; re-run the same command to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training a student: the loss (``loss``) and the trainer (``trainer``)."""
