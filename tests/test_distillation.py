@@ -317,3 +317,39 @@ def test_refitting_references_solves_the_element_offsets_by_least_squares():
     counts = np.array([[int((g.Z == z).sum()) for z in (1, 6, 8)] for g in graphs])
     residuals = np.array([float(g.energy - model.energy(g).detach()) for g in graphs])
     assert np.abs(residuals).max() < 1e-9 and np.abs(counts.T @ residuals).max() < 1e-9
+
+
+def test_stress_term_is_the_virial_error_per_atom_of_the_labelled_cells_worked_out_by_hand():
+    from ffdistill.training.loss import StressTerm
+
+    a, b = rattled_cu(0), rattled_cu(1, (2, 1, 1))
+    a.set_cell(a.cell.array * 1.01, scale_atoms=True)
+    labels = [np.diag([0.01, 0.02, 0.03]), np.full((3, 3), 0.005)]
+    predicted = [np.zeros((3, 3)), np.eye(3) * 0.004]
+    graphs = [
+        from_ase(atoms, 4.0, dtype=torch.float64)._replace(stress=torch.as_tensor(s)[None])
+        for atoms, s in zip((a, b), labels)
+    ]
+    batch = batch_graphs(graphs)
+    out = StudentOutput(energy=torch.zeros(2, dtype=torch.float64), stress=torch.as_tensor(np.stack(predicted)))
+    total, count = StressTerm(1.0).contribution(out, batch)
+    by_hand = [
+        np.sqrt(((p - s) ** 2).sum()) * abs(np.linalg.det(atoms.cell.array)) / len(atoms)
+        for atoms, s, p in zip((a, b), labels, predicted)
+    ]
+    assert count == 2 and float(total) == pytest.approx(sum(by_hand), rel=1e-12)
+    unlabelled = batch._replace(stress=torch.stack([batch.stress[0], torch.full((3, 3), float("nan"))]))
+    total, count = StressTerm(1.0).contribution(out, unlabelled)  # a frame without stress adds nothing
+    assert count == 1 and float(total) == pytest.approx(by_hand[0], rel=1e-12)
+
+
+def test_training_fits_the_stress_when_the_store_carries_it_and_not_otherwise(emt_store, tmp_path):
+    from ffdistill.config import load_config
+    from ffdistill.training.trainer import train_from_config
+
+    common = [f"data.store={emt_store}", "model.student=painn-tiny", "model.cutoff=4.0", "train.max_steps=4"]
+    common += ["train.validate_every=2", "loss.hessian=0"]
+    run = train_from_config(load_config(None, [*common, f"output={tmp_path / 'a'}"]), progress=False)
+    assert run.history[-1]["train"]["stress"] > 0  # EMT gives Cu cells a stress: the term is on by default
+    off = train_from_config(load_config(None, [*common, f"output={tmp_path / 'b'}", "loss.stress=0"]), progress=False)
+    assert "stress" not in off.history[-1]["train"]

@@ -62,6 +62,9 @@ class LossConfig:
     #: "store": the Hessian term × σ_F / σ_H from the training frames' teacher labels (loss.hessian_scale), so
     #: one λH travels between systems; "none": the paper's raw term (eV/Å², λH tuned per system)
     hessian_normalisation: str = "store"
+    #: λS, the virial error per atom of periodic cells (eV/atom, as the energy term); used when the store carries
+    #: stress, so that NPT sees a trained stress
+    stress: float = 5.0
     halve_hessian_within: float | None = 0.05  #: halve λH once val force MAE ≤ (1 + this) × teacher's
     hessian_decay_from: float | None = None  #: from this fraction of the steps on, λH decays (cosine) to 0
     consistency: float = 0.0  #: direct-force students: weight tying -dE/dR of the energy head to the forces
@@ -127,6 +130,7 @@ RANGES: dict[str, tuple | set] = {
     "loss.energy": (0.0, math.inf, "[)"),
     "loss.forces": (0.0, math.inf, "[)"),
     "loss.hessian": (0.0, math.inf, "[)"),
+    "loss.stress": (0.0, math.inf, "[)"),
     "loss.halve_hessian_within": (0.0, math.inf, "[)"),
     "loss.hessian_normalisation": {"store", "none"},
     "loss.hessian_decay_from": (0.0, 1.0, "[]"),

@@ -582,6 +582,10 @@ class LabelStore:
             return None
         return torch.as_tensor(self.arrays["node_features"][self.atom_start[i] : self.atom_start[i + 1]], dtype=dtype)
 
+    def has_stress(self) -> bool:
+        """Whether any frame carries a stress label (periodic cells labelled by a teacher that gives stress)."""
+        return bool(np.isfinite(self.group["stress"][:]).all(axis=(1, 2)).any())
+
     def summary(self) -> dict:
         numbers = self.group["numbers"][:]
         elements = sorted({ase.data.chemical_symbols[z] for z in np.unique(numbers)})

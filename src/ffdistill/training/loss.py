@@ -9,6 +9,7 @@ term          summed over the batch                                           di
 energy        Σ_b ‖E_b - E_ref,b‖ / N_b                       (eV/atom)        B structures     5
 forces        Σ_i ||F_i - F_ref,i||_2                          (eV/Å)           N atoms          100
 hessian       Σ_b (1/s_b) Σ_items Σ_atoms ||J_s[r] - J_t[r]||_2 (eV/Å²)       N atoms          200-400
+stress        Σ_b ||σ_b - σ_ref,b||_F · V_b / N_b  (eV/atom)                  B_p periodic     -
 consistency   Σ_i ||-dE/dR_i - F_ref,i||_2  (direct-force students)            N atoms          -
 n2n           Σ_i mean_channels (P h_i - h_teacher,i)^2  (nn.MSELoss)          N atoms          1000
 ============  ==============================================================  ===============  ========
@@ -96,6 +97,25 @@ HessianRowTerm = HessianTerm
 
 
 @dataclass
+class StressTerm:
+    """Periodic cells with a stress label: the Frobenius norm of the stress error times the volume per atom,
+    i.e. the virial error per atom (eV/atom, the energy term's unit), averaged over those structures. NPT
+    needs it; molecules and frames without a stress label contribute nothing."""
+
+    weight: float
+    name: str = "stress"
+    needs: tuple = ("stress",)
+
+    def contribution(self, out: Outputs, batch: AtomicGraph) -> tuple[Tensor, int]:
+        if out.stress is None or batch.stress is None:
+            return batch.R.new_zeros(()), 0
+        labelled = torch.isfinite(batch.stress).flatten(1).all(1) & torch.isfinite(out.stress).flatten(1).all(1)
+        volume = torch.linalg.det(batch.cell).abs()
+        per_atom = (out.stress - batch.stress).flatten(1).norm(dim=1) * volume / batch.atoms_per_structure
+        return per_atom[labelled].sum(), int(labelled.sum())
+
+
+@dataclass
 class ConsistencyTerm:
     """Direct-force students: ties the energy head's -dE/dR to the reference forces."""
 
@@ -144,6 +164,7 @@ class DistillationLoss:
         has_probes = batch.probe_vectors is not None and len(batch.probe_vectors) > 0
         return Want(
             forces=True,
+            stress="stress" in needs and batch.stress is not None,
             hessian_rows="hessian_rows" in needs and has_rows,
             probe_products="probe_products" in needs and has_probes,
             features="features" in needs,
@@ -200,10 +221,13 @@ def build_loss(
     n2n: float = 0.0,
     channels: tuple[int, int] | None = None,
     hessian_factor: float = 1.0,
+    stress: float = 0.0,
 ) -> DistillationLoss:
     """The paper's terms; ``consistency`` for direct-force students, ``n2n`` with (student, teacher) feature sizes;
     ``hessian_factor`` the Hessian term's ``scale``."""
     terms = [EnergyTerm(energy), ForceTerm(forces), HessianTerm(hessian, hessian_factor)]
+    if stress:
+        terms.append(StressTerm(stress))
     if consistency:
         terms.append(ConsistencyTerm(consistency))
     if n2n:

@@ -460,8 +460,16 @@ def _loss(config: RunConfig, model, store: LabelStore, hessian_factor: float = 1
         channels = (model.hparams["channels"], store.arrays["node_features"].shape[1])
     if c.consistency and not model.capabilities.direct:
         raise InputError("loss.consistency is for direct-force students (e.g. painn-direct-small)")
+    stress = c.stress if store.has_stress() else 0.0  # on when the store carries stress
     return build_loss(
-        c.energy, c.forces, c.hessian, c.consistency, c.n2n, channels=channels, hessian_factor=hessian_factor
+        c.energy,
+        c.forces,
+        c.hessian,
+        c.consistency,
+        c.n2n,
+        channels=channels,
+        hessian_factor=hessian_factor,
+        stress=stress,
     )
 
 
