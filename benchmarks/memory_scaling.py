@@ -59,7 +59,7 @@ def write_synthetic_store(path: str, n: int, chunk: int = 2000) -> None:
     at a time (labelling 20,000 frames with a teacher would take the better part of an hour)."""
     import numpy as np
 
-    from ffdistill.data.frames import labels
+    from ffdistill.data import labels
     from ffdistill.teachers.base import TeacherLabels
 
     rng = np.random.default_rng(1)

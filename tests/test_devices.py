@@ -137,7 +137,7 @@ def _frames_done(partial):
 def test_killed_batched_runs_resume_to_the_identical_store(morse_teacher, tmp_path, monkeypatch):
     """Interrupted between batches and in the middle of writing one: the batch is committed whole or not
     at all, a resume starts at a batch boundary and the finished store is the per-frame store, bit for bit."""
-    from ffdistill.data.frames import labels
+    from ffdistill.data import labels
 
     frames = write_frames(tmp_path / "f.extxyz", n=8)
     reference = label_file(morse_teacher, frames, str(tmp_path / "ref.zarr"), rows=2, probes=1, progress=False)

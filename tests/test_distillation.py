@@ -212,7 +212,6 @@ def _sampled(tmp_path, morse_teacher):
         temperatures=(300.0, 900.0),
         runs=2,
         md_fraction=0.5,
-        interval=5,
         progress=False,
     )
     return path, ase.io.read(path, ":")
@@ -228,8 +227,9 @@ def test_sampled_copies_share_their_parents_group_and_blocks_span_100_fs(tmp_pat
         offsets = [copy.get_scaled_positions() - f.get_scaled_positions() for f in frames[:n_md]]
         distances = [np.abs(d - np.round(d)).mean() for d in offsets]
         assert int(np.argmin(distances)) == k % n_md  # it really is the copy of that parent
-    # 2 fs × 5 steps = 10 fs a frame: a block of 10 frames spans 100 fs; 4 runs of 3-4 frames: 4 groups
-    assert len({f.info["group"] for f in frames}) == 4
+    # the default 50 fs a frame (25 steps of 2 fs): a block of 2 frames spans 100 fs; 4 runs of 3-4 frames in
+    # blocks of 2: 8 groups
+    assert len({f.info["group"] for f in frames}) == 8
 
 
 def test_splits_never_put_one_group_on_two_sides(tmp_path, morse_teacher):
@@ -244,7 +244,7 @@ def test_splits_never_put_one_group_on_two_sides(tmp_path, morse_teacher):
         owners = [set(groups[s]) for s in sides]
         assert not (owners[0] & owners[1] or owners[0] & owners[2] or owners[1] & owners[2]), seed
         assert sorted(sum(sides, [])) == list(range(len(frames))) and all(sides)
-    assert LabelStore(str(tmp_path / "s.zarr")).summary()["groups"] == {"count": 4, "rule": "info:group"}
+    assert LabelStore(str(tmp_path / "s.zarr")).summary()["groups"] == {"count": 8, "rule": "info:group"}
 
 
 def test_without_group_ids_frames_are_grouped_in_stated_blocks(emt_teacher, tmp_path, capsys):

@@ -63,7 +63,7 @@ def test_burn_in_ends_when_the_windowed_kinetic_temperature_settles_as_worked_ou
     T (1 + k/25) with k steps at 2T is within 10 % of T once k ≤ 2: k = 55 − s at step s, so s = 53 (106 fs)."""
     import itertools
 
-    from ffdistill.data.frames import sampling
+    from ffdistill.data import sampling
 
     target = 300.0
     script = itertools.chain([2 * target] * 30, itertools.repeat(target))

@@ -52,7 +52,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ffdistill {args.command}: interrupted; re-run the same command to continue", file=sys.stderr)
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
