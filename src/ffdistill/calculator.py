@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 import torch
@@ -75,11 +76,14 @@ def load_student(path: str):
 
     if not os.path.isfile(path):
         raise InputError(f"no student file at {path}")
+    if not zipfile.is_zipfile(path):  # every torch.save since PyTorch 1.6 writes a zip archive
+        raise InputError(f"{path} is not an ffdistill student file: it is not a PyTorch archive (a best.pt is)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise InputError(
-            f"{path} is not a readable student file ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
+            f"{path} is not an ffdistill student file: it holds more than plain data ({type(error).__name__}); "
+            "students are written by ffdistill train"
         ) from error
     if not isinstance(payload, dict) or payload.get("format") != STUDENT_FORMAT:
         raise InputError(f"{path} is not an ffdistill student file")

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import ase
 import ase.io
+import ase.io.formats
 
 from ffdistill.errors import FFDistillError, InputError
 from ffdistill.graph import check_structure
@@ -28,6 +29,13 @@ def iter_structures(path: str, start: int = 0) -> Iterator[ase.Atoms]:
         yield from (_iter_extxyz(path, start) if extxyz else ase.io.iread(path, index=f"{start}:"))
     except InputError:
         raise
+    except ase.io.formats.UnknownFileTypeError as error:
+        raise InputError(
+            f"cannot read {path}: ASE does not recognise its format ({error}); give a structure file ASE reads "
+            "(extxyz, xyz, cif, POSCAR, traj, ...)"
+        ) from error
+    except KeyError as error:  # ASE's text readers look chemical symbols up in a table
+        raise InputError(f"cannot read {path}: unknown element symbol {error.args[0]!r}") from error
     except Exception as error:  # ASE's readers raise many types for malformed files
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise InputError(f"cannot read {path}: malformed file ({detail})") from error
@@ -49,19 +57,27 @@ def _iter_extxyz(path: str, start: int) -> Iterator[ase.Atoms]:
             index += 1
 
 
-def scan_structures(path: str, elements_check=None, info_key: str | None = None) -> tuple[int, set[int], int]:
-    """Validate every structure of ``path`` before any work is spent; return how many there are, the
-    atomic numbers they contain and how many carry ``info[info_key]``."""
-    count, elements, keyed = 0, set(), 0
-    for count, atoms in enumerate(iter_structures(path), start=1):
-        elements.update(int(z) for z in atoms.numbers)
-        keyed += info_key is not None and info_key in atoms.info
+def checked_structures(path: str, elements_check=None) -> Iterator[ase.Atoms]:
+    """``iter_structures`` with every structure checked (``check_structure``, and ``elements_check`` on its
+    atomic numbers): a refusal names the file and the frame."""
+    for index, atoms in enumerate(iter_structures(path)):
         try:
             check_structure(atoms)
             if elements_check is not None:
                 elements_check(atoms.numbers)
         except FFDistillError as error:
-            raise type(error)(f"{path}, structure {count - 1}: {error}") from error
+            raise type(error)(f"{path}, structure {index}: {error}") from error
+        yield atoms
+
+
+def scan_structures(path: str, elements_check=None, info_key: str | None = None) -> tuple[int, set[int], int]:
+    """Validate every structure of ``path`` before any work is spent; return how many there are, the
+    atomic numbers they contain and how many carry ``info[info_key]``."""
+    count, elements, keyed = 0, set(), 0
+    for atoms in checked_structures(path, elements_check):
+        count += 1
+        elements.update(int(z) for z in atoms.numbers)
+        keyed += info_key is not None and info_key in atoms.info
     if count == 0:
         raise InputError(f"cannot read {path}: it holds no structures")
     return count, elements, keyed

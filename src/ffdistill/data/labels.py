@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ffdistill import __version__, derivatives
 from ffdistill.data.io import file_sha256, iter_structures, scan_structures
 from ffdistill.data.sampling import GROUP_KEY
-from ffdistill.errors import FFDistillError, StoreError
+from ffdistill.errors import FFDistillError, StoreError, TeacherError
 from ffdistill.graph import AtomicGraph, from_ase
 from ffdistill.teachers.base import Teacher, TeacherLabels
 
@@ -202,9 +202,13 @@ def label_file(
         int(probes),
         rule,
     )
+    embeddings = teacher.element_embeddings()
+    missing = sorted(set(int(z) for z in elements) - set(embeddings)) if embeddings is not None else []
+    if missing:  # before any file is written
+        symbols = ", ".join(ase.data.chemical_symbols[z] for z in missing)
+        raise TeacherError(f"teacher {teacher.spec} does not cover element(s) {symbols} in {input_path}")
     partial = store_path + ".partial"
     group = _open_partial(partial, request, input_path, len(mine))
-    embeddings = teacher.element_embeddings()
     if embeddings is not None and "element_embeddings" not in group.attrs:
         group.attrs["element_embeddings"] = {str(z): embeddings[z].tolist() for z in sorted(elements)}
     done = int(group.attrs["frames_done"])

@@ -128,9 +128,9 @@ def store_test_set(store, indices: Sequence[int] | None = None, reference: bool 
 def _labelled_by_teacher(path: str, teacher) -> TestSet:
     """Frames of a structure file: their own energies and forces (e.g. DFT) are the reference when
     every frame carries them; otherwise the teacher labels them and is the reference itself."""
-    from ffdistill.data.io import iter_structures
+    from ffdistill.data.io import checked_structures
 
-    frames = list(iter_structures(path))
+    frames = list(checked_structures(path, teacher.check_elements if teacher is not None else None))
     own = [_own_labels(a) for a in frames]
     if all(lab is not None for lab in own):
         return TestSet(frames, own, False, path)
