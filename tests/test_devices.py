@@ -375,8 +375,8 @@ def test_label_batch_size_on_the_command_line(tmp_path, capsys):
     assert main([*common, "-o", str(tmp_path / "a.zarr")]) == 0
     assert main([*common, "--batch-size", "2", "-o", str(tmp_path / "b.zarr")]) == 0
     assert stores_equal(str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr"))
-    with pytest.raises(SystemExit):
-        main([*common, "--batch-size", "0", "-o", str(tmp_path / "c.zarr")])
+    assert main([*common, "--batch-size", "0", "-o", str(tmp_path / "c.zarr")]) == 2
+    assert "--batch-size" in capsys.readouterr().err and not (tmp_path / "c.zarr").exists()
 
 
 def test_the_worker_builds_its_teacher_on_the_device_asked(monkeypatch):

@@ -7,12 +7,19 @@ import sys
 import warnings
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (no usage block): ``ffdistill VERB: error: …``, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ffdistill`` parser: each verb group registers its own verbs (``cli/data.py``, ``training.py``,
     ``evaluation.py``, ``deploy.py``); the options every verb shares are added here."""
     from ffdistill.cli import data, deploy, evaluation, training
 
-    parser = argparse.ArgumentParser(prog="ffdistill", description=__doc__)
+    parser = _OneLineParser(prog="ffdistill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (data, training, evaluation, deploy):
         group.add_parsers(sub)
@@ -42,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*TorchScript.*|.*torch.jit.*|.*cuEquivariance.*|.*accelerat.*")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a refused option (2, its one line already printed)
+        return int(stop.code or 0)
     try:
         args.func(args)
     except FFDistillError as error:
