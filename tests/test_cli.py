@@ -137,3 +137,19 @@ def test_bad_input_exits_non_zero_with_one_line_and_writes_nothing(argv, message
     err = capsys.readouterr().err.strip()
     assert re.search(message, err) and len(err.splitlines()) == 1, err
     assert set(p.name for p in tmp_path.iterdir()) == before  # nothing half-written
+
+
+def test_every_option_has_a_help_line_and_every_verb_an_example_that_parses():
+    import argparse
+    import shlex
+
+    from ffdistill.cli import build_parser
+    from ffdistill.cli.common import EXAMPLES
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for verb, verb_parser in sub.choices.items():
+        assert verb in EXAMPLES, verb
+        for action in verb_parser._actions:
+            assert action.help, (verb, action.option_strings or action.dest)
+        assert parser.parse_args(shlex.split(EXAMPLES[verb])[1:]).command == verb

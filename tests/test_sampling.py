@@ -95,3 +95,16 @@ def test_sampling_options_out_of_range_are_refused_before_any_md(morse_teacher, 
         with pytest.raises(InputError, match=key):
             sample_to_file(morse_teacher, "Cu", str(tmp_path / "x.extxyz"), **kwargs)
     assert not (tmp_path / "x.extxyz").exists()
+
+
+def test_structure_names_with_a_prefix_remove_the_ambiguity():
+    from ase.build import bulk, molecule
+
+    from ffdistill.data.sampling import load_structure
+
+    assert len(load_structure("Si")) == 64 and len(load_structure("molecule:Si")) == 1  # an atom, not a crystal
+    cu = load_structure("bulk:Cu")
+    assert cu.pbc.all() and np.allclose(cu.cell.array, bulk("Cu", cubic=True).cell.array)
+    water = load_structure("molecule:H2O")
+    assert not water.pbc.any() and water.get_chemical_formula() == molecule("H2O").get_chemical_formula()
+    assert water.positions.min() >= 6.0 - 1e-9  # centred in 6 Å of vacuum

@@ -6,6 +6,8 @@ import argparse
 import sys
 import warnings
 
+from ffdistill.cli.common import explain
+
 
 class _OneLineParser(argparse.ArgumentParser):
     """argparse with its errors on one line (no usage block): ``ffdistill VERB: error: …``, exit status 2."""
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     for p in sub.choices.values():
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    explain(sub)
     return parser
 
 

@@ -115,7 +115,12 @@ def add_parsers(sub) -> None:
     """Register sample, label, merge, inspect, select."""
     p = sub.add_parser("sample", help="sample configurations with the teacher (MD, rattle, strain)")
     p.add_argument("--teacher", default="sevenn")
-    p.add_argument("--structure", required=True, help="a structure file, or a name such as Si, Si64, Cu, BaTiO3")
+    p.add_argument(
+        "--structure",
+        required=True,
+        help="a structure file; bulk:NAME or molecule:NAME (ASE's ase.build names, e.g. bulk:Cu, molecule:H2O); "
+        "or a named cell: Si (64 atoms), Si32, Cu, BaTiO3",
+    )
     p.add_argument("-n", type=int, default=40, help="number of frames to write")
     p.add_argument("--temperature", type=float, nargs="+", default=[300.0, 600.0])
     p.add_argument("--md-fraction", type=float, default=0.5, help="share of frames from MD (the rest rattled/strained)")

@@ -59,9 +59,14 @@ def _perovskite() -> ase.Atoms:
 
 
 def load_structure(name_or_path: str) -> ase.Atoms:
-    """A named structure (``Si``, ``Si32``, ``Cu``, ``BaTiO3``) or the first structure of a file."""
+    """A named structure (``Si``, ``Si32``, ``Cu``, ``BaTiO3``), ``bulk:NAME`` or ``molecule:NAME`` (built by
+    ``ase.build``: "Si" is an atom to ``molecule`` and a crystal to ``bulk``, hence the prefix), or the first
+    structure of a file."""
     if name_or_path in NAMED_STRUCTURES:
         return NAMED_STRUCTURES[name_or_path]()
+    kind, sep, name = name_or_path.partition(":")
+    if sep and kind in ("bulk", "molecule"):
+        return _built(kind, name)
     if not os.path.isfile(name_or_path):
         raise InputError(f"{name_or_path} is neither a file nor a known structure ({', '.join(NAMED_STRUCTURES)})")
     from ffdistill.data.io import iter_structures
@@ -82,6 +87,24 @@ def kinetic_temperature(atoms: ase.Atoms) -> float:
 def default_interval(timestep_fs: float) -> int:
     """MD steps between kept frames: at least ``DECORRELATION_FS`` apart."""
     return max(1, int(np.ceil(DECORRELATION_FS / timestep_fs)))
+
+
+def _built(kind: str, name: str) -> ase.Atoms:
+    """``ase.build.bulk(name)`` (its conventional cubic cell where ASE has one) or ``ase.build.molecule(name)``
+    centred in 6 Å of vacuum on each side."""
+    from ase.build import molecule
+
+    try:
+        if kind == "bulk":
+            try:
+                return bulk(name, cubic=True)
+            except (ValueError, RuntimeError):
+                return bulk(name)
+        atoms = molecule(name)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise InputError(f"ase.build.{kind} does not know {name!r}: {error}") from error
+    atoms.center(vacuum=6.0)
+    return atoms
 
 
 def teacher_md_frames(
