@@ -58,7 +58,7 @@ class LossConfig:
     forces: float = 100.0  #: λF
     #: λH; 0 trains the undistilled baseline. With hessian_normalisation "store" it weighs the relative Hessian
     #: error against λF's relative force error (chosen on validation frames: docs' training page)
-    hessian: float = 1000.0
+    hessian: float = 300.0
     #: "store": the Hessian term × σ_F / σ_H from the training frames' teacher labels (loss.hessian_scale), so
     #: one λH travels between systems; "none": the paper's raw term (eV/Å², λH tuned per system)
     hessian_normalisation: str = "store"
