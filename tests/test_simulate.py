@@ -275,41 +275,58 @@ def test_teacher_error_is_measured_against_reference_labels(emt_teacher, tmp_pat
     assert load_test_set(str(tmp_path / "mixed.extxyz"), emt_teacher).teacher_is_reference
 
 
-def _student_metrics(**changes):
-    m = {
+def _g(value: float) -> dict:
+    return {"g": np.full(50, value)}
+
+
+def _models(rdf_gap=0.14, teacher_halves=(1.0, 1.04), drift=1.3, drift_u=0.2, stable=3):
+    """A student and a teacher with constant g(r) (so every MAE is a difference of constants) and no VDOS."""
+    teacher = {"role": "teacher", "_rdf": _g(1.0), "_rdf_halves": tuple(_g(v) for v in teacher_halves)}
+    student = {
         "role": "student",
         "md_runs": 3,
-        "md_stable_runs": 3,
-        "md_steps": 10000,
-        "md_total_ps": 30.0,
+        "md_stable_runs": stable,
+        "md_total_ps": 0.3 * stable,
         "nve_failed_step": None,
-        "nve_drift_meV_per_atom_per_ps": 0.2,
-        "rdf_mae_vs_teacher": 0.03,
-        "vdos_overlap_vs_teacher": 0.93,
+        "nve_drift_meV_per_atom_per_ps": drift,
+        "nve_drift_uncertainty": drift_u,
+        "_rdf": _g(1.0 + rdf_gap),
+        "_rdf_halves": (_g(1.0), _g(1.02)),
         "speedup_vs_teacher": 20.0,
     }
-    return {"teacher": {"role": "teacher"}, "s": {**m, **changes}}
+    return student, teacher
 
 
 @pytest.mark.parametrize(
-    "changes, failed",
+    "changes, status",
     [
-        ({}, []),
-        ({"nve_drift_meV_per_atom_per_ps": -1.7}, ["NVE drift"]),
-        ({"md_stable_runs": 2, "md_total_ps": 20.4}, ["NVT stability"]),
-        ({"rdf_mae_vs_teacher": 0.4, "vdos_overlap_vs_teacher": None}, ["RDF", "VDOS"]),
+        # RDF: value 0.14, u_s = 0.02 / 2, u_t = 0.04 / 2, u_c = 0.02236: 0.14 - 0.1 = 0.04 <= 2 u_c = 0.0447
+        ({}, {"NVE drift": "passed", "RDF": "passed"}),  # drift: 1.3 - 1 = 0.3 <= 2 · 0.2
+        ({"rdf_gap": 0.15}, {"RDF": "failed"}),  # 0.05 > 0.0447
+        ({"drift": -1.5}, {"NVE drift": "failed"}),  # 0.5 > 0.4
+        ({"teacher_halves": (1.0, 1.12)}, {"RDF": "not measurable in this budget"}),  # u_t = 0.06 > 0.1 / 2
+        ({"stable": 2}, {"NVT stability": "failed"}),
     ],
 )
-def test_verdict_is_fit_only_when_every_threshold_holds_and_names_what_failed(changes, failed):
-    from ffdistill.evaluate.report import verdict
+def test_md_checks_pass_within_the_limit_plus_twice_the_uncertainty_worked_out_by_hand(changes, status):
+    from ffdistill.evaluate.checks import md_checks
+    from ffdistill.evaluate.tables import in_words, verdict
 
-    text = verdict(_student_metrics(**changes))
+    student, teacher = _models(**changes)
+    checks = {c["name"]: c for c in md_checks(student, teacher)}
+    for name, expected in status.items():
+        assert checks[name]["status"] == expected, (name, checks[name])
+    assert checks["RDF"]["yardstick_uncertainty"] == pytest.approx(
+        (changes.get("teacher_halves", (1, 1.04))[1] - 1) / 2
+    )
+    student["checks"] = list(checks.values())
+    text = verdict({"teacher": teacher, "s": student})
+    failed = [c["name"] for c in checks.values() if c["status"] == "failed"]
+    unmeasured = [c["name"] for c in checks.values() if c["status"] == "not measurable in this budget"]
     assert "**teacher**" not in text  # the yardstick gets no verdict
-    if not failed:
-        assert "fit for MD here" in text and "NOT" not in text
-    else:
+    if failed:
         assert f"NOT fit for MD: {', '.join(failed)} failed" in text
-    assert (
-        "(limit 1)" in text and "(limit 0.1)" in text and "(needs ≥ 0.8)" in text
-    )  # every threshold shown with its value
-    assert ("|-1.70|" in text) == ("NVE drift" in failed)
+    elif unmeasured:
+        assert "no check failed; not measurable in this budget: RDF" in text and "NOT" not in text
+        assert "not established" in in_words({"s": student}) and "RDF" in in_words({"s": student})
+    assert "(limit 1)" in text and "(limit 0.1" in text  # every threshold shown with its value

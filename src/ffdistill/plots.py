@@ -90,6 +90,16 @@ def vdos_spectra(results: dict[str, dict], path: str) -> None:
         xlim=(0, 1.2 * top),
         title="VDOS (NVE velocity autocorrelation)",
     )
+    coarsest = max(r.get("resolution_cm1", 0.0) for r in results.values())
+    ax.text(
+        0.98,
+        0.95,
+        f"resolution {coarsest:.0f} cm⁻¹ (1 / run length):\nfiner features are not resolved",
+        transform=ax.transAxes,
+        ha="right",
+        va="top",
+        fontsize=7,
+    )
     ax.legend()
     _save(fig, path)
 

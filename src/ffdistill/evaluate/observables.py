@@ -61,7 +61,8 @@ def vdos(velocities: np.ndarray, masses: np.ndarray, dt_fs: float) -> dict:
     nu_thz = np.fft.rfftfreq(len(velocities), d=dt_fs * 1e-3)  # 1/ps = THz
     nu = nu_thz * THZ_TO_CM1
     area = _trapezoid(spectrum, nu) if len(nu) > 1 else 1.0
-    return {"frequency_cm1": nu, "vdos": spectrum / area}
+    resolution = THZ_TO_CM1 / (len(velocities) * dt_fs * 1e-3)  # 1 / run length
+    return {"frequency_cm1": nu, "vdos": spectrum / area, "resolution_cm1": resolution}
 
 
 def vdos_peak(result: dict, above_cm1: float = 1.0) -> float:
@@ -94,7 +95,7 @@ def _quantile(result: dict, q: float) -> float:
 def _smoothed(result: dict, grid: np.ndarray, width: float) -> np.ndarray:
     p = np.interp(grid, result["frequency_cm1"], result["vdos"])
     step = grid[1] - grid[0]
-    half = int(4 * width / step) + 1
+    half = min(int(4 * width / step) + 1, (len(grid) - 1) // 2)  # a width beyond the band: truncated, renormalised
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * step / width) ** 2)
     p = np.convolve(p, kernel / kernel.sum(), mode="same")
     return p / _trapezoid(p, grid)

@@ -16,6 +16,7 @@ import torch
 
 from ffdistill.evaluate.accuracy import TestSet, accuracy, teacher_accuracy
 from ffdistill.evaluate.candidates import Candidate
+from ffdistill.evaluate.checks import CM1_FS, md_checks
 from ffdistill.evaluate.md import nve_run, nvt_run, relax, rmsd
 from ffdistill.evaluate.observables import frames_from_positions, rdf, rdf_mae, vdos, vdos_overlap
 from ffdistill.evaluate.tables import MIN_VDOS_FS, markdown_tables, method_notes, plain, public, verdict  # noqa: F401
@@ -213,7 +214,14 @@ def _md(c: Candidate, starts: Sequence[ase.Atoms], steps: dict, profile: Profile
         for k in range(steps["nvt_runs"])
     ]
     nve = nve_run(c.calculator(), starts[0], steps["nve"], profile.temperature)
-    return {**_stability_summary(runs), **_nve_summary(nve), "_rdf": _rdf(runs), "_vdos": _vdos(nve)}
+    return {
+        **_stability_summary(runs),
+        **_nve_summary(nve),
+        "_rdf": _rdf(runs),
+        "_rdf_halves": _rdf_halves(runs),
+        "_vdos": _vdos(nve),
+        **_vdos_halves(nve),
+    }
 
 
 def _stability_summary(runs: list[dict]) -> dict:
@@ -239,6 +247,7 @@ def _stability_summary(runs: list[dict]) -> dict:
 def _nve_summary(nve: dict) -> dict:
     return {
         "nve_drift_meV_per_atom_per_ps": nve["drift_meV_per_atom_per_ps"],
+        "nve_drift_uncertainty": _drift_uncertainty(nve),
         "nve_fluctuation_meV_per_atom": nve["fluctuation_meV_per_atom"],
         "nve_ps": nve["time_ps"][-1] if nve["time_ps"] else 0.0,
         "nve_failed_step": nve["failed_step"],
@@ -252,9 +261,43 @@ def _rdf(runs: list[dict]) -> dict | None:
     return rdf(frames) if frames else None
 
 
+def _drift_uncertainty(nve: dict) -> float | None:
+    """|slope of the first half − slope of the second half| / 2 of the NVE energy trace (None if too short)."""
+    t, e = np.asarray(nve["time_ps"]), np.asarray(nve["energy_meV_per_atom"])
+    if nve["failed_step"] is not None or len(t) < 8:
+        return None
+    half = len(t) // 2
+    slopes = [np.polyfit(t[a:b], e[a:b], 1)[0] for a, b in ((0, half), (half, len(t)))]
+    return float(abs(slopes[0] - slopes[1]) / 2)
+
+
+def _rdf_halves(runs: list[dict]) -> tuple | None:
+    """g(r) of the first and of the second half of every stable run's frames: the RDF's own noise."""
+    halves = ([], [])
+    for r in runs:
+        if r["stable"] and len(r["frames"]) >= 2:
+            frames = frames_from_positions(r["template"], r["frames"])
+            half = len(frames) // 2
+            halves[0].extend(frames[:half])
+            halves[1].extend(frames[half:])
+    return (rdf(halves[0]), rdf(halves[1])) if halves[0] and halves[1] else None
+
+
+def _vdos_halves(nve: dict) -> dict:
+    """Spectra of the NVE run's two halves and the resolution a half resolves (cm⁻¹), or nothing."""
+    v, dt = nve["velocities"], nve["velocity_dt_fs"]
+    if nve["failed_step"] is not None or len(v) < 16:
+        return {}
+    half = len(v) // 2
+    return {
+        "_vdos_halves": (vdos(v[:half], nve["masses"], dt), vdos(v[half : 2 * half], nve["masses"], dt)),
+        "vdos_resolution_cm1": CM1_FS / (half * dt),
+    }
+
+
 def _vdos(nve: dict) -> dict | None:
-    """The VDOS of a complete NVE run long enough to resolve it (``MIN_VDOS_FS``), else None."""
-    if nve["failed_step"] is not None or len(nve["velocities"]) * nve["velocity_dt_fs"] < MIN_VDOS_FS:
+    """The VDOS of a complete NVE run (its resolution, 1 / length, travels with it), else None."""
+    if nve["failed_step"] is not None or len(nve["velocities"]) < 16:
         return None
     return vdos(nve["velocities"], nve["masses"], nve["velocity_dt_fs"])
 
@@ -288,6 +331,7 @@ def _compare_with_teacher(models: dict, teacher: str) -> None:
         m["vdos_overlap_vs_teacher"] = (
             None if own or not (m["_vdos"] and ref["_vdos"]) else vdos_overlap(m["_vdos"], ref["_vdos"])
         )
+        m["checks"] = None if own else md_checks(m, ref)
         if "_phonons" in m:
             bands = compare_bands(m["_phonons"], ref["_phonons"])
             m.update({k: (None if own and k != "phonon_min_cm1" else v) for k, v in bands.items()})

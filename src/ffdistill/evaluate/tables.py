@@ -10,14 +10,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ffdistill.evaluate.checks import (  # noqa: F401  (the thresholds, re-exported where they were)
+    FAILED,
+    MAX_NVE_DRIFT,
+    MAX_RDF_MAE,
+    MIN_VDOS_OVERLAP,
+    PASSED,
+    UNMEASURABLE,
+    md_checks,
+)
 from ffdistill.evaluate.md import FRICTION_PER_FS, stability_criteria
-
-#: NVE drift (meV/atom/ps) a student may show and still be called fit for MD.
-MAX_NVE_DRIFT = 1.0
-#: Mean |g_student(r) - g_teacher(r)| allowed (g is dimensionless; first peaks are ~3-6).
-MAX_RDF_MAE = 0.1
-#: Minimum overlap of the unit-area VDOS with the teacher's (1 = identical).
-MIN_VDOS_OVERLAP = 0.8
 
 #: Shortest NVE run (fs) whose VDOS is worth comparing: its resolution is 1 / length (133 cm⁻¹ at 250 fs).
 MIN_VDOS_FS = 250.0
@@ -111,53 +113,50 @@ def _growth_cell(size: str) -> Callable[[dict], str]:
 # --- verdict -----------------------------------------------------------------------------------------
 
 
-def criteria(m: dict) -> list[tuple[str, str, bool]]:
-    """(criterion, value against threshold, passed) for one student; a missing observable fails."""
-    drift = m["nve_drift_meV_per_atom_per_ps"]
-    rdf_d, vdos_o = m.get("rdf_mae_vs_teacher"), m.get("vdos_overlap_vs_teacher")
-    needs = f"needs all {m['md_runs']} × {m['md_steps'] / 1000:g} ps"
-    return [
-        (
-            "NVT stability",
-            f"{m['md_stable_runs']}/{m['md_runs']} runs stable over {m['md_total_ps']:.2f} ps ({needs})",
-            m["md_stable_runs"] == m["md_runs"],
-        ),
-        ("NVE drift", _drift_text(m), m["nve_failed_step"] is None and abs(drift) < MAX_NVE_DRIFT),
-        (
-            "RDF",
-            f"MAE vs teacher {_num(rdf_d, '.3f')} (limit {MAX_RDF_MAE:g})",
-            rdf_d is not None and rdf_d <= MAX_RDF_MAE,
-        ),
-        (
-            "VDOS",
-            f"overlap with teacher {_num(vdos_o, '.2f') if vdos_o is not None else _NO_VDOS} "
-            f"(needs ≥ {MIN_VDOS_OVERLAP:g})",
-            vdos_o is not None and vdos_o >= MIN_VDOS_OVERLAP,
-        ),
-    ]
+SYMBOL = {PASSED: "✓", FAILED: "✗", UNMEASURABLE: "–"}
 
 
-def _drift_text(m: dict) -> str:
-    if m["nve_failed_step"] is not None:
-        return f"not measured: the NVE run failed its stability check at step {m['nve_failed_step']}"
-    return f"|{_num(m['nve_drift_meV_per_atom_per_ps'])}| meV/atom/ps (limit {MAX_NVE_DRIFT:g})"
-
-
-_NO_VDOS = f"not measured (an NVE run, the student's or the teacher's, failed or was under {MIN_VDOS_FS:g} fs)"
+def student_checks(m: dict) -> list[dict]:
+    """The MD checks of one student: against the teacher's runs when the report has them."""
+    return m.get("checks") or md_checks(m, None)
 
 
 def verdict(models: dict) -> str:
-    """ "fit for MD" only when every criterion holds; otherwise the ones that failed, by name."""
+    """ "fit for MD" only when every check passed; otherwise what failed and what this budget could not
+    measure, by name, each check with its value, uncertainty and limit."""
     lines = []
     for name, m in models.items():
         if m["role"] == "teacher":
             continue
-        checks = criteria(m)
-        failed = [c for c, _, ok in checks if not ok]
-        head = "fit for MD here" if not failed else f"NOT fit for MD: {', '.join(failed)} failed"
-        detail = "; ".join(f"{c} {'✓' if ok else '✗'} {v}" for c, v, ok in checks)
+        checks = student_checks(m)
+        failed = [c["name"] for c in checks if c["status"] == FAILED]
+        unmeasured = [c["name"] for c in checks if c["status"] == UNMEASURABLE]
+        if failed:
+            head = f"NOT fit for MD: {', '.join(failed)} failed"
+        elif unmeasured:
+            head = f"no check failed; not measurable in this budget: {', '.join(unmeasured)}"
+        else:
+            head = "fit for MD here"
+        detail = "; ".join(f"{c['name']} {SYMBOL[c['status']]} {c['text']}" for c in checks)
         speed = f"{m['speedup_vs_teacher']:.1f}× the teacher's speed per force call"
         lines.append(f"- **{name}**: {head}. {detail}. {speed}.")
+    return "\n".join(lines)
+
+
+def in_words(models: dict) -> str:
+    """What the MD checks established and what they did not, a line per student, for a chemist in a hurry."""
+    lines = []
+    for name, m in models.items():
+        if m["role"] == "teacher":
+            continue
+        by_status = {status: [c["name"] for c in student_checks(m) if c["status"] == status] for status in SYMBOL}
+        parts = [f"established: {', '.join(by_status[PASSED]) or 'nothing'}"]
+        if by_status[FAILED]:
+            parts.append(f"failed: {', '.join(by_status[FAILED])}")
+        if by_status[UNMEASURABLE]:
+            unknown = ", ".join(by_status[UNMEASURABLE])
+            parts.append(f"not established (the teacher's reference run is too short to tell): {unknown}")
+        lines.append(f"{name}: " + "; ".join(parts) + ".")
     return "\n".join(lines)
 
 
@@ -206,7 +205,9 @@ def method_notes(models: dict, profile) -> str:
     lines.append(f"- Wall time: timing of all models {first['wall_s']['speed_all_models']:.0f} s; {walls}.")
     lines.append(
         f"- Verdict thresholds: all NVT runs stable, |NVE drift| < {MAX_NVE_DRIFT:g} meV/atom/ps, "
-        f"RDF MAE ≤ {MAX_RDF_MAE:g}, VDOS overlap ≥ {MIN_VDOS_OVERLAP:g}."
+        f"RDF MAE ≤ {MAX_RDF_MAE:g}, VDOS overlap ≥ {MIN_VDOS_OVERLAP:g}; a check passes within its limit plus "
+        "twice its combined uncertainty (half-run estimates), and is not measurable when the teacher's own "
+        "uncertainty exceeds half the limit."
     )
     return "\n".join(lines)
 

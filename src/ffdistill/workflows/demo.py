@@ -229,6 +229,7 @@ def _teacher_cost(store: LabelStore, plan: DemoPlan) -> dict:
 
 def format_table(metrics: dict) -> str:
     from ffdistill.evaluate.report import markdown_tables, verdict
+    from ffdistill.evaluate.tables import in_words
 
     cost = metrics["teacher_cost"]
     return (
@@ -238,6 +239,8 @@ def format_table(metrics: dict) -> str:
         + f"\nteacher cost of the training labels: {cost['undistilled_teacher_force_calls']} force calls (undistilled);"
         + f" the same plus {cost['distilled_extra_hessian_row_vjps']} Hessian-row VJPs (distilled)"
         + f"\n\n{verdict(metrics['models'])}"
+        + "\n\nIn short (MD checks against the teacher's own runs at the same temperature, time step and thermostat):"
+        + f"\n{in_words(metrics['models'])}"
     )
 
 
