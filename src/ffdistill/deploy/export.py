@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import shutil
+import warnings
 
 import torch
 from ase.build import bulk
@@ -78,7 +79,9 @@ def export_student(student_path: str, output: str, format: str = "torchscript") 
     example = _example_graph(student)
     wrapper = (_DirectForcesOfOneStructure if student.capabilities.direct else _EnergyOfOneStructure)(student).eval()
     inputs = (example.Z, example.R, example.cell[0], example.edge_index, example.shifts)
-    with torch.jit.optimized_execution(False):
+    with torch.jit.optimized_execution(False), warnings.catch_warnings():
+        # one structure per call by construction: the structure count the tracer records as a constant is 1
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(wrapper, inputs, check_trace=False)
     meta = {
         "cutoff": student.cutoff,

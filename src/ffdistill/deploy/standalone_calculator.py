@@ -39,10 +39,14 @@ class ExportedStudent(Calculator):
             torch.tensor(np.stack([i[order], j[order]]), dtype=torch.long),
             torch.tensor(S[order], dtype=torch.float32),
         )
-        if self.direct:
-            with torch.no_grad():
-                energy, forces = self.model(*inputs)
-        else:
-            energy = self.model(*inputs)
-            forces = -torch.autograd.grad(energy, R)[0]
-        self.results = {"energy": float(energy), "free_energy": float(energy), "forces": forces.double().numpy()}
+        # The profiling executor specialises a traced graph after its first call, and the specialised graph's
+        # backward fails on the next one ("tensor does not have a device"): run it unoptimised, as traced.
+        with torch.jit.optimized_execution(False):
+            if self.direct:
+                with torch.no_grad():
+                    energy, forces = self.model(*inputs)
+            else:
+                energy = self.model(*inputs)
+                forces = -torch.autograd.grad(energy, R)[0]
+        energy = float(energy.detach())
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces.detach().double().numpy()}
