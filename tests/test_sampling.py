@@ -77,6 +77,8 @@ def test_kept_frames_carry_their_momenta_and_kinetic_temperature_with_3n_minus_3
     for atoms in frames:
         p, m = atoms.get_momenta(), atoms.get_masses()
         kinetic = sum(float(np.dot(p[i], p[i])) / (2 * m[i]) for i in range(len(atoms)))  # eV
+        total = p.sum(0)
+        kinetic -= float(np.dot(total, total)) / (2 * m.sum())  # the centre of mass's
         by_hand = 2 * kinetic / ((3 * len(atoms) - 3) * 8.617333262e-5)
         assert atoms.info["kinetic_temperature_K"] == pytest.approx(by_hand, rel=1e-6)
         assert atoms.info["burn_in_fs"] >= 20.0  # at least the 10 equilibration steps of 2 fs
@@ -108,3 +110,21 @@ def test_structure_names_with_a_prefix_remove_the_ambiguity():
     water = load_structure("molecule:H2O")
     assert not water.pbc.any() and water.get_chemical_formula() == molecule("H2O").get_chemical_formula()
     assert water.positions.min() >= 6.0 - 1e-9  # centred in 6 Å of vacuum
+
+
+def test_a_molecules_kinetic_temperature_counts_neither_its_drift_nor_its_tumbling():
+    from ase.build import molecule
+
+    from ffdistill.data.sampling import kinetic_temperature
+
+    water = molecule("H2O")
+    centred = water.positions - water.get_center_of_mass()
+    rigid = np.cross([0.01, -0.02, 0.015], centred) + [0.003, 0.0, -0.002]  # rotation plus translation, Å/fs-ish
+    water.set_velocities(rigid)
+    assert abs(kinetic_temperature(water)) < 1e-8
+    bend = np.zeros((3, 3))
+    bend[1], bend[2] = [0.0, 0.01, 0.0], [0.0, -0.01, 0.0]  # the hydrogens move apart symmetrically
+    bend[0] = -(bend[1] + bend[2]) * water.get_masses()[1] / water.get_masses()[0]  # momentum stays zero
+    water.set_velocities(rigid + bend)
+    internal = 0.5 * float((water.get_masses()[:, None] * bend**2).sum())  # eV (ASE units: amu Å² / (ASE time)²)
+    assert kinetic_temperature(water) == pytest.approx(2 * internal / (3 * 8.617333262e-5), rel=1e-6)

@@ -77,11 +77,27 @@ def load_structure(name_or_path: str) -> ase.Atoms:
 
 
 def kinetic_temperature(atoms: ase.Atoms) -> float:
-    """Kinetic temperature (K) with 3N − 3 degrees of freedom for a periodic cell (the centre of mass is fixed)
-    and 3N − 6 for a molecule (nor does it rotate)."""
-    n = len(atoms)
-    dof = 3 * n - 3 if atoms.pbc.any() else max(1, 3 * n - 6)
-    return 2.0 * atoms.get_kinetic_energy() / (dof * units.kB)
+    """Kinetic temperature (K) of the internal motion: 3N − 3 degrees of freedom for a periodic cell (the
+    centre of mass's kinetic energy removed) and 3N − 6 for a molecule (its rotation's removed as well,
+    ½ L·I⁻¹·L: a Langevin thermostat keeps a free molecule tumbling, and counting that energy against
+    3N − 6 would read ~(3N − 3)/(3N − 6) too hot)."""
+    n, masses, momenta = len(atoms), atoms.get_masses(), atoms.get_momenta()
+    kinetic = 0.5 * float((momenta**2 / masses[:, None]).sum()) - 0.5 * float(
+        (momenta.sum(0) ** 2).sum() / masses.sum()
+    )
+    if atoms.pbc.any():
+        return 2.0 * kinetic / ((3 * n - 3) * units.kB)
+    if n < 3:
+        return 2.0 * kinetic / (max(1, 3 * n - 5) * units.kB)
+    centred = atoms.positions - atoms.get_center_of_mass()
+    velocity_com = momenta.sum(0) / masses.sum()
+    angular = np.cross(centred, momenta - masses[:, None] * velocity_com).sum(0)
+    inertia = (
+        masses[:, None, None]
+        * ((centred**2).sum(1)[:, None, None] * np.eye(3) - centred[:, :, None] * centred[:, None, :])
+    ).sum(0)
+    kinetic -= 0.5 * float(angular @ np.linalg.pinv(inertia) @ angular)
+    return 2.0 * kinetic / ((3 * n - 6) * units.kB)
 
 
 def default_interval(timestep_fs: float) -> int:
