@@ -97,7 +97,8 @@ class TrainConfig:
     grad_clip: float = 10.0
     refit_references: bool = True  #: at each validation, refit per-element energies to the energy residuals
     seed: int = 0
-    device: str = "cpu"  #: cpu, cuda, cuda:K or auto; under data parallelism cuda is each rank's LOCAL_RANK GPU
+    #: auto (a GPU when there is one), cpu, cuda or cuda:K; under data parallelism cuda is each rank's LOCAL_RANK GPU
+    device: str = "auto"
     devices: int = 1  #: data-parallel processes on this node (gloo on CPU, NCCL on GPUs)
 
 
