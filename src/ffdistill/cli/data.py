@@ -64,8 +64,18 @@ def cmd_merge(args) -> None:
 
 def cmd_inspect(args) -> None:
     from ffdistill.data.labels import LabelStore
+    from ffdistill.errors import StoreError
 
-    summary = LabelStore(args.store).summary()
+    store = LabelStore(args.store)
+    if args.verify:
+        problems = store.verify()
+        if problems:
+            for line in problems[:-1]:
+                print(line)
+            raise StoreError(f"{args.store} is damaged: {problems[-1]} ({len(problems)} problem(s) listed)")
+        print(f"{args.store}: intact ({len(store)} frames; every array's checksum and every chunk file verified)")
+        return
+    summary = store.summary()
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -84,6 +94,13 @@ def cmd_inspect(args) -> None:
         f"created        {summary['created']} by ffdistill {summary['ffdistill_version']}",
     ]
     print("\n".join(lines))
+
+
+def cmd_migrate(args) -> None:
+    from ffdistill.data.labels import migrate_store
+
+    kept = migrate_store(args.store, progress=not args.quiet)
+    print(f"migrated {args.store} to the current format; the old store is kept at {kept}")
 
 
 def cmd_select(args) -> None:
@@ -112,7 +129,7 @@ def cmd_select(args) -> None:
 
 
 def add_parsers(sub) -> None:
-    """Register sample, label, merge, inspect, select."""
+    """Register sample, label, merge, inspect, migrate, select."""
     p = sub.add_parser("sample", help="sample configurations with the teacher (MD, rattle, strain)")
     p.add_argument("--teacher", default="sevenn")
     p.add_argument(
@@ -167,7 +184,14 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("inspect", help="summarise a label store")
     p.add_argument("store")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--verify", action="store_true", help="check every frame of every array and every chunk file; list the damage"
+    )
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("migrate", help="rewrite an older label store in the current format (checksums everywhere)")
+    p.add_argument("store", help="label store of an older format; kept beside the new one as STORE.formatN")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser(
         "select", help="keep the frames of structure files or ASE databases that match rules; pick a diverse subset"

@@ -13,6 +13,9 @@ Layout (F frames, A atoms in all, K rows in all, and ``HA = sum over rows of tha
     ref_energy (F,), ref_forces (A, 3)   the input file's own labels (e.g. DFT), NaN where it has none
     frame_index (F,)      position of each frame in the input file (shards hold every N-th frame)
     checksum (F,)         CRC32 of the frame's labels: a lost or damaged chunk is detected on read
+    checksums (F, C)      format 3: a CRC32 per frame of every per-frame array (``VERIFIED``, in that order),
+                          so ``verify`` names the damaged frame *and* array; every chunk is written, even
+                          one equal to the fill value, so a missing chunk file is damage, never zeros
 
 Crash safety: each frame (each batch of ``batch_size`` frames) is appended to every array, then the group
 attribute ``frames_done`` is rewritten (zarr writes each file atomically). Everything past ``frames_done``
@@ -23,8 +26,10 @@ is always whole.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
+import sys
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,7 +47,7 @@ from ffdistill.graph import AtomicGraph, from_ase
 from ffdistill.teachers.base import Teacher, TeacherLabels
 
 FORMAT = "ffdistill-labels"
-FORMAT_VERSION = 2  # 2: probes and group ids
+FORMAT_VERSION = 3  # 2: probes and group ids; 3: a checksum per frame of every array, every chunk written
 UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "hessian": "eV/Å²", "positions": "Å"}
 
 #: name -> (trailing shape, dtype, chunk length along axis 0)
@@ -67,6 +72,28 @@ ARRAYS = {
     "probe_products": ((3,), "float32", 262144),
     "group": ((), "int64", 4096),
 }
+#: Format 3: the arrays whose every frame's span has its own CRC32 (columns of ``checksums``, in this order).
+VERIFIED = (
+    "n_atoms",
+    "n_rows",
+    "energy",
+    "cell",
+    "pbc",
+    "stress",
+    "numbers",
+    "positions",
+    "forces",
+    "row_index",
+    "hessian",
+    "ref_energy",
+    "ref_forces",
+    "frame_index",
+    "n_probes",
+    "probe_vectors",
+    "probe_products",
+    "group",
+)
+ARRAYS["checksums"] = ((len(VERIFIED),), "int64", 4096)
 FRAME_ARRAYS = (
     "n_atoms",
     "n_rows",
@@ -79,6 +106,7 @@ FRAME_ARRAYS = (
     "frame_index",
     "n_probes",
     "group",
+    "checksums",
 )
 #: Arrays whose bytes each frame's checksum covers (a lost or damaged chunk reads back as fill values).
 CHECKED = ("energy", "cell", "positions", "forces", "row_index", "hessian", "probe_vectors", "probe_products", "group")
@@ -286,6 +314,8 @@ def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True)
     if os.path.exists(store_path):
         raise StoreError(f"{store_path} already exists; choose another output or delete it")
     shards = [LabelStore(p) for p in shard_paths]
+    for shard in shards:
+        shard.check_intact()
     first = shards[0].attrs
     for s in shards:
         for field in (
@@ -318,16 +348,52 @@ def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True)
     return _finish(group, partial, store_path)
 
 
+def migrate_store(path: str, progress: bool = True) -> str:
+    """Rewrite an older label store as format 3 (a checksum per frame of every array, every chunk written): the
+    new store is built beside it and swapped in whole; the old one is kept as ``PATH.format2``. Returns that."""
+    import zarr
+
+    old = LabelStore(path)
+    if old.v3:
+        raise StoreError(f"{path} is already of format {FORMAT_VERSION}")
+    old.check_intact()  # its own (narrower) checksums first: never carry damage into checksummed arrays
+    kept, partial = f"{path}.format{old.attrs.get('format_version', 1)}", f"{path}.migrating.partial"
+    if os.path.exists(kept):
+        raise StoreError(f"{kept} already exists; move it away first")
+    shutil.rmtree(partial, ignore_errors=True)  # migrating is cheap: start over rather than resume
+    attrs = {k: v for k, v in old.attrs.items() if k not in ("format_version", "frames_done", "complete")}
+    group = zarr.open_group(partial, mode="w")
+    zarr.config.set({"array.write_empty_chunks": True})
+    for name, (shape, dtype, chunk) in ARRAYS.items():
+        group.create_array(name, shape=(0, *shape), dtype=dtype, chunks=(chunk, *shape))
+    group.attrs.update({**attrs, "format_version": FORMAT_VERSION, "frames_done": 0, "complete": False})
+    for i in tqdm(range(len(old)), desc="migrating", unit="frame", disable=not progress):
+        values = old.raw_frame(i)
+        if not old.v2:  # format 1: no probes, groups from blocks of the frame index
+            values.update(n_probes=np.array([0]), probe_vectors=np.zeros((0, 3)), probe_products=np.zeros((0, 3)))
+            values["group"] = np.array([int(values["frame_index"][0]) // DEFAULT_GROUP_SIZE])
+        _append_values(group, values)
+        group.attrs["frames_done"] = i + 1
+    group.attrs["complete"] = True
+    os.replace(path, kept)
+    os.replace(partial, path)
+    return kept
+
+
 def _open_partial(partial: str, request: LabelRequest, input_path: str, n_frames: int):
     import zarr
 
     _check_writable(os.path.dirname(os.path.abspath(partial)))
+    zarr.config.set({"array.write_empty_chunks": True})  # a missing chunk is then damage, never zeros
     if os.path.exists(partial):
         group = zarr.open_group(partial, mode="r+")
         _check_same_request(group, request, partial)
+        if "checksums" not in group:
+            raise StoreError(f"cannot resume {partial}: it is of an older format; delete it and label again")
         _truncate_to_committed(group)
         return group
     group = zarr.open_group(partial, mode="w")
+    zarr.config.set({"array.write_empty_chunks": True})  # a chunk equal to the fill value is written too
     for name, (shape, dtype, chunk) in ARRAYS.items():
         group.create_array(name, shape=(0, *shape), dtype=dtype, chunks=(chunk, *shape))
     group.attrs.update(
@@ -412,10 +478,20 @@ def frame_values(atoms: ase.Atoms, labels: TeacherLabels, index: int, group: int
     }
     values = {k: np.asarray(v, dtype=ARRAYS[k][1]) for k, v in values.items()}
     values["checksum"] = np.array([frame_checksum(values)])
+    values["checksums"] = array_checksums(values)[None]
     return values
 
 
+def array_checksums(values: dict[str, np.ndarray]) -> np.ndarray:
+    """(C,) CRC32 of each of one frame's arrays (``VERIFIED``), as stored."""
+    return np.array(
+        [zlib.crc32(np.ascontiguousarray(values[name], dtype=ARRAYS[name][1]).tobytes()) for name in VERIFIED]
+    )
+
+
 def _append_values(group, values: dict[str, np.ndarray]) -> None:
+    if "checksums" not in values:  # a frame of a format-2 store, merged or migrated into format 3
+        values = {**values, "checksums": array_checksums(values)[None]}
     for name, value in values.items():
         if name not in group:  # node_features: its width is known only once the teacher has run
             group.create_array(name, shape=(0, value.shape[1]), dtype="float32", chunks=(65536, value.shape[1]))
@@ -439,6 +515,10 @@ def _reference_labels(atoms: ase.Atoms) -> tuple[float, np.ndarray]:
         np.asarray(results["forces"], dtype=np.float64) if "forces" in results else np.full((len(atoms), 3), np.nan)
     )
     return energy, forces
+
+
+#: stores already told to be of an older format (the note is printed once per path and process)
+_NOTED: set[str] = set()
 
 
 class LabelStore:
@@ -478,6 +558,15 @@ class LabelStore:
         self.row_start = np.concatenate([[0], np.cumsum(self.n_rows)])
         self.hess_start = np.concatenate([[0], np.cumsum(self.n_rows * self.n_atoms)])
         self.v2 = "n_probes" in self.group  # format 2: probes and group ids
+        self.v3 = "checksums" in self.group  # format 3: a checksum per frame of every array
+        if not self.v3 and self.path not in _NOTED:
+            _NOTED.add(self.path)
+            print(
+                f"note: {self.path} is a format-{self.attrs.get('format_version', 1)} label store, read-only; its "
+                f"numbers, pbc, stress and reference labels carry no checksum: ffdistill migrate {self.path} "
+                "upgrades it",
+                file=sys.stderr,
+            )
         self.n_probes = self.group["n_probes"][:] if self.v2 else np.zeros_like(self.n_rows)
         self.probe_start = np.concatenate([[0], np.cumsum(self.n_probes * self.n_atoms)])
         expected = {"numbers": self.atom_start[-1], "row_index": self.row_start[-1], "hessian": self.hess_start[-1]}
@@ -537,20 +626,59 @@ class LabelStore:
     def raw_frame(self, i: int) -> dict[str, np.ndarray]:
         """Frame ``i`` exactly as stored, array by array (checksum verified)."""
         self.frame(i)  # verifies the checksum
-        g, a = self.group, slice(self.atom_start[i], self.atom_start[i + 1])
-        r, h = slice(self.row_start[i], self.row_start[i + 1]), slice(self.hess_start[i], self.hess_start[i + 1])
-        p = slice(self.probe_start[i], self.probe_start[i + 1])
-        spans = {
-            "numbers": a,
-            "positions": a,
-            "forces": a,
-            "ref_forces": a,
-            "node_features": a,
-            "row_index": r,
-            "hessian": h,
-        }
-        spans.update(probe_vectors=p, probe_products=p)
-        return {name: g[name][spans.get(name, slice(i, i + 1))] for name in self.array_names()}
+        starts = self.starts()
+        return {name: self.group[name][starts[name][i] : starts[name][i + 1]] for name in self.array_names()}
+
+    def starts(self) -> dict[str, np.ndarray]:
+        """(F + 1,) offsets of every frame's span in each array (``array[s[i]:s[i + 1]]`` is frame i's)."""
+        frames = np.arange(len(self) + 1)
+        spans = {"row_index": self.row_start, "hessian": self.hess_start}
+        spans.update({name: self.atom_start for name in ATOM_ARRAYS + ("node_features",)})
+        spans.update(probe_vectors=self.probe_start, probe_products=self.probe_start)
+        return {name: spans.get(name, frames) for name in self.array_names()}
+
+    def verify(self, block: int = 1024) -> list[str]:
+        """Every problem found, one line each: chunk files missing, and (format 3) each frame whose span of an
+        array no longer matches its checksum, naming the frame and the arrays; [] for an intact store. Format-2
+        stores are checked by their per-frame checksum, which covers fewer arrays."""
+        problems = [line for name in self.array_names() for line in self._missing_chunks(name)]
+        starts = self.starts()
+        names = VERIFIED if self.v3 else tuple(n for n in CHECKED if n in self.group)
+        sums = self.group["checksums"][:] if self.v3 else self.group["checksum"][:]
+        for f0 in range(0, len(self), block):
+            f1 = min(len(self), f0 + block)
+            data = {n: self.group[n][starts[n][f0] : starts[n][f1]] for n in names}
+            for i in range(f0, f1):
+                parts = {n: data[n][starts[n][i] - starts[n][f0] : starts[n][i + 1] - starts[n][f0]] for n in names}
+                if self.v3:
+                    bad = [n for n, crc, want in zip(names, array_checksums(parts), sums[i]) if crc != want]
+                else:
+                    bad = [] if frame_checksum(parts) == sums[i] else ["one of " + ", ".join(names)]
+                if bad:
+                    problems.append(f"frame {i}: {', '.join(bad)} damaged")
+        return problems
+
+    def _missing_chunks(self, name: str) -> list[str]:
+        """Chunk files of array ``name`` that are not on disk (zarr would read them as fill values)."""
+        array = self.group[name]
+        chunk = array.chunks[0]
+        expected = math.ceil(array.shape[0] / chunk) if array.shape[0] else 0
+        trailing = ["0"] * (array.ndim - 1)
+        missing = [
+            c for c in range(expected) if not os.path.exists(os.path.join(self.path, name, "c", str(c), *trailing))
+        ]
+        return [
+            f"array {name}: chunk {c} (entries {c * chunk}–{min(array.shape[0], (c + 1) * chunk) - 1}) missing"
+            for c in missing
+        ]
+
+    def check_intact(self) -> None:
+        """Refuse a damaged store in one line naming the first damaged frame or chunk (``ffdistill inspect
+        --verify`` lists them all)."""
+        problems = self.verify()
+        if problems:
+            more = f" and {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""
+            raise StoreError(f"{self.path} is damaged: {problems[0]}{more} (ffdistill inspect --verify lists them)")
 
     def array_names(self) -> list[str]:
         return [n for n in ARRAYS if n in self.group] + (["node_features"] if "node_features" in self.group else [])

@@ -118,6 +118,7 @@ def load_test_set(data: str, teacher=None, indices: Sequence[int] | None = None,
 
 def store_test_set(store, indices: Sequence[int] | None = None, reference: bool = True) -> TestSet:
     """Frames ``indices`` of an open ``LabelStore``; their reference labels are used when present."""
+    store.check_intact()  # scored frames must be the stored ones: a damaged store is refused, naming the frame
     indices = list(range(len(store))) if indices is None else list(indices)
     # The radius only shapes the throw-away graph here; each model rebuilds its own.
     graphs = [store.graph(i, cutoff=1.0, dtype=torch.float64, reference=reference) for i in indices]

@@ -152,6 +152,7 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
         distributed.spawn(train_from_config, config.train.devices, backend, config, resume, progress)
         return _result_on_disk(config.output)
     store = LabelStore(config.data.store)
+    store.check_intact()  # a damaged store is refused before any work, naming the frame and the array
     d = config.data
     train_idx, val_idx, _ = split_indices(store.groups(), d.val_fraction, d.test_fraction, d.split_seed)
     train_idx = train_idx[: d.n_train] if d.n_train else train_idx

@@ -1,0 +1,116 @@
+"""Format 3 label stores: every array of every frame is checksummed and every chunk written, so
+``inspect --verify`` names a deleted or altered chunk of any array, and train refuses a damaged store."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from conftest import write_frames
+
+from ffdistill.cli import main
+from ffdistill.data.labels import VERIFIED, LabelStore, label_file
+from ffdistill.teachers import load_teacher
+
+#: arrays whose values give every frame's span: altering them changes where frames start (caught on opening)
+INDEX = {"n_atoms", "n_rows", "n_probes"}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("integrity")
+    frames = write_frames(folder / "f.extxyz", n=3)
+    label_file(load_teacher("morse"), frames, str(folder / "s.zarr"), rows=2, probes=1, progress=False)
+    return str(folder / "s.zarr")
+
+
+@pytest.fixture
+def store(pristine, tmp_path):
+    path = str(tmp_path / "s.zarr")
+    shutil.copytree(pristine, path)
+    return path
+
+
+def _verify(path, capsys):
+    code = main(["inspect", path, "--verify"])
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_an_intact_store_verifies(store, capsys):
+    code, text = _verify(store, capsys)
+    assert code == 0 and "intact" in text
+
+
+@pytest.mark.parametrize("name", [*VERIFIED, "checksums"])
+def test_a_deleted_chunk_of_any_array_is_named(store, capsys, name):
+    shutil.rmtree(os.path.join(store, name, "c"))
+    code, text = _verify(store, capsys)
+    assert code == 2 and (f"array {name}: chunk 0" in text or name in INDEX and "corrupt" in text), text
+
+
+@pytest.mark.parametrize("name", [*VERIFIED, "checksums"])
+def test_an_altered_value_of_any_array_is_named_with_its_frame(store, capsys, name):
+    array = zarr.open_group(store, mode="r+")[name]
+    values = array[:]
+    if values.dtype == bool:
+        values[-1] = ~values[-1]
+    elif values.dtype.kind == "f":
+        values[-1] = np.where(np.isnan(values[-1]), 0.5, values[-1] + 1)  # reference labels are NaN when absent
+    else:
+        values[-1] = values[-1] + 1
+    array[:] = values
+    code, text = _verify(store, capsys)
+    assert code == 2, text
+    if name in INDEX:
+        assert "corrupt" in text or "damaged" in text
+    elif name == "checksums":
+        assert "frame 2:" in text  # the last frame's recorded checksums no longer match its arrays
+    else:
+        last_frame = {"row_index", "hessian", "probe_vectors", "probe_products", "numbers", "positions", "forces"}
+        assert f"{name} damaged" in text and ("frame 2:" in text or name not in last_frame), text
+
+
+def test_training_refuses_a_damaged_store_in_one_line_naming_the_frame(store, tmp_path, capsys):
+    shutil.rmtree(os.path.join(store, "forces", "c"))
+    argv = ["train", f"data.store={store}", f"output={tmp_path / 'run'}", "model.student=painn-tiny", "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "forces" in err and "damaged" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_molecules_all_false_pbc_chunk_is_written_and_its_loss_detected(tmp_path, capsys):
+    import ase.io
+    from ase.build import molecule
+
+    frames = []
+    for k in range(2):
+        atoms = molecule("H2O")
+        atoms.rattle(0.02, seed=k)
+        frames.append(atoms)
+    ase.io.write(tmp_path / "w.extxyz", frames)
+    path = str(tmp_path / "w.zarr")
+    label_file(load_teacher("morse"), str(tmp_path / "w.extxyz"), path, rows=1, progress=False)
+    assert not LabelStore(path).group["pbc"][:].any() and os.path.isdir(os.path.join(path, "pbc", "c"))
+    shutil.rmtree(os.path.join(path, "pbc", "c"))
+    code, text = _verify(path, capsys)
+    assert code == 2 and "array pbc: chunk 0" in text
+
+
+def test_an_older_store_loads_with_a_note_and_migrates_to_the_same_frames(store, capsys):
+    group = zarr.open_group(store, mode="r+")
+    del group["checksums"]  # what a format-2 store looks like
+    group.attrs["format_version"] = 2
+    old = LabelStore(store)
+    assert "ffdistill migrate" in capsys.readouterr().err and not old.v3
+    before = [old.raw_frame(i) for i in range(len(old))]
+    assert main(["migrate", store, "-q"]) == 0
+    new = LabelStore(store)
+    assert new.v3 and new.attrs["format_version"] == 3 and os.path.isdir(store + ".format2")
+    assert new.verify() == []
+    for i, frame in enumerate(before):
+        after = new.raw_frame(i)
+        for name, value in frame.items():
+            np.testing.assert_array_equal(after[name], value, err_msg=name)
