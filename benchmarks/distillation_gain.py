@@ -1,5 +1,10 @@
 """Does Hessian distillation give a better student for the same teacher budget? (not run in CI)
 
+Which trajectory served which choice: its held-out trajectory (seed 1000, 750 K) is the one on which the
+earlier demo plan and the 600-step tables were chosen, so its numbers are not a once-scored held-out result
+(docs' Results page). ``benchmarks/gain_defaults.py`` is the benchmark of the shipped defaults, with a ledger
+of the held-out seeds it has scored.
+
 For one system: teacher MD frames plus rattled/strained copies (grouped: an MD block and its copies never
 straddle a split), labelled once with E, F, K one-hot Hessian rows and K random-probe products H·v; a
 held-out trajectory of its own (own seed and temperature). Then, per student preset, training-set size
