@@ -280,7 +280,8 @@ def train(
     paths = RunPaths(run_dir)
     if resume:
         state = _load_checkpoint(paths.checkpoint, model, ema, optimizer, loss, plateau)
-    bar = tqdm(total=ceiling, initial=state.step, desc=os.path.basename(run_dir), unit="step", disable=not progress)
+    # No total: the stopping rule, not the ceiling, ends most runs, and a bar towards 100,000 steps would mislead.
+    bar = tqdm(initial=state.step, desc=os.path.basename(run_dir), unit="step", disable=not progress)
     sums, first_step = {}, state.step  # the training terms recorded at a validation: means since the last one
     while not state.stop_reason:
         plan = loaders.train.batch_sampler
