@@ -240,7 +240,11 @@ def test_evaluate_report_numbers_equal_ase_vibrations_and_errors_recomputed_by_h
         assert os.path.getsize(out / name) > 0
     report = (out / "report.md").read_text()
     assert "Verdict" in report and "| teacher | reference | reference |" in report
-    assert "bond change > 0.5 Å or |F| > 50 eV/Å, checked every step" in report and "(limit 1)" in report
+    assert (
+        "a bond more than 0.5 Å from the median start length of its kind, or |F| > 50 eV/Å, checked every step"
+        in report
+    )
+    assert "(limit 1)" in report
 
 
 def test_teacher_error_is_measured_against_reference_labels(emt_teacher, tmp_path):
@@ -330,3 +334,28 @@ def test_md_checks_pass_within_the_limit_plus_twice_the_uncertainty_worked_out_b
         assert "no check failed; not measurable in this budget: RDF" in text and "NOT" not in text
         assert "not established" in in_words({"s": student}) and "RDF" in in_words({"s": student})
     assert "(limit 1)" in text and "(limit 0.1" in text  # every threshold shown with its value
+
+
+def test_a_stretched_bond_of_a_hot_start_relaxing_is_no_blowup_but_a_broken_one_is():
+    from ase.build import bulk
+    from ase.calculators.calculator import Calculator, all_changes
+
+    from ffdistill.evaluate.md import Blowup, StabilityMonitor
+
+    class Flat(Calculator):  # no forces: only the bond criterion can fire
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            self.results = {"energy": 0.0, "forces": np.zeros((len(self.atoms), 3))}
+
+    atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+    atoms.calc = Flat()
+    ideal = atoms.positions.copy()
+    atoms.positions[0] += [0.25, 0.25, 0.25]  # a hot start: atom 0's bonds stretched or squeezed by ~0.4 Å
+    monitor = StabilityMonitor(atoms)
+    atoms.positions = ideal  # it relaxes back to the lattice: every bond within 0.5 Å of the typical length
+    monitor.check(1)
+    atoms.positions[0] += [0.6, 0.6, 0.6]  # now torn ~1 Å out of its site
+    with pytest.raises(Blowup, match="bond"):
+        monitor.check(2)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ffdistill.evaluate.observables import rdf_mae, vdos_overlap
 
 #: |NVE drift| allowed, meV/atom/ps
@@ -23,6 +25,8 @@ MAX_NVE_DRIFT = 1.0
 MAX_RDF_MAE = 0.1
 #: least VDOS overlap with the teacher's (1: identical spectra)
 MIN_VDOS_OVERLAP = 0.8
+#: a spectrum compared in fewer resolution bins than this across its band says nothing
+MIN_VDOS_BINS = 5
 #: cm⁻¹ · fs: a run of T fs resolves frequencies 1 / (c T) apart
 CM1_FS = 1e15 / 2.99792458e10
 
@@ -66,22 +70,37 @@ def drift_check(m: dict) -> dict:
     return check("NVE drift", drift, 0.0, u, None, MAX_NVE_DRIFT, abs(drift) - MAX_NVE_DRIFT, text)
 
 
+def unmeasurable(name: str, limit: float, why: str) -> dict:
+    """A check whose yardstick this budget did not provide: listed, never counted as a failure."""
+    return {**check(name, None, None, None, None, limit, math.inf, why), "status": UNMEASURABLE}
+
+
 def rdf_check(m: dict, ref: dict) -> dict:
-    if not (m.get("_rdf") and ref.get("_rdf")):
+    if not m.get("_rdf"):
         return check("RDF", None, None, None, None, MAX_RDF_MAE, math.inf, "no RDF (an NVT run failed)")
+    if not ref.get("_rdf_halves"):
+        return unmeasurable("RDF", MAX_RDF_MAE, "the teacher's NVT run gave too few frames for a yardstick")
     value = rdf_mae(m["_rdf"], ref["_rdf"])
     u_s, u_t = _half_rdf_u(m), _half_rdf_u(ref)
-    text = (
-        f"MAE vs teacher {value:.3f} ± {math.hypot(u_s or 0, u_t or 0):.3f} (limit {MAX_RDF_MAE:g}; teacher ±{u_t:.3f})"
-    )
+    u = math.hypot(u_s or 0, u_t or 0)
+    text = f"MAE vs teacher {value:.3f} ± {u:.3f} (limit {MAX_RDF_MAE:g}; the teacher's own ±{u_t:.3f})"
     return check("RDF", value, 0.0, u_s, u_t, MAX_RDF_MAE, value - MAX_RDF_MAE, text)
 
 
 def vdos_check(m: dict, ref: dict) -> dict:
     deficit_limit = 1 - MIN_VDOS_OVERLAP
-    if not (m.get("_vdos_halves") and ref.get("_vdos_halves")):
-        return check("VDOS", None, None, None, None, deficit_limit, math.inf, "no VDOS (an NVE run failed)")
+    if not m.get("_vdos_halves"):
+        return check("VDOS", None, None, None, None, deficit_limit, math.inf, "no VDOS (the NVE run failed)")
+    if not ref.get("_vdos_halves"):
+        return unmeasurable("VDOS", deficit_limit, "the teacher's NVE run is too short for a yardstick spectrum")
     width = max(m["vdos_resolution_cm1"], ref["vdos_resolution_cm1"])  # both resolve this, no finer
+    band = _band_top(ref["_vdos"])
+    if width > band / MIN_VDOS_BINS:
+        why = (
+            f"the NVE runs resolve {width:.0f} cm⁻¹, fewer than {MIN_VDOS_BINS} bins across the teacher's "
+            f"0–{band:.0f} cm⁻¹ spectrum"
+        )
+        return unmeasurable("VDOS", deficit_limit, why)
     value = vdos_overlap(m["_vdos"], ref["_vdos"], smooth_cm1=width)
     u_s, u_t = ((1 - vdos_overlap(*x["_vdos_halves"], smooth_cm1=width)) / 2 for x in (m, ref))
     text = (
@@ -89,6 +108,12 @@ def vdos_check(m: dict, ref: dict) -> dict:
         f"(needs ≥ {MIN_VDOS_OVERLAP:g}; teacher ±{u_t:.2f})"
     )
     return check("VDOS", value, 1.0, u_s, u_t, deficit_limit, (1 - value) - deficit_limit, text)
+
+
+def _band_top(result: dict) -> float:
+    """The wavenumber below which 99.9 % of a spectrum's weight lies."""
+    weight = np.cumsum(result["vdos"])
+    return float(result["frequency_cm1"][np.searchsorted(weight, 0.999 * weight[-1])])
 
 
 def _half_rdf_u(m: dict) -> float | None:

@@ -152,9 +152,9 @@ def copy_frames(sources: Sequence[tuple], path: str):
     group = _open_partial(path + ".partial", request, sources[0][0].path, sum(len(idx) for _, idx in sources))
     frames = _frames_with_group_offsets(sources)
     while chunk := list(itertools.islice(frames, COPY_CHUNK)):
-        values = [_regrouped(store.raw_frame(i), offset) for store, i, offset in chunk]
+        done = group.attrs["frames_done"]
+        values = [_regrouped(store.raw_frame(i), offset, done + k) for k, (store, i, offset) in enumerate(chunk)]
         joined = {name: np.concatenate([v[name] for v in values]) for name in values[0]}
-        joined["frame_index"] = group.attrs["frames_done"] + np.arange(len(chunk))
         _append_values(group, joined)  # one append per array and chunk: zarr round trips dominate otherwise
         group.attrs["frames_done"] = group.attrs["frames_done"] + len(chunk)
     return _finish(group, path + ".partial", path)
@@ -168,13 +168,16 @@ def _frames_with_group_offsets(sources: Sequence[tuple]):
         offset += int(store.groups().max(initial=-1)) + 1
 
 
-def _regrouped(values: dict, offset: int) -> dict:
-    """A copied frame with its group id moved by ``offset`` (its checksum covers the group)."""
-    from ffdistill.data.labels import frame_checksum
+def _regrouped(values: dict, offset: int, index: int) -> dict:
+    """A copied frame with its group id moved by ``offset`` and its position ``index`` in the new store, and
+    its checksums recomputed (they cover the group and the frame index)."""
+    from ffdistill.data.labels import array_checksums, frame_checksum
 
-    if offset and "group" in values:
+    if "group" in values:
         values["group"] = values["group"] + offset
-        values["checksum"] = np.array([frame_checksum(values)], dtype=values["checksum"].dtype)
+    values["frame_index"] = np.array([index], dtype=values["frame_index"].dtype)
+    values["checksum"] = np.array([frame_checksum(values)], dtype=values["checksum"].dtype)
+    values["checksums"] = array_checksums(values)[None]
     return values
 
 
