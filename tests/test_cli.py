@@ -153,3 +153,5 @@ def test_every_option_has_a_help_line_and_every_verb_an_example_that_parses():
         for action in verb_parser._actions:
             assert action.help, (verb, action.option_strings or action.dest)
         assert parser.parse_args(shlex.split(EXAMPLES[verb])[1:]).command == verb
+        page = os.path.join(os.path.dirname(__file__), "..", "docs", "cli", f"{verb}.md")
+        assert f":path: {verb}" in open(page).read()  # its reference page in the docs
