@@ -1,6 +1,7 @@
 """End to end through the command line, with the Morse toy teacher standing in for SevenNet."""
 
 import json
+import os
 
 import ase.io
 import numpy as np
