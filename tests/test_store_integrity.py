@@ -114,3 +114,24 @@ def test_an_older_store_loads_with_a_note_and_migrates_to_the_same_frames(store,
         after = new.raw_frame(i)
         for name, value in frame.items():
             np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
+def test_a_second_writer_is_refused_and_a_dead_writers_lock_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    from ffdistill.errors import StoreError
+
+    frames = write_frames(tmp_path / "f.extxyz", n=2)
+    out = str(tmp_path / "s.zarr")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "s.zarr.lock").write_text(str(sleeper.pid))  # a live process holds the store
+        with pytest.raises(StoreError, match=f"pid {sleeper.pid}"):
+            label_file(load_teacher("morse"), frames, out, rows=1, progress=False)
+        assert not os.path.exists(out + ".partial")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    label_file(load_teacher("morse"), frames, out, rows=1, progress=False)  # its process is gone: taken over
+    assert LabelStore(out).verify() == [] and not os.path.exists(out + ".lock")

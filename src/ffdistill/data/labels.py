@@ -235,14 +235,20 @@ def label_file(
     if missing:  # before any file is written
         symbols = ", ".join(ase.data.chemical_symbols[z] for z in missing)
         raise TeacherError(f"teacher {teacher.spec} does not cover element(s) {symbols} in {input_path}")
-    partial = store_path + ".partial"
+    job = _Job(input_path, rows, int(seed), int(probes), rule, node_features)
+    with WriterLock(store_path):  # one writer per store; a killed writer's lock is taken over
+        return _label_into(teacher, store_path, request, job, mine, n_total, elements, embeddings, batch_size, progress)
+
+
+def _label_into(teacher, store_path, request, job, mine, n_total, elements, embeddings, batch_size, progress):
+    """The labelling loop of ``label_file`` (under its writer lock): resume the partial store, label, finish."""
+    input_path, (index_in_shard, n_shards), partial = job.input_path, request.shard, store_path + ".partial"
     group = _open_partial(partial, request, input_path, len(mine))
     if embeddings is not None and "element_embeddings" not in group.attrs:
         group.attrs["element_embeddings"] = {str(z): embeddings[z].tolist() for z in sorted(elements)}
     done = int(group.attrs["frames_done"])
     start = mine[done] if done < len(mine) else n_total
     bar = tqdm(total=len(mine), initial=done, desc="labelling", unit="frame", disable=not progress)
-    job = _Job(input_path, rows, int(seed), int(probes), rule, node_features)
     pending: list = []
     for index, atoms in enumerate(iter_structures(input_path, start=start), start=start):
         if (index - index_in_shard) % n_shards:
@@ -301,6 +307,51 @@ def _commit(group, frames: list[dict[str, np.ndarray]]) -> None:
     for values in frames:
         _append_values(group, values)
     group.attrs["frames_done"] = group.attrs["frames_done"] + len(frames)
+
+
+class WriterLock:
+    """``PATH.lock`` holding the writer's pid while one process labels into ``PATH``: a second writer on the
+    same store is refused in one line; a lock whose process is gone (killed) is taken over."""
+
+    def __init__(self, store_path: str):
+        self.path = store_path + ".lock"
+
+    def __enter__(self):
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            owner = self._owner()
+            if owner is not None and _alive(owner):
+                raise StoreError(
+                    f"another process (pid {owner}) is writing {self.path[: -len('.lock')]}; wait for it, or "
+                    f"delete {self.path} if that process is not ffdistill"
+                ) from None
+            os.remove(self.path)  # stale: its writer was killed
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._owner() == os.getpid():
+            os.remove(self.path)
+
+    def _owner(self) -> int | None:
+        try:
+            with open(self.path) as handle:
+                return int(handle.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _finish(group, partial: str, store_path: str) -> LabelStore:
