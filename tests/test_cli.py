@@ -118,8 +118,8 @@ BAD_INPUTS = [
         ["sample", "--teacher", "morse", "--structure", "Unobtainium", "-o", "x.extxyz"],
         "neither a file nor a known structure",
     ),
-    (["md", "student.pt", "good.extxyz", "-o", "x.traj"], "not a readable student file"),
-    (["export", "student.pt", "-o", "x.pt"], "not a readable student file"),
+    (["md", "student.pt", "good.extxyz", "-o", "x.traj"], "not an ffdistill student file"),
+    (["export", "student.pt", "-o", "x.pt"], "not an ffdistill student file"),
     (
         ["evaluate", "student.pt", "--data", "nowhere.zarr", "--teacher", "morse", "-o", "ev"],
         "no such file|no label store|not a readable",

@@ -113,7 +113,7 @@ def test_student_refuses_unknown_elements_and_non_student_files(student, tmp_pat
     with pytest.raises(InputError, match="not trained on Si"):
         atoms.get_potential_energy()
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(InputError, match="not a readable student file"):
+    with pytest.raises(InputError, match="not an ffdistill student file"):
         load_student(str(tmp_path / "junk.pt"))
     torch.save({"a": np.float64(1.0).item()}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="not an ffdistill student"):
