@@ -245,3 +245,26 @@ def test_the_worker_forwards_trust_and_sends_no_pickles(monkeypatch):
 def _atoms_arrays(atoms, rows):
     _, arrays = worker_module.atoms_message(atoms)
     return {**arrays, "rows": np.asarray(rows, dtype=np.int64)}
+
+
+@pytest.mark.parametrize(
+    "payload, why",
+    [
+        (b"NOPE" + b"\0" * 4, "expected a message"),
+        (b"FFDW" + (1 << 30).to_bytes(4, "big"), "header of"),  # a 1 GiB header is never read
+        (b"FFDW" + (5).to_bytes(4, "big") + b"[1,2]", "list of at most"),
+        (b"FFDW" + (31).to_bytes(4, "big") + b'{"arrays": [["x", -1]], "a": 1}', "array entry"),
+        (b"FFDW" + (40).to_bytes(4, "big") + b'{"arrays": [["x", 99999999999]], "a": 1}', "array entry"),
+    ],
+)
+def test_the_protocol_refuses_what_a_peer_may_not_send(payload, why):
+    import io
+
+    from ffdistill.teachers.worker import MAGIC, ProtocolError, read_message
+
+    payload = payload.replace(b"FFDW", MAGIC)
+    header = payload[8:]
+    if payload[:4] == MAGIC and int.from_bytes(payload[4:8], "big") < (1 << 20):  # lengths as sent
+        payload = MAGIC + len(header).to_bytes(4, "big") + header
+    with pytest.raises(ProtocolError, match=why):
+        read_message(io.BytesIO(payload))

@@ -64,6 +64,15 @@ class ProtocolError(Exception):
     """Bytes on the pipe that are not a message of this protocol."""
 
 
+#: Bounds on what a peer may send: a header is a small JSON object; an array is at most a full Hessian of a
+#: large cell (3N × 3N float64 for N = 20,000 atoms is 29 GB: far beyond; 4 GiB covers any labelling request).
+MAX_HEADER_BYTES = 1 << 20
+MAX_ARRAY_BYTES = 4 << 30
+MAX_ARRAYS = 64
+#: dtypes a worker may announce for its teacher
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
 # --------------------------------------------------------------------------------------------- framing
 
 
@@ -84,10 +93,25 @@ def read_message(stream) -> tuple[dict, dict]:
     prefix = _read_exactly(stream, 8)
     if prefix[:4] != MAGIC:
         raise ProtocolError(f"expected a message, got bytes {prefix!r}")
-    header = json.loads(_read_exactly(stream, struct.unpack(">I", prefix[4:])[0]))
+    length = struct.unpack(">I", prefix[4:])[0]
+    if length > MAX_HEADER_BYTES:
+        raise ProtocolError(f"a header of {length} bytes (at most {MAX_HEADER_BYTES})")
+    try:
+        header = json.loads(_read_exactly(stream, length))
+        listed = header.pop("arrays", []) if isinstance(header, dict) else None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ProtocolError(f"a header that is not JSON ({error})") from error
+    if not isinstance(listed, list) or len(listed) > MAX_ARRAYS:
+        raise ProtocolError("a header without a list of at most 64 arrays")
     arrays = {}
-    for name, size in header.pop("arrays", []):
-        arrays[name] = np.load(io.BytesIO(_read_exactly(stream, int(size))), allow_pickle=False)
+    for entry in listed:
+        name, size = entry if isinstance(entry, list) and len(entry) == 2 else (None, -1)
+        if not isinstance(name, str) or not isinstance(size, int) or not 0 <= size <= MAX_ARRAY_BYTES:
+            raise ProtocolError(f"an array entry {entry!r} (a name and 0 to {MAX_ARRAY_BYTES} bytes)")
+        try:
+            arrays[name] = np.load(io.BytesIO(_read_exactly(stream, size)), allow_pickle=False)
+        except ValueError as error:
+            raise ProtocolError(f"array {name!r} is not an .npy array without objects ({error})") from error
     return header, arrays
 
 
@@ -186,7 +210,11 @@ class WorkerTeacher(Teacher):
             raise TeacherError(f"teacher worker {self.python} speaks protocol {ready.get('protocol')}, not {PROTOCOL}")
         self.spec, self.version, self.cutoff = ready["spec"], ready["version"], float(ready["cutoff"])
         self.elements = None if ready["elements"] is None else frozenset(ready["elements"])
-        self.dtype = getattr(torch, ready["dtype"])
+        if ready.get("dtype") not in DTYPES:
+            raise TeacherError(
+                f"teacher worker {self.python} announced dtype {ready.get('dtype')!r}, not one of {', '.join(DTYPES)}"
+            )
+        self.dtype = DTYPES[ready["dtype"]]
         self.remote_ffdistill = ready.get("ffdistill_version")
 
     def _request(self, header: dict, arrays: dict | None = None) -> tuple[dict, dict]:
