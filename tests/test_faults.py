@@ -106,3 +106,10 @@ def test_distill_without_a_teacher_is_refused_by_the_parser(files, tmp_path, cap
     assert main(["distill", f"data.store={files}/none.zarr", f"output={tmp_path / 'out'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--teacher" in err and err.count("\n") == 0
+
+
+def test_debug_adds_the_traceback_after_the_one_line(files, tmp_path, capsys):
+    argv = ["label", f"{files}/og.extxyz", "--teacher", "morse", "-o", str(tmp_path / "o"), "-q"]
+    assert main([*argv, "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ffdistill label: error:") and "Traceback (most recent call last)" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 import warnings
 
 from ffdistill.cli.common import explain
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     for p in sub.choices.values():
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--debug", action="store_true", help="on an error, show the traceback after the one line")
     explain(sub)
     return parser
 
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except FFDistillError as error:
         print(f"ffdistill {args.command}: error: {error}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
         return 2
     except KeyboardInterrupt:
         print(f"ffdistill {args.command}: interrupted; re-run the same command to continue", file=sys.stderr)
