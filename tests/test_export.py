@@ -66,3 +66,19 @@ def test_exported_student_matches_the_original_without_ffdistill(tmp_path):
             1.0, np.abs(forces).max()
         )
         assert np.abs(forces).max() > 1e-3  # a real comparison, not zeros against zeros
+
+
+def test_inspect_says_in_one_line_what_a_student_file_and_an_export_are(tmp_path, capsys):
+    student = build_student("painn-tiny", [8, 1], cutoff=3.5)
+    path = str(tmp_path / "best.pt")
+    save_student(student, path)
+    assert main(["inspect", path]) == 0
+    line = capsys.readouterr().out.strip()
+    count = sum(p.numel() for p in student.parameters())
+    assert line.count("\n") == 0 and f"{count} parameters" in line and "elements [1, 8]" in line
+    assert "cutoff 3.5 Å" in line and "weights_only=True" in line
+    assert main(["export", path, "-o", str(tmp_path / "ts.pt"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "ts.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "TorchScript export" in out and "a program" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 
@@ -90,6 +91,30 @@ def load_student(path: str):
     model = ARCHITECTURES[payload["arch"]](**payload["constructor"])
     model.load_state_dict(payload["state_dict"])
     return model.eval()
+
+
+def describe_file(path: str) -> str:
+    """One line saying what a student file (or a TorchScript export) is and what it needs to run."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            extra = [n for n in archive.namelist() if n.endswith("extra/ffdistill.json")]
+            if extra:
+                meta = json.loads(archive.read(extra[0]))
+                return (
+                    f"{path}: a TorchScript export of an ffdistill student (a program: load only files you trust), "
+                    f"elements {meta['elements']}, cutoff {meta['cutoff']:g} Å, forces by {meta['forces']}; runs "
+                    "with torch, numpy and ASE through standalone_calculator.py, without ffdistill"
+                )
+    student = load_student(path)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    meta = payload.get("metadata", {})
+    val = meta.get("val", {}).get("force_mae_meV_per_A")
+    trained = f", saved at step {meta['step']} (validation force MAE {val:.1f} meV/Å)" if "step" in meta and val else ""
+    return (
+        f"{path}: an ffdistill student (plain data, loads with torch.load(weights_only=True)), {student.arch}, "
+        f"{student.n_parameters()} parameters, elements {student.elements}, cutoff {student.cutoff:g} Å{trained}; "
+        f"needs ffdistill {payload.get('ffdistill_version', '?')} or later"
+    )
 
 
 def load_calculator(path: str, device: str | torch.device = "cpu", **kwargs) -> PotentialCalculator:

@@ -56,7 +56,6 @@ HELP = {
     ("sample", "--output"): "extxyz file to write (atomically)",
     ("merge", "shards"): "the shard stores of one labelling job",
     ("merge", "--output"): "label store to write (a zarr directory)",
-    ("inspect", "store"): "label store (a zarr directory)",
     ("inspect", "--json"): "print the summary as JSON",
     ("migrate", "store"): "label store of an older format",
     ("select", "--max-atoms"): "skip structures with more atoms than this",

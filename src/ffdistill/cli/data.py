@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from ffdistill.cli.common import _describe_rule, _device, _positive, _rows, _shard
 
@@ -66,6 +67,11 @@ def cmd_inspect(args) -> None:
     from ffdistill.data.labels import LabelStore
     from ffdistill.errors import StoreError
 
+    if os.path.isfile(args.store):  # a student file or an export: what it is and what it needs
+        from ffdistill.calculator import describe_file
+
+        print(describe_file(args.store))
+        return
     store = LabelStore(args.store)
     if args.verify:
         problems = store.verify()
@@ -181,8 +187,8 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("inspect", help="summarise a label store")
-    p.add_argument("store")
+    p = sub.add_parser("inspect", help="summarise a label store, or say what a student file or export is")
+    p.add_argument("store", help="label store (a zarr directory), student file (best.pt) or TorchScript export")
     p.add_argument("--json", action="store_true")
     p.add_argument(
         "--verify", action="store_true", help="check every frame of every array and every chunk file; list the damage"
