@@ -22,11 +22,14 @@ def files(tmp_path_factory):
     nan = good.copy()
     nan.positions[1, 2] = np.nan
     ase.io.write(folder / "nan.extxyz", [good, nan])
+    ase.io.write(folder / "nan0.extxyz", [nan])
     og = good.copy()
     og.numbers[0] = 118
     ase.io.write(folder / "og.extxyz", [og])
     (folder / "notes.txt").write_text("hello\nthis is not a structure\n")
     (folder / "xy.xyz").write_text("2\n\nXy 0 0 0\nCu 1.8 0 0\n")
+    (folder / "huge.xyz").write_text("999999999\n\nCu 0 0 0\n")  # a count no file of 20 bytes can hold
+    (folder / "count.xyz").write_text("abc\n\nCu 0 0 0\n")
     (folder / "student.txt").write_text("not a student\n")
     save_student(build_student("painn-tiny", [29], 4.0), str(folder / "student.pt"))
     return folder
@@ -39,6 +42,9 @@ CASES = [
     ("label element the teacher lacks", ["label", "{f}/og.extxyz", "--teacher", "morse", "-o", "{o}"], "Og"),
     ("label unknown format", ["label", "{f}/notes.txt", "--teacher", "morse", "-o", "{o}"], "format"),
     ("label made-up symbol", ["label", "{f}/xy.xyz", "--teacher", "morse", "-o", "{o}"], "'Xy'"),
+    ("label impossible atom count", ["label", "{f}/huge.xyz", "--teacher", "morse", "-o", "{o}"], "999999999 atoms"),
+    ("label no atom count", ["label", "{f}/count.xyz", "--teacher", "morse", "-o", "{o}"], "'abc'"),
+    ("md NaN start", ["md", "{f}/student.pt", "{f}/nan0.extxyz", "-o", "{o}"], "structure 0"),
     ("label missing file", ["label", "{f}/none.extxyz", "--teacher", "morse", "-o", "{o}"], "none.extxyz"),
     ("label NaN coordinate", ["label", "{f}/nan.extxyz", "--teacher", "morse", "-o", "{o}"], "structure 1"),
     (

@@ -44,10 +44,18 @@ def iter_structures(path: str, start: int = 0) -> Iterator[ase.Atoms]:
 def _iter_extxyz(path: str, start: int) -> Iterator[ase.Atoms]:
     """Extended XYZ frames in order, each one's lines (count, comment, atoms, any VEC lines) parsed alone by
     ASE's reader; frames before ``start`` are skipped unparsed. A blank line ends the file, as for ASE."""
+    compressed = not path.endswith((".xyz", ".extxyz"))  # a compressed file holds more than its size in bytes
+    size = os.path.getsize(path)
     with ase.io.formats.open_with_compression(path, "r") as handle:  # .gz, .bz2, .xz as ASE reads them
         index, line = 0, handle.readline()
         while line.strip():
-            lines = [line, handle.readline()] + [handle.readline() for _ in range(int(line))]
+            count = _atom_count(line, path, index)
+            if not compressed and count * MIN_ATOM_LINE_BYTES > size:
+                raise InputError(
+                    f"cannot read {path}: frame {index} says it has {count} atoms, more than a file of {size} bytes "
+                    f"can hold (each atom's line takes at least {MIN_ATOM_LINE_BYTES} bytes)"
+                )
+            lines = [line, handle.readline()] + [handle.readline() for _ in range(count)]
             line = handle.readline()
             while line.lstrip().startswith("VEC"):
                 lines.append(line)
@@ -55,6 +63,22 @@ def _iter_extxyz(path: str, start: int) -> Iterator[ase.Atoms]:
             if index >= start:
                 yield ase.io.read(io.StringIO("".join(lines)), format="extxyz")
             index += 1
+
+
+#: "X 0 0 0\n": the fewest bytes an atom's line of an XYZ file can take
+MIN_ATOM_LINE_BYTES = 8
+
+
+def _atom_count(line: str, path: str, index: int) -> int:
+    try:
+        count = int(line)
+    except ValueError:
+        raise InputError(
+            f"cannot read {path}: frame {index} starts with {line.strip()[:40]!r}, not an atom count"
+        ) from None
+    if count < 1:
+        raise InputError(f"cannot read {path}: frame {index} says it has {count} atoms")
+    return count
 
 
 def checked_structures(path: str, elements_check=None) -> Iterator[ase.Atoms]:

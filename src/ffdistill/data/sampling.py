@@ -19,7 +19,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from tqdm.auto import tqdm
 
 from ffdistill.errors import InputError
-from ffdistill.graph import AtomicGraph, check_structure
+from ffdistill.graph import AtomicGraph
 from ffdistill.teachers.base import Teacher
 
 #: ``info`` key of a frame's group; a group never straddles a train/validation/test split.
@@ -70,11 +70,9 @@ def load_structure(name_or_path: str) -> ase.Atoms:
         return _built(kind, name)
     if not os.path.isfile(name_or_path):
         raise InputError(f"{name_or_path} is neither a file nor a known structure ({', '.join(NAMED_STRUCTURES)})")
-    from ffdistill.data.io import iter_structures
+    from ffdistill.data.io import checked_structures
 
-    atoms = next(iter_structures(name_or_path))
-    check_structure(atoms)
-    return atoms
+    return next(checked_structures(name_or_path))  # a refusal names the file and the frame
 
 
 def kinetic_temperature(atoms: ase.Atoms) -> float:
