@@ -142,7 +142,7 @@ def add_parsers(sub) -> None:
         "--structure",
         required=True,
         help="a structure file; bulk:NAME or molecule:NAME (ASE's ase.build names, e.g. bulk:Cu, molecule:H2O); "
-        "or a named cell: Si (64 atoms), Si32, Cu, BaTiO3",
+        "or a named cell: Si (64 atoms), Si32, Si16, Cu, BaTiO3",
     )
     p.add_argument("-n", type=int, default=40, help="number of frames to write")
     p.add_argument("--temperature", type=float, nargs="+", default=[300.0, 600.0])

@@ -44,6 +44,7 @@ DECORRELATION_FS = 50.0
 NAMED_STRUCTURES = {
     "Si": lambda: bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2),
     "Si32": lambda: bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 1),
+    "Si16": lambda: bulk("Si", "diamond", a=5.43, cubic=True) * (2, 1, 1),
     "Cu": lambda: bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2),
     "BaTiO3": lambda: _perovskite(),
 }
