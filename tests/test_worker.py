@@ -252,7 +252,7 @@ def _atoms_arrays(atoms, rows):
     [
         (b"NOPE" + b"\0" * 4, "expected a message"),
         (b"FFDW" + (1 << 30).to_bytes(4, "big"), "header of"),  # a 1 GiB header is never read
-        (b"FFDW" + (5).to_bytes(4, "big") + b"[1,2]", "list of at most"),
+        (b"FFDW" + (5).to_bytes(4, "big") + b"[1,2]", "list of arrays"),
         (b"FFDW" + (31).to_bytes(4, "big") + b'{"arrays": [["x", -1]], "a": 1}', "array entry"),
         (b"FFDW" + (40).to_bytes(4, "big") + b'{"arrays": [["x", 99999999999]], "a": 1}', "array entry"),
     ],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import zipfile
 
 from ffdistill.cli.common import _describe_rule, _device, _positive, _rows, _shard
 
@@ -67,7 +67,7 @@ def cmd_inspect(args) -> None:
     from ffdistill.data.labels import LabelStore
     from ffdistill.errors import StoreError
 
-    if os.path.isfile(args.store):  # a student file or an export: what it is and what it needs
+    if zipfile.is_zipfile(args.store):  # a student file or an export: what it is and what it needs
         from ffdistill.calculator import describe_file
 
         print(describe_file(args.store))

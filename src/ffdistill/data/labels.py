@@ -236,6 +236,7 @@ def label_file(
         symbols = ", ".join(ase.data.chemical_symbols[z] for z in missing)
         raise TeacherError(f"teacher {teacher.spec} does not cover element(s) {symbols} in {input_path}")
     job = _Job(input_path, rows, int(seed), int(probes), rule, node_features)
+    _check_writable(os.path.dirname(os.path.abspath(store_path)))  # before the lock file goes there
     with WriterLock(store_path):  # one writer per store; a killed writer's lock is taken over
         return _label_into(teacher, store_path, request, job, mine, n_total, elements, embeddings, batch_size, progress)
 

@@ -68,7 +68,6 @@ class ProtocolError(Exception):
 #: large cell (3N × 3N float64 for N = 20,000 atoms is 29 GB: far beyond; 4 GiB covers any labelling request).
 MAX_HEADER_BYTES = 1 << 20
 MAX_ARRAY_BYTES = 4 << 30
-MAX_ARRAYS = 64
 #: dtypes a worker may announce for its teacher
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -101,8 +100,8 @@ def read_message(stream) -> tuple[dict, dict]:
         listed = header.pop("arrays", []) if isinstance(header, dict) else None
     except (ValueError, UnicodeDecodeError) as error:
         raise ProtocolError(f"a header that is not JSON ({error})") from error
-    if not isinstance(listed, list) or len(listed) > MAX_ARRAYS:
-        raise ProtocolError("a header without a list of at most 64 arrays")
+    if not isinstance(listed, list):  # its length is bounded by the header's size
+        raise ProtocolError("a header without a list of arrays")
     arrays = {}
     for entry in listed:
         name, size = entry if isinstance(entry, list) and len(entry) == 2 else (None, -1)
