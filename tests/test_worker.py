@@ -154,6 +154,32 @@ def test_a_worker_killed_mid_labelling_fails_clearly_and_the_store_resumes(tmp_p
     assert stores_equal(reference.path, out)
 
 
+def test_a_worker_that_hangs_while_alive_is_stopped_at_its_timeout_and_the_store_resumes(tmp_path):
+    import signal
+    import time
+
+    frames = write_frames(tmp_path / "f.extxyz", n=4)
+    reference = label_file(load_teacher(EMT), frames, str(tmp_path / "ref.zarr"), rows=2, progress=False)
+    out = str(tmp_path / "out.zarr")
+    teacher = WorkerTeacher(sys.executable, EMT, env=worker_env(), timeout=2.0)
+    label = teacher.label
+
+    def label_then_hang(atoms, rows=(), probes=None):
+        if teacher._frames == 2:
+            os.kill(teacher.pid, signal.SIGSTOP)  # alive, never answering
+        return label(atoms, rows, probes)
+
+    teacher.label = label_then_hang
+    began = time.monotonic()
+    with pytest.raises(TeacherError, match="did not answer within 2 s after 2 frame"):
+        label_file(teacher, frames, out, rows=2, progress=False)
+    assert time.monotonic() - began < 30 and teacher._process.poll() is not None  # stopped, not waited on forever
+    resumed = WorkerTeacher(sys.executable, EMT, env=worker_env())
+    label_file(resumed, frames, out, rows=2, progress=False)
+    resumed.close()
+    assert stores_equal(reference.path, out)
+
+
 def test_label_cli_resumes_after_worker_deaths_to_the_uninterrupted_store(dying_module, tmp_path, monkeypatch, capsys):
     frames = write_frames(tmp_path / "f.extxyz", n=5)
     reference = label_file(load_teacher(EMT), frames, str(tmp_path / "ref.zarr"), rows=3, progress=False)

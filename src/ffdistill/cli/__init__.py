@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="run the teacher in this interpreter of another environment (a worker; ffdistill importable there)",
         )
+    for name in ("label", "sample"):
+        sub.choices[name].add_argument(
+            "--teacher-timeout",
+            type=float,
+            default=None,
+            help="seconds a worker teacher may take per frame before it is stopped (labelling then resumes on a "
+            "re-run); default 300 s + 1 s per atom × (1 + Hessian rows and probes)",
+        )
     for p in sub.choices.values():
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         p.add_argument("--debug", action="store_true", help="on an error, show the traceback after the one line")

@@ -15,7 +15,9 @@ def cmd_sample(args) -> None:
     from ffdistill.teachers import load_teacher
 
     device = _device(args)
-    teacher = load_teacher(args.teacher, trust=args.trust_teacher, python=args.teacher_python, device=device)
+    teacher = load_teacher(
+        args.teacher, trust=args.trust_teacher, python=args.teacher_python, device=device, timeout=args.teacher_timeout
+    )
     n = sample_to_file(
         teacher,
         args.structure,
@@ -38,7 +40,9 @@ def cmd_label(args) -> None:
     from ffdistill.teachers import load_teacher
 
     device = _device(args)
-    teacher = load_teacher(args.teacher, trust=args.trust_teacher, python=args.teacher_python, device=device)
+    teacher = load_teacher(
+        args.teacher, trust=args.trust_teacher, python=args.teacher_python, device=device, timeout=args.teacher_timeout
+    )
     store = label_file(
         teacher,
         args.input,

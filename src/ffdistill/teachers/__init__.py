@@ -36,18 +36,23 @@ __all__ = ["Teacher", "TeacherLabels", "load_teacher"]
 
 
 def load_teacher(
-    spec: str, trust: bool = False, python: str | None = None, device: str | torch.device = "cpu"
+    spec: str,
+    trust: bool = False,
+    python: str | None = None,
+    device: str | torch.device = "cpu",
+    timeout: float | None = None,
 ) -> Teacher:
     """Build the teacher named by ``spec``; ``trust`` allows loading pickled model files. With ``python``
     (an interpreter of another environment) the teacher is loaded and run there, behind a worker.
-    ``device`` (cpu, cuda, cuda:K, auto) is where it computes; ASE-calculator teachers stay on the CPU."""
+    ``device`` (cpu, cuda, cuda:K, auto) is where it computes; ASE-calculator teachers stay on the CPU.
+    ``timeout``: seconds a worker's labelling call may take (default ``worker.call_timeout``)."""
     from ffdistill.devices import resolve
 
     device = resolve(device, "device")
     if python is not None:
         from ffdistill.teachers.worker import WorkerTeacher
 
-        return WorkerTeacher(python, spec, trust=trust, device=str(device))
+        return WorkerTeacher(python, spec, trust=trust, device=str(device), timeout=timeout)
     kind, _, target = spec.partition(":")
     if kind == "chgnet":
         return _chgnet(device)

@@ -33,6 +33,7 @@ import collections
 import io
 import json
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -58,6 +59,16 @@ PROTOCOL = 1
 MAGIC = b"FFDW"
 #: Scalar ``atoms.info`` entries (charge, spin, ...) travel with each frame; anything else stays home.
 INFO_TYPES = (bool, int, float, str)
+
+
+#: seconds for the handshake (the remote teacher loads its model then)
+HELLO_TIMEOUT_S = 900.0
+
+
+def call_timeout(n_atoms: int, n_items: int) -> float:
+    """Default seconds a labelling call may take: 300 s plus 1 s per atom and Hessian row or probe, generous for a
+    GPU or CPU teacher (a full Hessian of 64 atoms, 192 rows, gets 3.5 hours; a 64-atom frame with 4 rows 10 min)."""
+    return 300.0 + 1.0 * n_atoms * (1 + n_items)
 
 
 class ProtocolError(Exception):
@@ -170,8 +181,10 @@ class WorkerTeacher(Teacher):
         env: dict | None = None,
         echo_stderr: bool = True,
         device: str = "cpu",
+        timeout: float | None = None,
     ):
         self.python, self.remote_spec, self.remote_device = python, spec, device
+        self.timeout = timeout  #: seconds a labelling call may take; None: ``call_timeout``
         self.spec, self.version = spec, "unknown"
         self._frames, self._dead, self._calculators = 0, None, 0
         self._embeddings = False  # not asked yet
@@ -216,12 +229,23 @@ class WorkerTeacher(Teacher):
         self.dtype = DTYPES[ready["dtype"]]
         self.remote_ffdistill = ready.get("ffdistill_version")
 
-    def _request(self, header: dict, arrays: dict | None = None) -> tuple[dict, dict]:
-        """Send one request, return the reply; a worker error becomes the same ffdistill error here."""
+    def _request(self, header: dict, arrays: dict | None = None, timeout: float = HELLO_TIMEOUT_S):
+        """Send one request, return the reply; a worker error becomes the same ffdistill error here. A worker
+        that has not begun its reply within ``timeout`` seconds is stopped (it hangs while alive)."""
         if self._dead is not None:
             raise self._dead
         try:
             write_message(self._process.stdin, header, arrays)
+            # Request and reply alternate, so nothing of a reply is buffered before this one begins.
+            if not select.select([self._process.stdout], [], [], timeout)[0]:
+                self._process.kill()
+                self._process.wait()
+                self._dead = TeacherError(
+                    f"teacher worker for {self.remote_spec} ({self.python}) did not answer within {timeout:.0f} s "
+                    f"after {self._frames} frame(s); it was stopped (--teacher-timeout sets the limit); re-run the "
+                    "same command to resume"
+                )
+                raise self._dead
             reply, out = read_message(self._process.stdout)
         except (OSError, EOFError, ProtocolError, ValueError) as error:
             self._dead = self._death(error)
@@ -283,7 +307,8 @@ class WorkerTeacher(Teacher):
         arrays["rows"] = np.asarray(rows, dtype=np.int64)
         if probes is not None:
             arrays["probes"] = np.asarray(probes)  # as given: the remote teacher converts it as it would here
-        _, out = self._request({"type": "label", **header}, arrays)
+        limit = self.timeout or call_timeout(len(atoms), len(arrays["rows"]) + (0 if probes is None else len(probes)))
+        _, out = self._request({"type": "label", **header}, arrays, limit)
         self._frames += 1
         labels = TeacherLabels(
             energy=float(out["energy"]),
