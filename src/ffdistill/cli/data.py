@@ -8,16 +8,25 @@ import zipfile
 from ffdistill.cli.common import _describe_rule, _device, _positive, _rows, _shard
 
 
+def _teacher(args):
+    """The teacher a labelling verb names, with its trust, worker interpreter, device and per-call timeout."""
+    from ffdistill.teachers import load_teacher
+
+    return load_teacher(
+        args.teacher,
+        trust=args.trust_teacher,
+        python=args.teacher_python,
+        device=_device(args),
+        timeout=args.teacher_timeout,
+    )
+
+
 def cmd_sample(args) -> None:
     import ase.io
 
     from ffdistill.data.sampling import sample_to_file, temperature_summary
-    from ffdistill.teachers import load_teacher
 
-    device = _device(args)
-    teacher = load_teacher(
-        args.teacher, trust=args.trust_teacher, python=args.teacher_python, device=device, timeout=args.teacher_timeout
-    )
+    teacher = _teacher(args)
     n = sample_to_file(
         teacher,
         args.structure,
@@ -37,12 +46,8 @@ def cmd_sample(args) -> None:
 
 def cmd_label(args) -> None:
     from ffdistill.data.labels import label_file
-    from ffdistill.teachers import load_teacher
 
-    device = _device(args)
-    teacher = load_teacher(
-        args.teacher, trust=args.trust_teacher, python=args.teacher_python, device=device, timeout=args.teacher_timeout
-    )
+    teacher = _teacher(args)
     store = label_file(
         teacher,
         args.input,
