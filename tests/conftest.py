@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import resource
+import subprocess
+import sys
+
 import ase.io
 import numpy as np
 import pytest
@@ -71,3 +76,20 @@ def assert_close(a, b, atol, rtol=0.0, what=""):
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     err = np.abs(a - b).max()
     assert np.allclose(a, b, atol=atol, rtol=rtol), f"{what}: max abs difference {err:.3g} (atol {atol})"
+
+
+#: blocks of two frames, so a six-frame job commits three times and a kill can fall between commits
+LAUNCH = (
+    "import sys; import ffdistill.data.labels as labels; labels.BLOCK_FRAMES = 2; "
+    "from ffdistill.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def run_cli(argv, fault=None, file_size=None):
+    """The CLI in a fresh process (``FFDISTILL_FAULT`` kills the process it fires in), one thread."""
+    env = {k: v for k, v in os.environ.items() if k != "FFDISTILL_FAULT"} | {"OMP_NUM_THREADS": "1"}
+    if fault:
+        env["FFDISTILL_FAULT"] = fault
+    limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))) if file_size else None
+    command = [sys.executable, "-c", LAUNCH, *map(str, argv), "-q"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, preexec_fn=limit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 import warnings
@@ -76,4 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ffdistill {args.command}: interrupted; re-run the same command to continue", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        where = f" while writing {error.filename}" if error.filename else ""
+        print(
+            f"ffdistill {args.command}: error: no space left{where} ({error.strerror}); free space and re-run the "
+            "same command: it continues from its last committed block or checkpoint",
+            file=sys.stderr,
+        )
+        if args.debug:
+            traceback.print_exc()
+        return 2
     return 0
+
+
+#: a full disk, a full quota, or a file-size limit (RLIMIT_FSIZE; Python ignores SIGXFSZ, so writes fail)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

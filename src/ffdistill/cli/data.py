@@ -215,7 +215,7 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="extxyz file, or an ASE database if it ends in .db")
     p.add_argument("--elements", nargs="+", help="keep frames made only of these elements")
     p.add_argument("--require", nargs="+", default=[], help="keep frames that contain all of these elements")
-    p.add_argument("--max-atoms", type=int)
+    p.add_argument("--max-atoms", type=_positive)
     p.add_argument("--composition", help="a formula (SiO2) or ratios (Si:O=1:2) the frame must have")
     p.add_argument(
         "--energy-window",
@@ -231,7 +231,7 @@ def add_parsers(sub) -> None:
         metavar="KEY=VALUE",
         help="atoms.info (or database key) must equal VALUE (repeatable)",
     )
-    p.add_argument("--pick", type=int, help="write at most N of the kept frames, whole groups at a time")
+    p.add_argument("--pick", type=_positive, help="write at most N of the kept frames, whole groups at a time")
     p.add_argument("--by", choices=["fps", "random"], default="fps", help="farthest-point sampling (default) or random")
     p.add_argument(
         "--descriptor-model", help="student file: FPS on its mean node features (default: per-element-pair RDF)"

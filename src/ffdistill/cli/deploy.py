@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ffdistill.cli.common import _device
+from ffdistill.cli.common import _device, _positive
 
 
 def cmd_md(args) -> None:
@@ -78,9 +78,9 @@ def add_parsers(sub) -> None:
     p.add_argument("structure", help="a structure file or a named structure")
     p.add_argument("--ensemble", choices=["nve", "nvt"], default="nvt")
     p.add_argument("--temperature", type=float, default=300.0)
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=_positive, default=1000)
     p.add_argument("--timestep", type=float, default=1.0, help="fs")
-    p.add_argument("--interval", type=int, default=10, help="steps between saved frames and stability checks")
+    p.add_argument("--interval", type=_positive, default=10, help="steps between saved frames and stability checks")
     p.add_argument("--resume", action="store_true", help="continue from the trajectory's last frame")
     p.add_argument("-o", "--output", required=True, help="trajectory file (.traj)")
     p.set_defaults(func=cmd_md)
@@ -105,9 +105,9 @@ def add_parsers(sub) -> None:
     p.add_argument("structure", help="a structure file or a named structure")
     p.add_argument("--ensemble", choices=["nve", "nvt"], default="nvt")
     p.add_argument("--temperature", type=float, default=300.0, help="K: start velocities and the NVT thermostat")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=_positive, default=1000)
     p.add_argument("--timestep", type=float, default=1.0, help="fs")
-    p.add_argument("--interval", type=int, default=10, help="steps between saved frames and thermo lines")
+    p.add_argument("--interval", type=_positive, default=10, help="steps between saved frames and thermo lines")
     p.add_argument("-o", "--output", required=True, help="trajectory file (.traj); thermo goes to OUTPUT.log")
     p.set_defaults(func=cmd_lammps)
 

@@ -18,7 +18,6 @@ def cmd_train(args) -> None:
 
 def cmd_compare(args) -> None:
     import dataclasses
-    import os
 
     from ffdistill.workflows.compare import compare, table
 
@@ -26,7 +25,6 @@ def cmd_compare(args) -> None:
     if args.device is not None:  # one device for training and evaluation, as --device means everywhere
         _device(args)
         config = dataclasses.replace(config, train=dataclasses.replace(config.train, device=args.device))
-    os.makedirs(args.output, exist_ok=True)
     methods = args.methods.split(",") if args.methods else None
     results = compare(config, methods, args.seeds, args.output, md_steps=args.md_steps, progress=not args.quiet)
     print(table(results))

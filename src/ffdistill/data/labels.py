@@ -17,9 +17,9 @@ Layout (F frames, A atoms in all, K rows in all, and ``HA = sum over rows of tha
                           so ``verify`` names the damaged frame *and* array; every chunk is written, even
                           one equal to the fill value, so a missing chunk file is damage, never zeros
 
-Crash safety: each frame (each batch of ``batch_size`` frames) is appended to every array, then the group
-attribute ``frames_done`` is rewritten (zarr writes each file atomically). Everything past ``frames_done``
-is discarded on resume.
+Crash safety: labelled frames are gathered in blocks (``BLOCK_FRAMES`` frames or ``BLOCK_SECONDS``), each block
+is appended to every array in one write, then the group attribute ``frames_done`` is rewritten (zarr writes
+each file atomically). Everything past ``frames_done`` is discarded on resume.
 The store is built at ``PATH.partial`` and renamed to ``PATH`` when complete, so a ``PATH`` that exists
 is always whole.
 """
@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import sys
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,6 +44,7 @@ from ffdistill import __version__, derivatives
 from ffdistill.data.io import file_sha256, iter_structures, scan_structures
 from ffdistill.data.sampling import GROUP_KEY
 from ffdistill.errors import FFDistillError, StoreError, TeacherError
+from ffdistill.faults import fault_point
 from ffdistill.graph import AtomicGraph, from_ase
 from ffdistill.teachers.base import Teacher, TeacherLabels
 
@@ -202,8 +204,9 @@ def label_file(
     ``shard=(i, n)`` labels only frames ``i, i + n, i + 2n, ...``: n workers write n shards that
     ``merge_stores`` joins into the store one worker would have written.
 
-    ``batch_size`` frames go to the teacher in one call (``Teacher.label_batch``) and are committed together:
-    a resumed run restarts at a batch boundary, so with the same ``batch_size`` it writes the same bytes.
+    ``batch_size`` frames go to the teacher in one call (``Teacher.label_batch``); frames are committed in
+    blocks of whole batches (``BLOCK_FRAMES``, ``BLOCK_SECONDS``), so a resumed run restarts at a batch
+    boundary and writes the same values as an uninterrupted one.
     """
     if batch_size < 1:
         raise StoreError(f"the labelling batch size must be at least 1, got {batch_size}")
@@ -250,18 +253,19 @@ def _label_into(teacher, store_path, request, job, mine, n_total, elements, embe
     done = int(group.attrs["frames_done"])
     start = mine[done] if done < len(mine) else n_total
     bar = tqdm(total=len(mine), initial=done, desc="labelling", unit="frame", disable=not progress)
-    pending: list = []
+    pending, block = [], _Block(group)
     for index, atoms in enumerate(iter_structures(input_path, start=start), start=start):
         if (index - index_in_shard) % n_shards:
             continue  # another shard's frame
         pending.append((index, atoms))
         if len(pending) == batch_size:
-            _commit(group, _label_frames(teacher, pending, job))
+            block.add(_label_frames(teacher, pending, job))
             bar.update(len(pending))
             pending = []
     if pending:
-        _commit(group, _label_frames(teacher, pending, job))
+        block.add(_label_frames(teacher, pending, job))
         bar.update(len(pending))
+    block.commit()
     bar.close()
     return _finish(group, partial, store_path)
 
@@ -302,11 +306,35 @@ def _label_frames(teacher: Teacher, frames: list, job: _Job) -> list[dict[str, n
     return out
 
 
+#: A block is committed once it holds this many frames or its first frame is this many seconds old: the store's
+#: cost is then one write per array per block, and a killed run loses at most a block of teacher time.
+BLOCK_FRAMES = 256
+BLOCK_SECONDS = 30.0
+
+
+class _Block:
+    """Frames labelled but not yet in the store."""
+
+    def __init__(self, group):
+        self.group, self.frames, self.since = group, [], time.monotonic()
+
+    def add(self, frames: list[dict[str, np.ndarray]]) -> None:
+        self.frames += frames
+        if len(self.frames) >= BLOCK_FRAMES or time.monotonic() - self.since >= BLOCK_SECONDS:
+            self.commit()
+
+    def commit(self) -> None:
+        if self.frames:
+            _commit(self.group, self.frames)
+        self.frames, self.since = [], time.monotonic()
+
+
 def _commit(group, frames: list[dict[str, np.ndarray]]) -> None:
-    """Append a batch of frames to every array, then count them done: the commit point. A run killed in
-    between leaves arrays longer than ``frames_done``, which a resume truncates."""
-    for values in frames:
-        _append_values(group, values)
+    """Append a block of frames to every array (one write each), then count them done: the commit point. A run
+    killed in between leaves arrays longer than ``frames_done``, which a resume truncates."""
+    frames = [_with_checksums(values) for values in frames]
+    _append_values(group, {name: np.concatenate([f[name] for f in frames]) for name in frames[0]})
+    fault_point("label.commit")
     group.attrs["frames_done"] = group.attrs["frames_done"] + len(frames)
 
 
@@ -393,10 +421,11 @@ def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True)
 
         _shutil.rmtree(partial)  # merging is cheap: start over rather than resume
     group = _open_partial(partial, request, first["input"], len(owner))
+    block = _Block(group)
     for index in tqdm(sorted(owner), desc="merging", unit="frame", disable=not progress):
         store, k = owner[index]
-        _append_values(group, store.raw_frame(k))
-        group.attrs["frames_done"] = group.attrs["frames_done"] + 1
+        block.add([store.raw_frame(k)])
+    block.commit()
     return _finish(group, partial, store_path)
 
 
@@ -419,13 +448,14 @@ def migrate_store(path: str, progress: bool = True) -> str:
     for name, (shape, dtype, chunk) in ARRAYS.items():
         group.create_array(name, shape=(0, *shape), dtype=dtype, chunks=(chunk, *shape))
     group.attrs.update({**attrs, "format_version": FORMAT_VERSION, "frames_done": 0, "complete": False})
+    block = _Block(group)
     for i in tqdm(range(len(old)), desc="migrating", unit="frame", disable=not progress):
         values = old.raw_frame(i)
         if not old.v2:  # format 1: no probes, groups from blocks of the frame index
             values.update(n_probes=np.array([0]), probe_vectors=np.zeros((0, 3)), probe_products=np.zeros((0, 3)))
             values["group"] = np.array([int(values["frame_index"][0]) // DEFAULT_GROUP_SIZE])
-        _append_values(group, values)
-        group.attrs["frames_done"] = i + 1
+        block.add([{k: np.asarray(v, dtype=ARRAYS[k][1]) if k in ARRAYS else v for k, v in values.items()}])
+    block.commit()
     group.attrs["complete"] = True
     os.replace(path, kept)
     os.replace(partial, path)
@@ -541,11 +571,18 @@ def array_checksums(values: dict[str, np.ndarray]) -> np.ndarray:
     )
 
 
+def _with_checksums(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if "checksums" in values:
+        return values
+    return {**values, "checksums": array_checksums(values)[None]}  # a format-2 frame, merged or migrated
+
+
 def _append_values(group, values: dict[str, np.ndarray]) -> None:
-    if "checksums" not in values:  # a frame of a format-2 store, merged or migrated into format 3
-        values = {**values, "checksums": array_checksums(values)[None]}
+    present = set(group.array_keys())
     for name, value in values.items():
-        if name not in group:  # node_features: its width is known only once the teacher has run
+        if name in present and len(value) == 0:
+            continue  # nothing to add (e.g. no probes): skip a metadata rewrite
+        if name not in present:  # node_features: its width is known only once the teacher has run
             group.create_array(name, shape=(0, value.shape[1]), dtype="float32", chunks=(65536, value.shape[1]))
         group[name].append(np.asarray(value, dtype=ARRAYS.get(name, (None, "float32"))[1]), axis=0)
 
@@ -693,8 +730,8 @@ class LabelStore:
         """Every problem found, one line each: chunk files missing, and (format 3) each frame whose span of an
         array no longer matches its checksum, naming the frame and the arrays; [] for an intact store. Format-2
         stores are checked by their per-frame checksum, which covers fewer arrays."""
-        problems = [line for name in self.array_names() for line in self._missing_chunks(name)]
         starts = self.starts()
+        problems = [line for name in self.array_names() for line in self._missing_chunks(name, starts[name])]
         names = VERIFIED if self.v3 else tuple(n for n in CHECKED if n in self.group)
         sums = self.group["checksums"][:] if self.v3 else self.group["checksum"][:]
         for f0 in range(0, len(self), block):
@@ -710,8 +747,9 @@ class LabelStore:
                     problems.append(f"frame {i}: {', '.join(bad)} damaged")
         return problems
 
-    def _missing_chunks(self, name: str) -> list[str]:
-        """Chunk files of array ``name`` that are not on disk (zarr would read them as fill values)."""
+    def _missing_chunks(self, name: str, starts: np.ndarray) -> list[str]:
+        """Chunk files of array ``name`` that are not on disk (zarr would read them as fill values), with the
+        frames whose entries they held (``starts``: each frame's first entry)."""
         array = self.group[name]
         chunk = array.chunks[0]
         expected = math.ceil(array.shape[0] / chunk) if array.shape[0] else 0
@@ -719,10 +757,13 @@ class LabelStore:
         missing = [
             c for c in range(expected) if not os.path.exists(os.path.join(self.path, name, "c", str(c), *trailing))
         ]
-        return [
-            f"array {name}: chunk {c} (entries {c * chunk}–{min(array.shape[0], (c + 1) * chunk) - 1}) missing"
-            for c in missing
-        ]
+        lines = []
+        for c in missing:
+            first, last = c * chunk, min(array.shape[0], (c + 1) * chunk) - 1
+            f0, f1 = (int(np.searchsorted(starts, e, side="right")) - 1 for e in (first, last))
+            frames = f"frame {f0}" if f0 == f1 else f"frames {f0}–{f1}"
+            lines.append(f"array {name}: chunk {c} missing (entries {first}–{last}, {frames})")
+        return lines
 
     def check_intact(self) -> None:
         """Refuse a damaged store in one line naming the first damaged frame or chunk (``ffdistill inspect

@@ -144,9 +144,9 @@ def iter_inputs(paths: Sequence[str]) -> Iterator[tuple[int, int, ase.Atoms]]:
 
 
 def _iter_file(path: str) -> Iterator[ase.Atoms]:
-    from ffdistill.data.io import iter_structures
+    from ffdistill.data.io import checked_structures
 
-    yield from iter_structures(path)
+    yield from checked_structures(path)
 
 
 def _iter_database(path: str) -> Iterator[ase.Atoms]:
@@ -207,6 +207,12 @@ class FrameWriter:
         if self._handle is None:
             self._handle = open(self.partial, "w")
         return self._handle
+
+    def discard(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        if os.path.exists(self.partial):
+            os.remove(self.partial)
 
     def commit(self) -> None:
         if self._handle is not None:
@@ -361,14 +367,18 @@ def select_frames(
     if pick is not None and pick < 0:
         raise InputError("--pick must be a non-negative number of frames")
     summary, writer = SelectSummary(), FrameWriter(output)
-    if pick is None:
-        for _, _, atoms in _kept(inputs, rules, summary):
-            writer.write(atoms)
-    else:
-        chosen = _choose(inputs, rules, summary, pick, by, describe or rdf_descriptor(), seed)
-        for n, (_, _, atoms) in enumerate(_kept(inputs, rules, SelectSummary())):
-            if n in chosen:
+    try:
+        if pick is None:
+            for _, _, atoms in _kept(inputs, rules, summary):
                 writer.write(atoms)
+        else:
+            chosen = _choose(inputs, rules, summary, pick, by, describe or rdf_descriptor(), seed)
+            for n, (_, _, atoms) in enumerate(_kept(inputs, rules, SelectSummary())):
+                if n in chosen:
+                    writer.write(atoms)
+    except BaseException:
+        writer.discard()  # selecting is cheap to repeat: leave nothing half-written
+        raise
     writer.commit()
     summary.written = writer.count
     return summary

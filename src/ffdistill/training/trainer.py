@@ -12,6 +12,8 @@ exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import dataclasses
+import glob
+import io
 import json
 import math
 import os
@@ -41,6 +43,7 @@ from ffdistill.data.labels import LabelStore
 from ffdistill.distributed import Ranks
 from ffdistill.errors import InputError, TrainingError
 from ffdistill.evaluate.accuracy import accuracy_of_batches
+from ffdistill.faults import fault_point
 from ffdistill.graph import AtomicGraph
 from ffdistill.students import build_student
 from ffdistill.students.base import teacher_embedding_table
@@ -213,6 +216,8 @@ def _prepare_run_dir(run_dir: str) -> None:
         raise InputError(f"cannot write the run folder {run_dir}: {error.strerror or error}") from error
     if shutil.disk_usage(run_dir).free < 50 * 2**20:
         raise InputError(f"less than 50 MiB free for the run folder {run_dir}")
+    for stale in glob.glob(os.path.join(glob.escape(run_dir), "*.pt.tmp*")):
+        os.remove(stale)  # a checkpoint a killed run was writing: the last complete one is kept beside it
 
 
 def _result_on_disk(run_dir: str) -> TrainResult:
@@ -507,8 +512,16 @@ def _save_checkpoint(
         "state": dataclasses.asdict(state),
         "config": dataclasses.asdict(config),
     }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)  # serialised in memory, written by Python: a full disk is an OSError with errno
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(payload, tmp)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(buffer.getbuffer())
+        fault_point("train.checkpoint")
+    except OSError:
+        os.remove(tmp)  # the last good checkpoint stays; no half-written one beside it
+        raise
     os.replace(tmp, path)
 
 

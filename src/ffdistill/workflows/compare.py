@@ -91,6 +91,7 @@ def compare(
     store = LabelStore(config.data.store)
     methods = default_methods(store) if methods is None else methods
     check_methods(methods, store)
+    os.makedirs(output, exist_ok=True)
     _, _, test_idx = split_indices(
         store.groups(), config.data.val_fraction, config.data.test_fraction, config.data.split_seed
     )

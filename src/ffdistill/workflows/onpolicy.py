@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ffdistill.errors import InputError
+from ffdistill.faults import fault_point
 
 #: Frames copied per append when joining stores.
 COPY_CHUNK = 256
@@ -69,15 +70,15 @@ def distill(config, settings: OnPolicySettings, progress: bool = True) -> list[d
     from ffdistill.teachers import load_teacher
 
     check_settings(settings)
-    out = config.output
-    os.makedirs(out, exist_ok=True)
-    pool, heldout = initial_split(config.data.store, settings, out)
-    attrs = _attrs(pool)
-    labelled_by = attrs["teacher_spec"]
+    labelled_by = _attrs(config.data.store)["teacher_spec"]
     if not settings.teacher:
         raise InputError(f"name the teacher with --teacher ({config.data.store} says it was labelled by {labelled_by})")
     if settings.teacher != labelled_by:  # a union store must hold one teacher's labels
         raise InputError(f"{config.data.store} was labelled by {labelled_by}, not by {settings.teacher}")
+    out = config.output
+    os.makedirs(out, exist_ok=True)
+    pool, heldout = initial_split(config.data.store, settings, out)
+    attrs = _attrs(pool)
     teacher = load_teacher(settings.teacher, python=settings.teacher_python, device=config.train.device)
     if teacher.version != attrs.get("teacher_version"):
         warnings.warn(
@@ -93,6 +94,7 @@ def distill(config, settings: OnPolicySettings, progress: bool = True) -> list[d
         if summary is None:
             last = r == settings.rounds - 1
             summary = run_round(r, train_store, heldout, teacher, config, settings, folder, progress, last=last)
+            fault_point("distill.round")
             _write_json(os.path.join(folder, "round.json"), summary)
         rounds.append(summary)
         write_report(out, rounds, settings)
@@ -136,7 +138,7 @@ def copy_frames(sources: Sequence[tuple], path: str):
     moved past those of the sources before it, so groups of different stores never merge. Stores must
     share a teacher and Hessian-label settings. Done already: returns the existing store.
     """
-    from ffdistill.data.labels import LabelRequest, LabelStore, _append_values, _finish, _open_partial
+    from ffdistill.data.labels import LabelRequest, LabelStore, _commit, _finish, _open_partial
 
     if os.path.isdir(path):
         return LabelStore(path)
@@ -154,9 +156,7 @@ def copy_frames(sources: Sequence[tuple], path: str):
     while chunk := list(itertools.islice(frames, COPY_CHUNK)):
         done = group.attrs["frames_done"]
         values = [_regrouped(store.raw_frame(i), offset, done + k) for k, (store, i, offset) in enumerate(chunk)]
-        joined = {name: np.concatenate([v[name] for v in values]) for name in values[0]}
-        _append_values(group, joined)  # one append per array and chunk: zarr round trips dominate otherwise
-        group.attrs["frames_done"] = group.attrs["frames_done"] + len(chunk)
+        _commit(group, values)  # one append per array per chunk of frames: zarr round trips dominate otherwise
     return _finish(group, path + ".partial", path)
 
 
