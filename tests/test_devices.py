@@ -12,6 +12,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import zarr
 from ase import units
 from ase.build import molecule
 from ase.md.verlet import VelocityVerlet
@@ -129,8 +130,6 @@ class BatchInterrupting(Teacher):
 
 
 def _frames_done(partial):
-    import zarr
-
     return int(zarr.open_group(partial, mode="r").attrs["frames_done"])
 
 
@@ -143,22 +142,21 @@ def test_killed_batched_runs_resume_to_the_identical_store(morse_teacher, tmp_pa
     reference = label_file(morse_teacher, frames, str(tmp_path / "ref.zarr"), rows=2, probes=1, progress=False)
     out = str(tmp_path / "out.zarr")
     run = lambda teacher: label_file(teacher, frames, out, rows=2, probes=1, progress=False, batch_size=3)  # noqa: E731
+    monkeypatch.setattr(labels, "BLOCK_FRAMES", 3)  # a block per batch
     with pytest.raises(KeyboardInterrupt):
         run(BatchInterrupting(morse_teacher, 1))
     assert _frames_done(out + ".partial") == 3
-    appended, real_append = [0], labels._append_values
 
-    def append_then_die(group, values):
-        if appended[0] == 2:  # two frames of the next batch written, not committed
-            raise KeyboardInterrupt
-        appended[0] += 1
-        real_append(group, values)
+    def die_before_commit(name):  # the next block written to every array, not committed
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(labels, "_append_values", append_then_die)
+    monkeypatch.setattr(labels, "fault_point", die_before_commit)
     with pytest.raises(KeyboardInterrupt):
         run(morse_teacher)
-    monkeypatch.setattr(labels, "_append_values", real_append)
+    monkeypatch.undo()
+    monkeypatch.setattr(labels, "BLOCK_FRAMES", 3)
     assert _frames_done(out + ".partial") == 3
+    assert zarr.open_group(out + ".partial", mode="r")["energy"].shape == (6,)  # the uncommitted block is on disk
     resumed = BatchInterrupting(morse_teacher, 10)
     run(resumed)
     assert resumed.sizes == [3, 2] and stores_equal(reference.path, out)

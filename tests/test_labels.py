@@ -74,11 +74,13 @@ RANDOM_KILLS = 3
 
 
 def test_resume_after_random_sigkills_gives_identical_store(tmp_path):
+    from conftest import LAUNCH
+
     frames = write_frames(tmp_path / "f.extxyz", n=40, reps=(2, 1, 1))
     command = [
         sys.executable,
-        "-m",
-        "ffdistill.cli",
+        "-c",
+        LAUNCH,  # blocks of two frames, so that kills fall between many commits
         "label",
         frames,
         "--teacher",

@@ -254,17 +254,21 @@ def _label_into(teacher, store_path, request, job, mine, n_total, elements, embe
     start = mine[done] if done < len(mine) else n_total
     bar = tqdm(total=len(mine), initial=done, desc="labelling", unit="frame", disable=not progress)
     pending, block = [], _Block(group)
-    for index, atoms in enumerate(iter_structures(input_path, start=start), start=start):
-        if (index - index_in_shard) % n_shards:
-            continue  # another shard's frame
-        pending.append((index, atoms))
-        if len(pending) == batch_size:
+    try:
+        for index, atoms in enumerate(iter_structures(input_path, start=start), start=start):
+            if (index - index_in_shard) % n_shards:
+                continue  # another shard's frame
+            pending.append((index, atoms))
+            if len(pending) == batch_size:
+                block.add(_label_frames(teacher, pending, job))
+                bar.update(len(pending))
+                pending = []
+        if pending:
             block.add(_label_frames(teacher, pending, job))
             bar.update(len(pending))
-            pending = []
-    if pending:
-        block.add(_label_frames(teacher, pending, job))
-        bar.update(len(pending))
+    except BaseException:
+        block.salvage()  # a teacher that fails or an interrupt keeps the frames already labelled
+        raise
     block.commit()
     bar.close()
     return _finish(group, partial, store_path)
@@ -316,7 +320,7 @@ class _Block:
     """Frames labelled but not yet in the store."""
 
     def __init__(self, group):
-        self.group, self.frames, self.since = group, [], time.monotonic()
+        self.group, self.frames, self.since, self.writing = group, [], time.monotonic(), False
 
     def add(self, frames: list[dict[str, np.ndarray]]) -> None:
         self.frames += frames
@@ -325,8 +329,16 @@ class _Block:
 
     def commit(self) -> None:
         if self.frames:
+            self.writing = True
             _commit(self.group, self.frames)
+            self.writing = False
         self.frames, self.since = [], time.monotonic()
+
+    def salvage(self) -> None:
+        """Commit what is gathered while another error propagates, unless that error came from committing
+        (a full disk): a resume then truncates what was half-appended."""
+        if not self.writing:
+            self.commit()
 
 
 def _commit(group, frames: list[dict[str, np.ndarray]]) -> None:
