@@ -398,16 +398,59 @@ def test_the_worker_builds_its_teacher_on_the_device_asked(monkeypatch):
     assert worker.serve(requests, replies) == 0 and seen == {"spec": "morse", "device": "cuda:1"}
 
 
-def test_an_autograd_teachers_own_accuracy_runs_through_its_contract(morse_teacher, tmp_path):
+def _morse_by_hand(atoms, D=1.0, a=1.5, r0=2.35, rc=5.0):
+    """The ``morse`` teacher's energy and forces written out in numpy on ASE's neighbour list:
+    E = 1/2 sum_ij phi(r_ij), phi = (D (1 - e^{-a (r - r0)})^2 - D) (cos(pi r / rc) + 1) / 2,
+    F_i = sum_j phi'(r_ij) (R_j - R_i + S) / r_ij (periodic self-images cancel in pairs)."""
+    from ase.neighborlist import neighbor_list
+
+    i, d, vec = neighbor_list("idD", atoms, rc)
+    x = np.exp(-a * (d - r0))
+    pair, smooth = D * (1 - x) ** 2 - D, 0.5 * (np.cos(np.pi * d / rc) + 1)
+    dphi = 2 * D * a * (1 - x) * x * smooth - pair * 0.5 * np.pi / rc * np.sin(np.pi * d / rc)
+    forces = np.zeros((len(atoms), 3))
+    np.add.at(forces, i, (dphi / d)[:, None] * vec)
+    return 0.5 * np.sum(pair * smooth), forces
+
+
+@pytest.mark.parametrize("scored", ["morse (autograd)", "emt (central differences)"])
+def test_an_autograd_teachers_own_accuracy_runs_through_its_contract(scored, morse_teacher, emt_teacher, tmp_path):
     """``teacher_accuracy`` of an autograd teacher batches graphs to the teacher's device and asks the teacher
-    itself (it used to pass ``teacher.energy``, which has no ``predict``): on its own labels, no error."""
+    itself (it used to pass ``teacher.energy``, which has no ``predict``). Scored against labels of another
+    potential (Morse against EMT's labels, and EMT, a force-only teacher, against Morse's), its errors equal
+    those worked out by hand from ASE's EMT and a numpy Morse, on frames of 4 and 8 atoms: errors pooled
+    over atoms, as students are scored, whichever way the teacher computes."""
+    import ase.io
+    from ase.calculators.emt import EMT
+
     from ffdistill.evaluate.accuracy import store_test_set, teacher_accuracy
 
-    frames = write_frames(tmp_path / "f.extxyz", n=3)
-    store = label_file(morse_teacher, frames, str(tmp_path / "s.zarr"), progress=False)
-    errors = teacher_accuracy(morse_teacher, store_test_set(store))
-    assert errors["force_mae_meV_per_A"] < 1e-9 and errors["energy_mae_meV_per_atom"] < 1e-9
-    assert errors["force_cosine"] == pytest.approx(1.0)
+    frames = [rattled_cu(0), rattled_cu(1, (2, 1, 1)), rattled_cu(2)]
+    for k, atoms in enumerate(frames):
+        atoms.info["group"] = k
+    ase.io.write(tmp_path / "f.extxyz", frames)
+    labeller, teacher = (emt_teacher, morse_teacher) if scored.startswith("morse") else (morse_teacher, emt_teacher)
+    assert teacher.has_autograd == scored.startswith("morse")
+    store = label_file(labeller, str(tmp_path / "f.extxyz"), str(tmp_path / "s.zarr"), rows=0, progress=False)
+    errors = teacher_accuracy(teacher, store_test_set(store))
+
+    e_err, f_err, cosines = [], [], []
+    for atoms in ase.io.read(tmp_path / "f.extxyz", ":"):  # the positions as written (8 decimals)
+        atoms.calc = EMT()
+        e_emt, f_emt = atoms.get_potential_energy(), atoms.get_forces()
+        e_morse, f_morse = _morse_by_hand(atoms)
+        e_err.append(abs(e_morse - e_emt) / len(atoms))
+        f_err.append(np.abs(f_morse - f_emt).ravel())
+        norms = np.linalg.norm(f_morse, axis=1) * np.linalg.norm(f_emt, axis=1)
+        cosines.append((f_morse * f_emt).sum(axis=1) / norms)
+    f_err, cosines = np.concatenate(f_err), np.concatenate(cosines)
+    assert errors["energy_mae_meV_per_atom"] == pytest.approx(1000 * np.mean(e_err), rel=1e-9)
+    assert errors["force_mae_meV_per_A"] == pytest.approx(1000 * f_err.mean(), rel=1e-9)
+    assert errors["force_cosine"] == pytest.approx(cosines.mean(), rel=1e-9)
+    # a telling comparison: Morse is not EMT, and pooling over atoms is not averaging frame means
+    frame_means = [f_err[:12].mean(), f_err[12:36].mean(), f_err[36:].mean()]
+    assert 1000 * f_err.mean() > 10 and abs(np.mean(frame_means) / f_err.mean() - 1) > 1e-3
+    assert np.isnan(errors["hessian_row_mae"])
 
 
 @pytest.fixture(scope="module")

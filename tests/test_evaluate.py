@@ -338,38 +338,71 @@ def test_demo_parity_plots_the_force_head(direct_student, emt_teacher, tmp_path,
     )
 
 
-def test_phonons_verb_overlays_teacher_and_students(tmp_path, capsys):
-    import json
-    import os
+def _phonopy_bands_by_hand(calc, q_points):
+    """fcc Cu's bands (cm⁻¹) at ``q_points`` (primitive reciprocal basis) from phonopy driven directly: the cubic
+    cell, a 2x2x2 supercell, the fcc primitive matrix, forces of each displaced supercell from ``calc``."""
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
 
-    from ffdistill.calculator import save_student
+    cell = bulk("Cu", "fcc", a=3.6, cubic=True)
+    unit = PhonopyAtoms(symbols=["Cu"] * 4, cell=cell.cell.array, scaled_positions=cell.get_scaled_positions())
+    direct = Phonopy(unit, supercell_matrix=np.diag([2, 2, 2]), primitive_matrix=[[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    direct.generate_displacements(distance=0.01)
+    forces = []
+    for sc in direct.supercells_with_displacements:
+        atoms = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+        atoms.calc = calc
+        forces.append(atoms.get_forces())
+    direct.forces = forces
+    direct.produce_force_constants()
+    direct.run_qpoints(q_points)
+    return direct.get_qpoints_dict()["frequencies"] * 1e12 / (units._c * 100)
+
+
+def test_phonons_verb_overlays_teacher_and_students(tmp_path, capsys):
+    """``ffdistill phonons`` with EMT as the teacher and two students: the bands it writes, and each student's
+    band and Γ MAE against the teacher, equal those of phonopy driven by hand (float64 student forces) along
+    ASE's standard path for fcc; the student with a weaker readout is the closer one, and no MAE is zero."""
+    import json
+
+    from ffdistill.calculator import PotentialCalculator, load_student, save_student
     from ffdistill.cli import main
     from ffdistill.students import build_student
 
-    torch.manual_seed(0)
-    model = build_student("painn-tiny", [29], cutoff=4.0)
-    with torch.no_grad():
-        model.readout[-1].weight.normal_(0.0, 0.1)
-    save_student(model, str(tmp_path / "tiny.pt"))
+    for name, scale in (("tiny", 0.1), ("weak", 0.02)):
+        torch.manual_seed(0)
+        model = build_student("painn-tiny", [29], cutoff=4.0)
+        with torch.no_grad():
+            model.readout[-1].weight.normal_(0.0, scale)
+        save_student(model, str(tmp_path / f"{name}.pt"))
     bulk("Cu", "fcc", a=3.6, cubic=True).write(tmp_path / "cu.extxyz")
-    args = [
-        "phonons",
-        str(tmp_path / "tiny.pt"),
-        "--structure",
-        str(tmp_path / "cu.extxyz"),
-        "--teacher",
-        "ase:ase.calculators.emt:EMT",
-        "-o",
-        str(tmp_path / "ph"),
-        "-q",
-    ]
+    args = ["phonons", str(tmp_path / "tiny.pt"), str(tmp_path / "weak.pt"), "--structure", str(tmp_path / "cu.extxyz")]
+    args += ["--teacher", "ase:ase.calculators.emt:EMT", "-o", str(tmp_path / "ph"), "-q"]
     assert main(args) == 0
-    assert "tiny: band MAE" in capsys.readouterr().out
+    printed = capsys.readouterr().out
     result = json.load(open(tmp_path / "ph" / "phonons.json"))
-    assert (
-        result["students"]["tiny"]["phonon_band_mae_cm1"] > 1.0 and os.path.getsize(tmp_path / "ph" / "phonons.png") > 0
-    )
-    assert np.asarray(result["bands_cm1"]["teacher"]).max() > 150  # EMT copper's top band (~265 cm⁻¹)
+
+    path = bulk("Cu", "fcc", a=3.6).cell.bandpath(npoints=100)  # ASE's path through the fcc primitive cell
+    assert result["path"] == path.path
+    q = np.concatenate([path.kpts, np.zeros((1, 3))])  # the path, then Γ
+    by_hand = {"teacher": _phonopy_bands_by_hand(EMT(), q)}
+    for name in ("tiny", "weak"):
+        student = PotentialCalculator(load_student(str(tmp_path / f"{name}.pt")).double(), dtype=torch.float64)
+        by_hand[name] = _phonopy_bands_by_hand(student, q)
+    for name, bands in by_hand.items():
+        assert np.abs(np.asarray(result["bands_cm1"][name]) - bands[:-1]).max() < PHONON_TOLERANCE, name
+    assert by_hand["teacher"].max() > 150  # EMT copper's top band (~265 cm⁻¹)
+    for name in ("tiny", "weak"):
+        band_mae = np.abs(by_hand[name][:-1] - by_hand["teacher"][:-1]).mean()
+        gamma_mae = np.abs(by_hand[name][-1] - by_hand["teacher"][-1]).mean()
+        got = result["students"][name]
+        print("DBG", name, got, band_mae, gamma_mae, by_hand[name][:-1].min(), np.abs(np.asarray(result["bands_cm1"][name]) - by_hand[name][:-1]).max())
+        assert got["phonon_band_mae_cm1"] == pytest.approx(band_mae, abs=PHONON_TOLERANCE), name
+        assert got["phonon_gamma_mae_cm1"] == pytest.approx(gamma_mae, abs=PHONON_TOLERANCE), name
+        assert got["phonon_min_cm1"] == pytest.approx(by_hand[name][:-1].min(), abs=PHONON_TOLERANCE), name
+        assert f"{name}: band MAE {got['phonon_band_mae_cm1']:.1f}" in printed, printed
+    assert 1.0 < result["students"]["weak"]["phonon_band_mae_cm1"] < result["students"]["tiny"]["phonon_band_mae_cm1"]
+    assert (tmp_path / "ph" / "phonons.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import time
 import ase.io
 import numpy as np
 import pytest
+import torch
 from ase.build import bulk
 from conftest import write_frames
 
@@ -229,30 +230,40 @@ def test_unwritable_or_full_output_fails_before_any_work(emt_teacher, cu_frames,
     assert not (tmp_path / "s.zarr.partial").exists()
 
 
-def test_input_labels_become_the_reference_and_the_teacher_error_is_known(morse_teacher, tmp_path):
+def test_input_labels_become_the_reference_and_the_teacher_error_is_known(emt_teacher, tmp_path):
+    """Frames of 4, 8 and 4 atoms carrying their own labels (ASE's Lennard-Jones, standing in for DFT), labelled
+    by EMT: the teacher's force error is the mean over frames of each frame's MAE between EMT's forces (ASE's
+    own calculator, afresh) and the labels as read back from the file, worked out here in numpy."""
     from ase.calculators.emt import EMT
+    from ase.calculators.lj import LennardJones
     from ase.calculators.singlepoint import SinglePointCalculator
     from conftest import rattled_cu
 
     from ffdistill.training.trainer import teacher_force_error
 
     frames = []
-    for k in range(3):
-        atoms = rattled_cu(k)
-        atoms.calc = EMT()
+    for k, reps in enumerate([(1, 1, 1), (2, 1, 1), (1, 1, 1)]):
+        atoms = rattled_cu(k, reps, amount=0.1)
+        atoms.calc = LennardJones(sigma=2.3, epsilon=0.2, rc=5.0, smooth=True)
         atoms.calc = SinglePointCalculator(atoms, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
         frames.append(atoms)
     ase.io.write(tmp_path / "dft.extxyz", frames)
-    store = label_file(morse_teacher, str(tmp_path / "dft.extxyz"), str(tmp_path / "s.zarr"), rows=2, progress=False)
+    store = label_file(emt_teacher, str(tmp_path / "dft.extxyz"), str(tmp_path / "s.zarr"), rows=2, progress=False)
     assert store.summary()["reference_labels"]
-    graph = store.graph(1, 4.0)
-    np.testing.assert_allclose(graph.forces.numpy(), frames[1].get_forces(), atol=1e-6)  # the file's labels
-    teacher_graph = store.graph(1, 4.0, reference=False)
-    assert not np.allclose(teacher_graph.forces.numpy(), graph.forces.numpy())  # Morse is not EMT
-    # The teacher's error against the file's labels: Morse forces computed here, afresh, against EMT's.
-    per_frame = []
-    for atoms in frames:
+    written = ase.io.read(tmp_path / "dft.extxyz", ":")  # positions and forces as stored in the file (8 decimals)
+    graph = store.graph(1, 4.0, dtype=torch.float64)
+    np.testing.assert_array_equal(graph.forces.numpy(), written[1].get_forces())  # the file's labels
+    teacher_graph = store.graph(1, 4.0, dtype=torch.float64, reference=False)
+    emt = []
+    for atoms in written:
         copy = atoms.copy()
-        copy.calc = morse_teacher.as_calculator()
-        per_frame.append(np.abs(copy.get_forces() - atoms.get_forces()).mean())
-    assert teacher_force_error(store, [0, 1, 2]) == pytest.approx(np.mean(per_frame), rel=1e-5)
+        copy.calc = EMT()
+        emt.append(copy.get_forces())
+    np.testing.assert_allclose(teacher_graph.forces.numpy(), emt[1], rtol=0, atol=1e-12)  # the teacher's labels
+    per_frame = [np.abs(f - atoms.get_forces()).mean() for f, atoms in zip(emt, written)]
+    assert min(per_frame) > 0.05  # LJ is not EMT: a telling error
+    assert teacher_force_error(store, [0, 1, 2]) == pytest.approx(np.mean(per_frame), rel=1e-12)
+    assert teacher_force_error(store, [2, 1]) == pytest.approx((per_frame[2] + per_frame[1]) / 2, rel=1e-12)
+    # the mean of frame means, not of all atoms pooled: with frames of 4 and 8 atoms these differ
+    pooled = np.mean(np.concatenate([np.abs(f - atoms.get_forces()).ravel() for f, atoms in zip(emt, written)]))
+    assert abs(pooled / np.mean(per_frame) - 1) > 1e-3

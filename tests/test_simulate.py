@@ -85,13 +85,45 @@ def test_md_command_stops_with_a_clear_message_on_blowup(tmp_path):
     assert issubclass(Blowup, FFDistillError)
 
 
-def test_md_resumes_from_its_trajectory(tmp_path):
-    traj = str(tmp_path / "md.traj")
-    run_md(EMT(), copper((1, 1, 1)), "nvt", 300, 40, traj, interval=10, progress=False)
-    ran = run_md(EMT(), copper((1, 1, 1)), "nvt", 300, 60, traj, interval=10, resume=True, progress=False)
+@pytest.mark.parametrize("ensemble", ["nve", "nvt"])
+def test_md_resumes_from_its_trajectory(ensemble, tmp_path, monkeypatch):
+    """40 steps, then a resumed run to 60: the frames on disk stay, the resumed integrator starts from the last
+    frame's positions and momenta, and in NVE (deterministic) the run ends where ASE's own velocity Verlet, run
+    60 steps straight from the same start, ends."""
+    from ase import units
     from ase.io import read
+    from ase.md.verlet import VelocityVerlet
 
-    assert ran == 20 and len(read(traj, ":")) == 7
+    import ffdistill.evaluate.md as md
+
+    starts = []  # the state each integrator is built on, as it is built
+
+    def spied(atoms, *args, **kwargs):
+        starts.append((atoms.positions.copy(), atoms.get_momenta().copy()))
+        return dynamics(atoms, *args, **kwargs)
+
+    dynamics = md.dynamics
+    monkeypatch.setattr(md, "dynamics", spied)
+    traj = str(tmp_path / "md.traj")
+    assert run_md(EMT(), copper((1, 1, 1)), ensemble, 300, 40, traj, interval=10, progress=False) == 40
+    before = read(traj, ":")
+    assert len(before) == 5  # steps 0, 10, 20, 30, 40
+    ran = run_md(EMT(), copper((1, 1, 1)), ensemble, 300, 60, traj, interval=10, resume=True, progress=False)
+    after = read(traj, ":")
+    assert ran == 20 and len(after) == 7  # 50 and 60 appended, 40 not written twice
+    for old, new in zip(before, after):
+        assert np.array_equal(old.positions, new.positions) and np.array_equal(old.get_momenta(), new.get_momenta())
+    assert len(starts) == 2
+    assert np.array_equal(starts[1][0], before[-1].positions) and np.array_equal(starts[1][1], before[-1].get_momenta())
+    assert np.abs(before[-1].get_momenta()).max() > 0.01 and np.abs(after[-1].positions - before[-1].positions).max() > 1e-3
+
+    if ensemble == "nve":
+        straight = after[0].copy()  # the thermalised start as written
+        straight.set_momenta(after[0].get_momenta())
+        straight.calc = EMT()
+        VelocityVerlet(straight, 1.0 * units.fs).run(60)
+        np.testing.assert_allclose(after[-1].positions, straight.positions, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(after[-1].get_momenta(), straight.get_momenta(), rtol=0, atol=1e-12)
 
 
 #: A profile short enough for CI: every check runs, none for long. 30 K because an untrained student exerts

@@ -29,17 +29,36 @@ class BrokenCalculator(Calculator):
 
 
 @pytest.mark.parametrize(
-    "spec, message",
+    "spec, mace, message",
     [
-        ("nonsense", "unknown teacher"),
-        ("ase:nope", "ase:MODULE:FACTORY"),
-        ("ase:no.such.module:X", "cannot load"),
-        ("mace:/no/such/file.model", "MACE|mace"),
+        ("nonsense", None, r"^unknown teacher spec 'nonsense': use sevenn"),
+        ("ase:nope", None, r"^ase teacher spec must be ase:MODULE:FACTORY, got ase:nope$"),
+        ("ase:no.such.module:X", None, r"^cannot load ASE calculator no\.such\.module:X: No module named 'no'$"),
+        ("ase:ase.calculators.emt:Nope", None, r"^cannot load ASE calculator .*has no attribute 'Nope'$"),
+        # without mace-torch the package is named, with how to get it; the file is not looked at
+        ("mace:/no/such/file.model", "absent", r"^MACE teachers need mace-torch: .*--teacher-python"),
+        ("mace:{there}", "absent", r"^MACE teachers need mace-torch: .*--teacher-python"),
+        # with it (a stand-in module), a missing file is named by its path, and a file that is there needs trust
+        ("mace:/no/such/file.model", "installed", r"^MACE model file not found: /no/such/file\.model$"),
+        ("mace:{there}", "installed", r"^{there} is a pickled model .*pass --trust-teacher"),
     ],
 )
-def test_bad_specs_are_refused(spec, message):
-    with pytest.raises(TeacherError, match=message):
+def test_bad_specs_are_refused(spec, mace, message, tmp_path, monkeypatch):
+    import re
+    import sys
+    import types
+
+    if mace is not None:  # None in sys.modules makes ``import mace`` raise ImportError
+        monkeypatch.setitem(sys.modules, "mace", types.ModuleType("mace") if mace == "installed" else None)
+    there = tmp_path / "there.model"
+    there.write_bytes(b"not really a model")
+    spec, message = spec.format(there=there), message.replace("{there}", re.escape(str(there)))
+    with pytest.raises(TeacherError, match=message) as caught:
         load_teacher(spec)
+    if mace == "absent":
+        assert "not found" not in str(caught.value) and spec[5:] not in str(caught.value)
+    if mace == "installed":
+        assert "mace-torch" not in str(caught.value)
 
 
 @pytest.mark.parametrize("value, message", [(np.nan, "non-finite"), (5e3, "absurd force")])
@@ -61,15 +80,41 @@ def test_pickled_teacher_files_need_trust(tmp_path):
         load_teacher(f"sevenn:{path}")
 
 
+#: EMT Hessian rows: the teacher's central differences (h = 1e-3 Å) vs ours (h = 1e-4 Å), eV/Å². The two
+#: differ by their truncation errors, h²/6 · d³F/dR³: seen here 8e-6 on entries up to 9 eV/Å².
+EMT_FD_ATOL = 1e-4
+
+
 def test_ase_teacher_labels_match_the_calculator(emt_teacher, cu_atoms):
+    """Energy, forces and the full stress tensor equal EMT's own; Hessian rows equal central differences
+    (h = 1e-4 Å) of EMT's forces, computed here: rows 2 (atom 0, z) and 5 (atom 1, z), d²E/dR_r dR."""
     from ase.calculators.emt import EMT
 
-    labels = emt_teacher.label(cu_atoms, rows=[2, 5])
+    rows = [2, 5]
+    labels = emt_teacher.label(cu_atoms, rows=rows)
     cu_atoms.calc = EMT()
-    assert labels.energy == pytest.approx(cu_atoms.get_potential_energy())
+    assert labels.energy == pytest.approx(cu_atoms.get_potential_energy(), rel=1e-14)
     assert_close(labels.forces, cu_atoms.get_forces(), 1e-12, what="forces")
-    assert_close(labels.stress.ravel()[[0, 4, 8]], cu_atoms.get_stress()[:3], 1e-12, what="stress")
-    assert labels.hessian_rows.shape == (2, len(cu_atoms), 3)
+    # ASE's Voigt order is xx, yy, zz, yz, xz, xy (eV/Å³, positive under tension); the labels are (3, 3)
+    voigt = cu_atoms.get_stress()
+    expected = np.empty((3, 3))
+    for k, (a, b) in enumerate([(0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1)]):
+        expected[a, b] = expected[b, a] = voigt[k]
+    assert labels.stress.shape == (3, 3) and np.abs(voigt[3:]).min() > 1e-5  # rattled: shear is not zero
+    assert_close(labels.stress, expected, 1e-12, what="stress, all 9 components")
+    step = 1e-4
+    fd = np.empty((len(rows), len(cu_atoms), 3))
+    for k, r in enumerate(rows):
+        moved = []
+        for sign in (1, -1):
+            atoms = cu_atoms.copy()
+            atoms.positions[r // 3, r % 3] += sign * step
+            atoms.calc = EMT()
+            moved.append(atoms.get_forces())
+        fd[k] = -(moved[0] - moved[1]) / (2 * step)  # H[r, :] = -dF/dR_r
+    assert labels.hessian_rows.shape == fd.shape and np.array_equal(labels.row_index, rows)
+    assert np.abs(fd).max() > 1.0  # a real, non-trivial Hessian
+    assert_close(labels.hessian_rows, fd, EMT_FD_ATOL, what="Hessian rows vs central differences")
 
 
 @pytest.mark.slow

@@ -18,12 +18,14 @@ from ffdistill.graph import from_ase
 from ffdistill.potential import Potential, Want
 
 STUDENT_FORMAT = "ffdistill-student"
+COMMITTEE_FORMAT = "ffdistill-committee"
 
 
 class PotentialCalculator(Calculator):
     """Any ``Potential`` (student or teacher) as an ASE calculator, through ``predict``.
 
-    numpy in eV, eV/Å and eV/Å³ (Voigt order) at this boundary only. Stress is computed when the
+    numpy in eV, eV/Å and eV/Å³ (Voigt order) at this boundary only; a committee adds ``force_deviation``
+    (per atom, eV/Å) and ``energy_std`` (eV) to ``results`` (``students/committee.py``). Stress is computed when the
     cell is periodic in all three directions and the potential declares stress (direct-force
     students do not: their force head is not a derivative of any energy).
     """
@@ -39,8 +41,14 @@ class PotentialCalculator(Calculator):
         self.potential.check_elements(self.atoms.numbers)
         graph = from_ase(self.atoms, self.potential.cutoff, dtype=self.dtype, labels=False)
         stress = "stress" in properties and "stress" in self.implemented_properties and bool(np.all(self.atoms.pbc))
-        out = self.potential.predict(graph.to(device_of(self.potential)), Want(stress=stress))
-        self.results = _results(out, stress)
+        graph, want = graph.to(device_of(self.potential)), Want(stress=stress)
+        if hasattr(self.potential, "predict_with_uncertainty"):  # a committee: its spread goes in results too
+            out, extra = self.potential.predict_with_uncertainty(graph, want)
+            self.results = _results(out, stress)
+            self.results["force_deviation"] = extra["force_deviation"].double().cpu().numpy()
+            self.results["energy_std"] = float(extra["energy_std"].sum())
+        else:
+            self.results = _results(self.potential.predict(graph, want), stress)
 
 
 def _results(out, stress: bool) -> dict:
@@ -57,8 +65,25 @@ EnergyModelCalculator = PotentialCalculator
 
 
 def save_student(model, path: str, **metadata) -> None:
-    """Write a student as plain data (loads with ``torch.load(weights_only=True)``), atomically."""
-    payload = {
+    """Write a student (or a committee of students) as plain data (loads with ``torch.load(weights_only=True)``),
+    atomically."""
+    if getattr(model, "arch", None) == "committee":
+        payload = {
+            "format": COMMITTEE_FORMAT,
+            "ffdistill_version": __version__,
+            "members": [_student_payload(m, {}) for m in model.members],
+            "scale": float(model.scale),
+            "metadata": metadata,
+        }
+    else:
+        payload = _student_payload(model, metadata)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _student_payload(model, metadata: dict) -> dict:
+    return {
         "format": STUDENT_FORMAT,
         "ffdistill_version": __version__,
         "arch": model.arch,
@@ -66,15 +91,18 @@ def save_student(model, path: str, **metadata) -> None:
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": metadata,
     }
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+
+
+def _student_from_payload(payload: dict):
+    from ffdistill.students import ARCHITECTURES
+
+    model = ARCHITECTURES[payload["arch"]](**payload["constructor"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
 
 
 def load_student(path: str):
-    """The student saved at ``path``; refuses anything that is not plain student data."""
-    from ffdistill.students import ARCHITECTURES
-
+    """The student (or committee) saved at ``path``; refuses anything that is not plain student data."""
     if not os.path.isfile(path):
         raise InputError(f"no student file at {path}")
     if not zipfile.is_zipfile(path):  # every torch.save since PyTorch 1.6 writes a zip archive
@@ -86,11 +114,14 @@ def load_student(path: str):
             f"{path} is not an ffdistill student file: it holds more than plain data ({type(error).__name__}); "
             "students are written by ffdistill train"
         ) from error
+    if isinstance(payload, dict) and payload.get("format") == COMMITTEE_FORMAT:
+        from ffdistill.students.committee import Committee
+
+        members = [_student_from_payload(member) for member in payload["members"]]
+        return Committee(members, payload["scale"]).eval()
     if not isinstance(payload, dict) or payload.get("format") != STUDENT_FORMAT:
         raise InputError(f"{path} is not an ffdistill student file")
-    model = ARCHITECTURES[payload["arch"]](**payload["constructor"])
-    model.load_state_dict(payload["state_dict"])
-    return model.eval()
+    return _student_from_payload(payload)
 
 
 def describe_file(path: str) -> str:

@@ -100,6 +100,9 @@ class TrainConfig:
     #: auto (a GPU when there is one), cpu, cuda or cuda:K; under data parallelism cuda is each rank's LOCAL_RANK GPU
     device: str = "auto"
     devices: int = 1  #: data-parallel processes on this node (gloo on CPU, NCCL on GPUs)
+    #: K > 1: train K students differing only in their seed (seed + k) and save them, calibrated on the validation
+    #: frames, as one committee (OUTPUT/committee.pt) whose spread is the uncertainty
+    committee: int = 1
 
 
 @dataclass
@@ -152,6 +155,7 @@ RANGES: dict[str, tuple | set] = {
     "train.ema_decay": (0.0, 1.0, "[)"),
     "train.grad_clip": (0.0, math.inf, "()"),
     "train.devices": (1, math.inf, "[)"),
+    "train.committee": (1, math.inf, "[)"),
 }
 
 

@@ -9,22 +9,41 @@ def cmd_md(args) -> None:
     from ffdistill import load_calculator
     from ffdistill.data.sampling import load_structure
     from ffdistill.evaluate.md import run_md
+    from ffdistill.evaluate.uncertainty import UncertaintyStop, UncertaintyWatch
 
+    watch = None
+    if args.uncertainty_threshold is not None or args.uncertainty_stop is not None:
+        watch = UncertaintyWatch(
+            f"{args.output}.uncertain.extxyz",
+            f"{args.output}.uncertainty.log",
+            args.uncertainty_threshold,
+            args.uncertainty_stop,
+            args.uncertainty_interval,
+        )
     calc = load_calculator(args.model, device=_device(args))
     atoms = load_structure(args.structure)
-    run_md(
-        calc,
-        atoms,
-        args.ensemble,
-        args.temperature,
-        args.steps,
-        args.output,
-        timestep_fs=args.timestep,
-        interval=args.interval,
-        resume=args.resume,
-        progress=not args.quiet,
-    )
+    try:
+        run_md(
+            calc,
+            atoms,
+            args.ensemble,
+            args.temperature,
+            args.steps,
+            args.output,
+            timestep_fs=args.timestep,
+            interval=args.interval,
+            resume=args.resume,
+            progress=not args.quiet,
+            uncertainty=watch,
+        )
+    except UncertaintyStop as stop:
+        print(f"{stop}; trajectory {args.output}, frames above threshold {watch.frames_path}")
+        return
     print(f"{args.steps} steps done: trajectory {args.output}, energies {args.output}.log")
+    if watch is not None:
+        print(
+            f"committee deviation: {watch.log_path}; frames above threshold (for ffdistill label): {watch.frames_path}"
+        )
 
 
 def cmd_export(args) -> None:
@@ -82,6 +101,18 @@ def add_parsers(sub) -> None:
     p.add_argument("--timestep", type=float, default=1.0, help="fs")
     p.add_argument("--interval", type=_positive, default=10, help="steps between saved frames and stability checks")
     p.add_argument("--resume", action="store_true", help="continue from the trajectory's last frame")
+    p.add_argument(
+        "--uncertainty-threshold",
+        type=float,
+        help="committees: write frames whose largest per-atom force deviation (eV/Å) exceeds this to "
+        "OUTPUT.uncertain.extxyz, ready for ffdistill label (default: none)",
+    )
+    p.add_argument(
+        "--uncertainty-stop", type=float, help="committees: stop the run when the deviation exceeds this (eV/Å)"
+    )
+    p.add_argument(
+        "--uncertainty-interval", type=_positive, default=10, help="steps between uncertainty checks (default 10)"
+    )
     p.add_argument("-o", "--output", required=True, help="trajectory file (.traj)")
     p.set_defaults(func=cmd_md)
 

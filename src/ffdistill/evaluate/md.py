@@ -273,12 +273,15 @@ def run_md(
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
+    uncertainty=None,
 ) -> int:
     """MD through ASE, writing ``trajectory`` and ``<trajectory>.log`` every ``interval`` steps.
 
     Raises ``Blowup`` (first failed step and reason) if the run leaves physics. With ``resume``,
     continues from the last frame of ``trajectory`` (positions and momenta), so an interrupted run
-    loses at most ``interval`` steps. Returns the number of steps run now.
+    loses at most ``interval`` steps. ``uncertainty`` (an ``UncertaintyWatch``, committees only) logs the
+    committee's force deviation, keeps the frames above its threshold and stops above its stop threshold.
+    Returns the number of steps run now.
     """
     from ase.io import read
 
@@ -290,6 +293,8 @@ def run_md(
     else:
         atoms = thermalised(atoms, calc, temperature, seed)
     dyn = dynamics(atoms, ensemble, temperature, timestep_fs, seed + done)
+    if uncertainty is not None:  # a committee's spread, checked first: it should warn before a blow-up
+        uncertainty.attach(dyn, atoms, offset=done)
     StabilityMonitor(atoms, interval).attach(dyn, offset=done)
     _attach_recorder(dyn, atoms, trajectory, interval, done, steps, ensemble, progress)
     remaining = max(0, steps - done)

@@ -134,6 +134,9 @@ def _evaluate_one(
     clock = Stopwatch()
     with clock("accuracy"):
         m = {"role": "teacher" if c.is_teacher else "student", **_accuracy(c, inputs.test)}
+    if not c.is_teacher and hasattr(c.model, "predict_with_uncertainty"):  # a committee: is its spread right?
+        with clock("uncertainty"):
+            m.update(_uncertainty(c, inputs.test))
     with clock("md"):
         m.update(_md(c, inputs.test.atoms, steps, profile))
     with clock("relaxation"):
@@ -184,6 +187,13 @@ def _teacher_steps(profile: Profile, seconds_per_call: float) -> dict:
         "nvt": max(10, min(profile.nvt_steps, affordable)),
         "nve": max(10, min(profile.nve_steps, affordable)),
     }
+
+
+def _uncertainty(c: Candidate, test: TestSet) -> dict:
+    from ffdistill.evaluate.uncertainty import calibration, frame_measures
+
+    deviation, error = frame_measures(c.model, test.graphs(c.cutoff, c.dtype))
+    return {"uncertainty": calibration(deviation, error), "_uncertainty_frames": (deviation, error)}
 
 
 def _accuracy(c: Candidate, test: TestSet) -> dict:
@@ -374,6 +384,12 @@ def _plots(output: str, models: dict) -> list[str]:
     if all("_phonons" in m for m in models.values()):
         plots.phonon_bands({n: m["_phonons"] for n, m in models.items()}, path("phonons.png"))
         written.append("phonons.png")
+    for name, m in models.items():
+        if "_uncertainty_frames" in m:
+            from ffdistill.evaluate.uncertainty import plot_calibration
+
+            written.append(f"calibration_{name}.png")
+            plot_calibration(*m["_uncertainty_frames"], path(written[-1]))
     growth = {n: m["cost_growth_s_per_call"] for n, m in models.items() if m["cost_growth_s_per_call"]}
     if growth:
         plots.cost_growth(growth, path("cost_growth.png"))

@@ -150,6 +150,10 @@ def train_from_config(config: RunConfig, resume: bool = False, progress: bool = 
     """
     backend = distributed.backend_for(distributed.resolve_device(config.train.device))  # fails early without CUDA
     check_ranges(config)
+    if config.train.committee > 1:
+        from ffdistill.training.committee import train_committee
+
+        return train_committee(config, resume=resume, progress=progress)
     if config.train.devices > 1 and not distributed.from_environment(backend):
         LabelStore(config.data.store)  # fail here, with one clear line, before spawning anything
         distributed.spawn(train_from_config, config.train.devices, backend, config, resume, progress)

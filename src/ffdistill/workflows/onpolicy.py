@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 from ffdistill.errors import InputError
 from ffdistill.faults import fault_point
@@ -403,13 +404,12 @@ def ensemble_forces(students: Sequence[str], frames: Sequence) -> list[np.ndarra
 
 
 def force_disagreement(forces: np.ndarray) -> float:
-    """Largest per-atom spread of an ensemble's forces, eV/Å: max_i sqrt(mean_k |F_ki - mean_k F_ki|^2).
+    """An ensemble's frame deviation (eV/Å), the committee's one definition (``students/committee.py``,
+    uncalibrated): max_i sqrt(mean_k |F_ki - mean_k F_ki|^2). The maximum over atoms, not the mean: a student
+    fails at one bad atom, and large cells would otherwise dilute it."""
+    from ffdistill.students.committee import frame_deviation, per_atom_deviation
 
-    The maximum over atoms, not the mean: a student fails at one bad atom, and large cells would
-    otherwise dilute it.
-    """
-    spread = forces - forces.mean(axis=0, keepdims=True)
-    return float(np.sqrt((spread**2).sum(axis=-1).mean(axis=0)).max())
+    return frame_deviation(per_atom_deviation(torch.as_tensor(np.asarray(forces))).numpy())
 
 
 def ensemble_disagreement(students: Sequence[str], frames: Sequence) -> np.ndarray:
