@@ -15,6 +15,8 @@ What it measures, all on ``--device`` (ASE's integrator and neighbour lists stay
 * training structures/s, painn-small on batches of 4 x 64-atom Si (labels from the Morse teacher: timing does
   not depend on the values), with and without the Hessian term (s = 1 row per structure, the student's rows
   taken as training takes them by default, ``model.jacobian``);
+* torch-sim against ASE: atom-steps/s of 16 replicas of a 64-atom Si cell (painn-small, NVE at 1 fs) in one
+  batched torch-sim state, against the same 16 run one at a time through ASE (needs torch-sim-atomistic);
 * MD steps/s and ns/day (1 fs velocity Verlet) at 64, 512 and 4,096 atoms (Si supercells) for painn-small,
   schnet-small and the teacher, and each student's speed-up over the teacher. The teacher skips a size when
   its first step would take (predicted from the size before, linear in N) or took more than 30 s.
@@ -259,6 +261,44 @@ def student_calculator(name: str, device):
     return PotentialCalculator(model)
 
 
+def torchsim_vs_ase(device, quick: bool, replicas: int = 16) -> dict:
+    """Atom-steps/s of ``replicas`` 64-atom Si cells: one batched torch-sim state against one ASE run each."""
+    try:
+        import torch_sim as ts
+
+        from ffdistill.deploy.torchsim import StudentModel
+    except ImportError as error:
+        return {"skipped": str(error)}
+    from ffdistill.evaluate.md import dynamics, thermalised
+
+    steps = 5 if quick else 20
+    calc = student_calculator("painn-small", device)
+    cells = [silicon(64, seed=k) for k in range(replicas)]
+    model = StudentModel(calc.potential, device=device, dtype=torch.float32)
+    state = ts.io.atoms_to_state(cells, device, torch.float32)
+    ts.integrate(state, model, integrator=ts.nve, n_steps=1, temperature=300, timestep=0.001)  # warm-up
+    batched = timed(
+        lambda: ts.integrate(state, model, integrator=ts.nve, n_steps=steps, temperature=300, timestep=0.001), device
+    )
+    runs = [dynamics(thermalised(atoms, calc, 300.0, k), "nve", 300.0, 1.0) for k, atoms in enumerate(cells)]
+    runs[0].run(1)  # warm-up
+    one_by_one = timed(lambda: [dyn.run(steps) for dyn in runs], device)
+    atom_steps = replicas * 64 * steps
+    row = {
+        "replicas": replicas,
+        "atoms_each": 64,
+        "steps": steps,
+        "torchsim_atom_steps_per_s": atom_steps / batched,
+        "ase_atom_steps_per_s": atom_steps / one_by_one,
+    }
+    row["torchsim_speedup"] = row["torchsim_atom_steps_per_s"] / row["ase_atom_steps_per_s"]
+    say(
+        f"torch-sim {row['torchsim_atom_steps_per_s']:.0f} atom-steps/s vs ASE one at a time "
+        f"{row['ase_atom_steps_per_s']:.0f} ({row['torchsim_speedup']:.2f}x), {replicas} x 64 atoms"
+    )
+    return row
+
+
 def md(teacher, why_not: str | None, device, quick: bool) -> dict:
     """Students' and teacher's MD rates per size, and each student's speed-up over the teacher."""
     out, last = {}, None  # last: (atoms, first-step seconds) of the teacher's previous size
@@ -313,6 +353,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer frames, steps and repeats (a short CPU run)")
+    parser.add_argument("--only", choices=["torchsim"], help="run one part only")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from ffdistill.devices import resolve
@@ -324,6 +365,13 @@ def main() -> None:
         sys.exit(f"throughput: {error}")
     started = time.perf_counter()
     say(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, quick={args.quick}")
+    if args.only == "torchsim":
+        print(
+            json.dumps(
+                {"device": str(device), "threads": torch.get_num_threads(), **torchsim_vs_ase(device, args.quick)}
+            )
+        )
+        return
     teacher, why_not = load_sevenn(device)
     report = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
     report["quick"] = args.quick
@@ -341,6 +389,7 @@ def main() -> None:
         report["rows_vmap_vs_loop"]["sevenn"] = vmap_vs_loop(teacher, "sevenn", device, args.quick)
         report["sevenn_batched_vs_looped_forward"] = batched_vs_looped_forward(teacher, device, args.quick)
     report["training"] = training(device, args.quick)
+    report["torchsim_vs_ase"] = torchsim_vs_ase(device, args.quick)
     report["md"] = md(teacher, why_not, device, args.quick)
     report["wall_s"] = time.perf_counter() - started
     print(json.dumps(report))

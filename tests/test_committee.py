@@ -163,3 +163,21 @@ def test_md_uncertainty_needs_a_committee(tmp_path, capsys):
     argv = ["md", path, str(tmp_path / "s.extxyz"), "--uncertainty-threshold", "0.1", "-o", str(tmp_path / "o.traj")]
     assert main([*argv, "-q"]) == 2
     assert "needs a committee" in capsys.readouterr().err
+
+
+def test_lammps_dumps_the_committees_per_atom_deviation(tmp_path):
+    from ffdistill.deploy.lammps import run_lammps
+
+    path = str(tmp_path / "committee.pt")
+    save_student(Committee([m.float() for m in _members(2)], scale=1.5), path)
+    atoms = rattled_cu(2)
+    dump = tmp_path / "deviation.dump"
+    commands = [f"dump d all custom 1 {dump} id d_force_deviation", "dump_modify d sort id"]
+    run_lammps(path, atoms, commands, steps=0)
+    lines = dump.read_text().splitlines()
+    values = np.array([float(line.split()[1]) for line in lines[lines.index("ITEM: ATOMS id d_force_deviation") + 1 :]])
+    expected = atoms.copy()
+    expected.calc = load_calculator(path)
+    expected.get_forces()
+    np.testing.assert_allclose(values, expected.calc.results["force_deviation"], rtol=1e-5)
+    assert values.max() > 0

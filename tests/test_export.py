@@ -10,7 +10,7 @@ import torch
 from conftest import rattled_cu
 
 from ffdistill import load_calculator
-from ffdistill.calculator import save_student
+from ffdistill.calculator import PotentialCalculator, save_student
 from ffdistill.cli import main
 from ffdistill.students import build_student
 
@@ -82,3 +82,31 @@ def test_inspect_says_in_one_line_what_a_student_file_and_an_export_are(tmp_path
     assert main(["inspect", str(tmp_path / "ts.pt")]) == 0
     out = capsys.readouterr().out
     assert "TorchScript export" in out and "a program" in out
+
+
+def test_an_exported_committee_is_its_mean_without_ffdistill(tmp_path):
+    from ffdistill.students.committee import Committee
+
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        member = build_student("painn-tiny", [29], cutoff=4.0)
+        for p in member.parameters():
+            torch.nn.init.normal_(p, std=0.3) if p.dim() > 1 else None
+        members.append(member)
+    path = str(tmp_path / "committee.pt")
+    save_student(Committee(members, scale=2.0), path)
+    assert main(["export", path, "-o", str(tmp_path / "exported.pt"), "-q"]) == 0
+    structures = [rattled_cu(3, (2, 2, 2)), rattled_cu(4, (3, 1, 1))]
+    ase.io.write(tmp_path / "s.extxyz", structures)
+    command = [sys.executable, "-c", RUN_WITHOUT_FFDISTILL, str(tmp_path), str(tmp_path / "exported.pt")]
+    result = subprocess.run([*command, str(tmp_path / "s.extxyz")], capture_output=True, text=True, check=True)
+    for atoms, got in zip(structures, json.loads(result.stdout)):
+        each = []
+        for member in members:  # the mean recomputed from each member's own calculator
+            one = atoms.copy()
+            one.calc = PotentialCalculator(member)
+            each.append(one.get_forces())
+        mean = np.mean(each, axis=0)
+        assert np.abs(np.array(got["forces"]) - mean).max() <= EXPORT_RELATIVE_TOLERANCE * max(1.0, np.abs(mean).max())
+        assert np.abs(each[0] - each[1]).max() > 1e-3  # members that differ: the mean is a real test

@@ -115,6 +115,31 @@ def test_ase_socket_server_gets_the_calculators_energy_forces_and_stress():
     assert clients[0].error is None and clients[0].result == 2
 
 
+def test_a_committee_sends_its_per_atom_deviation_in_the_extras():
+    import json
+
+    from ffdistill.students.committee import Committee
+
+    committee = Committee([random_student(0), random_student(1)], scale=1.3)
+    name, clients = socket_name(), []
+
+    def launch(atoms, properties, port, unixsocket):
+        clients.append(ClientThread(lambda: serve(float64_calculator(committee), atoms, unix=unixsocket)))
+        return clients[-1]
+
+    atoms = silicon(3)
+    with SocketIOCalculator(unixsocket=name, launch_client=launch) as server:
+        atoms.calc = server
+        atoms.get_forces()
+        extras = json.loads(bytes(server.results["morebytes"]).decode())
+    reference = atoms.copy()
+    reference.calc = float64_calculator(committee)
+    reference.get_forces()
+    assert_close(np.array(extras["force_deviation"]), reference.calc.results["force_deviation"], 1e-12)
+    assert max(extras["force_deviation"]) > 0
+    clients[0].wait()
+
+
 def test_serve_verb_answers_ase(tmp_path, capsys):
     path = str(tmp_path / "best.pt")
     save_student(random_student(), path)

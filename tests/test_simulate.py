@@ -115,7 +115,10 @@ def test_md_resumes_from_its_trajectory(ensemble, tmp_path, monkeypatch):
         assert np.array_equal(old.positions, new.positions) and np.array_equal(old.get_momenta(), new.get_momenta())
     assert len(starts) == 2
     assert np.array_equal(starts[1][0], before[-1].positions) and np.array_equal(starts[1][1], before[-1].get_momenta())
-    assert np.abs(before[-1].get_momenta()).max() > 0.01 and np.abs(after[-1].positions - before[-1].positions).max() > 1e-3
+    assert (
+        np.abs(before[-1].get_momenta()).max() > 0.01
+        and np.abs(after[-1].positions - before[-1].positions).max() > 1e-3
+    )
 
     if ensemble == "nve":
         straight = after[0].copy()  # the thermalised start as written

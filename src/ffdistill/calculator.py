@@ -141,6 +141,13 @@ def describe_file(path: str) -> str:
     meta = payload.get("metadata", {})
     val = meta.get("val", {}).get("force_mae_meV_per_A")
     trained = f", saved at step {meta['step']} (validation force MAE {val:.1f} meV/Å)" if "step" in meta and val else ""
+    if getattr(student, "arch", None) == "committee":
+        return (
+            f"{path}: an ffdistill committee of {len(student.members)} {student.members[0].arch} students (plain data, "
+            f"loads with torch.load(weights_only=True)), calibration scale {float(student.scale):.3g}, elements "
+            f"{student.elements}, cutoff {student.cutoff:g} Å; mean forces and a per-atom force deviation; needs "
+            f"ffdistill {payload.get('ffdistill_version', '?')} or later"
+        )
     return (
         f"{path}: an ffdistill student (plain data, loads with torch.load(weights_only=True)), {student.arch}, "
         f"{student.n_parameters()} parameters, elements {student.elements}, cutoff {student.cutoff:g} Å{trained}; "

@@ -208,6 +208,7 @@ class _StudentForces:
         self.error: BaseException | None = None
         self._last_input = None
         self._last_output = None
+        self.deviation: np.ndarray | None = None
 
     def __call__(self, _caller, step, nlocal, tag, x, fext):
         if self.error is not None:  # an exception cannot cross LAMMPS: stop computing, raise after the run
@@ -218,6 +219,8 @@ class _StudentForces:
             fext[:] = forces
             self.lmp.fix_external_set_energy_global(FIX_ID, energy)
             self.lmp.fix_external_set_virial_global(FIX_ID, virial)
+            if self.deviation is not None:  # a committee: its per-atom spread as a property LAMMPS can dump
+                self.lmp.numpy.extract_atom(DEVIATION)[:nlocal] = self.deviation
         except BaseException as error:  # noqa: BLE001 - re-raised by raise_pending
             self.error = error
             fext[:] = 0.0
@@ -240,6 +243,8 @@ class _StudentForces:
             virial = -atoms.get_volume() * s[[0, 1, 2, 5, 4, 3]]
         self._last_input = key
         self._last_output = (float(results["energy"]), np.asarray(results["forces"], dtype=np.float64), virial)
+        if "force_deviation" in results:
+            self.deviation = np.asarray(results["force_deviation"], dtype=np.float64)
         return self._last_output
 
     def raise_pending(self) -> None:
@@ -266,13 +271,19 @@ def as_calculator(model, dtype=None) -> Calculator:
 
 def attach_student(lmp, calc: Calculator, numbers, virial_at: Callable[[int], bool] = lambda _: True) -> _StudentForces:
     """``fix external`` calling ``calc`` every step, its energy and virial counted in LAMMPS' thermo; the
-    virial (the student's stress, an extra derivative) at the steps where ``virial_at(step)``, else zero."""
+    virial (the student's stress, an extra derivative) at the steps where ``virial_at(step)``, else zero. A
+    committee's per-atom force deviation (eV/Å) is the per-atom property ``d_force_deviation`` (``dump custom
+    … d_force_deviation``; ``compute reduce max d_force_deviation`` for its largest value)."""
     forces = _StudentForces(lmp, calc, np.asarray(numbers), virial_at)
+    if hasattr(getattr(calc, "potential", None), "predict_with_uncertainty"):  # dump it as d_force_deviation
+        lmp.command(f"fix ffdistill_deviation all property/atom {DEVIATION} ghost no")
     lmp.commands_list([f"fix {FIX_ID} all external pf/callback 1 1", f"fix_modify {FIX_ID} energy yes virial yes"])
     lmp.set_fix_external_callback(FIX_ID, forces, lmp)
     return forces
 
 
+#: the per-atom property holding a committee's force deviation
+DEVIATION = "d_force_deviation"
 THERMO = ("step", "pe", "ke", "etotal", "temp", "press")
 #: Commands that need the pressure at every step: then the student's virial is computed at every step.
 BAROSTATS = re.compile(r"\b(npt|nph|press/berendsen|press/langevin|box/relax|deform)\b")

@@ -8,6 +8,8 @@ on the same socket, which i-PI spreads beads over).
 
 from __future__ import annotations
 
+import json
+
 import ase
 import numpy as np
 
@@ -41,7 +43,8 @@ def serve(
 
     ``template`` gives atomic numbers and periodicity; positions and cell come from the server. The
     virial (-stress × volume, from the calculator) is sent when the structure is periodic in all
-    three directions and the calculator gives stress (direct-force students do not: zeros are sent).
+    three directions and the calculator gives stress (direct-force students do not: zeros are sent). A
+    committee's per-atom force deviation is sent in the protocol's extras (``_send_committee_extras``).
     """
     atoms = template.copy()
     atoms.calc = calc
@@ -49,10 +52,26 @@ def serve(
         # a direct-force student's calculator declares no stress: its force head is no energy derivative
         use_stress = bool(np.all(atoms.pbc)) and "stress" in calc.implemented_properties
     client = socket_client(unix, port, host)
+    _send_committee_extras(client, atoms)
     answered = 0
     for _ in client.irun(atoms, use_stress=use_stress):
         answered += 1
     return answered
+
+
+def _send_committee_extras(client, atoms: ase.Atoms) -> None:
+    """A committee's per-atom force deviation (eV/Å) rides in the protocol's extra bytes as JSON,
+    ``{"force_deviation": [...]}``, which i-PI keeps as the step's ``extras`` (ASE's server as ``morebytes``)."""
+    send = client.protocol.sendforce
+
+    def sendforce(energy, forces, virial, morebytes=None):
+        deviation = atoms.calc.results.get("force_deviation")
+        if deviation is None:
+            return send(energy, forces, virial) if morebytes is None else send(energy, forces, virial, morebytes)
+        extras = json.dumps({"force_deviation": np.asarray(deviation).tolist()}).encode()
+        return send(energy, forces, virial, np.frombuffer(extras, dtype=np.byte))
+
+    client.protocol.sendforce = sendforce
 
 
 def load_template(path: str | None, elements: list[int]) -> ase.Atoms:

@@ -27,7 +27,8 @@ try:
     import torch_sim as ts
     from torch_sim.models.interface import ModelInterface
 except ImportError as error:  # an optional engine: say what to install, once, when it is asked for
-    raise ImportError("the torch-sim adapter needs torch-sim-atomistic==0.3.0 (pip install ffdistill[torchsim])") from error
+    needs = "the torch-sim adapter needs torch-sim-atomistic==0.3.0 (pip install ffdistill[torchsim])"
+    raise ImportError(needs) from error
 
 
 class StudentModel(ModelInterface):
