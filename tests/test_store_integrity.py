@@ -4,6 +4,7 @@
 import os
 import shutil
 
+import ase.io
 import numpy as np
 import pytest
 import zarr
@@ -99,21 +100,60 @@ def test_a_molecules_all_false_pbc_chunk_is_written_and_its_loss_detected(tmp_pa
     assert code == 2 and "array pbc: chunk 0" in text
 
 
-def test_an_older_store_loads_with_a_note_and_migrates_to_the_same_frames(store, capsys):
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_older_store_loads_with_a_note_and_migrates_to_the_same_frames(store, capsys, version):
     group = zarr.open_group(store, mode="r+")
-    del group["checksums"]  # what a format-2 store looks like
-    group.attrs["format_version"] = 2
+    del group["momenta"]  # what a format-3 store looks like
+    if version == 2:
+        del group["checksums"]  # and a format-2 one
+    else:  # format 3's checksum columns: those of every array before the momenta
+        group["checksums"].resize((group["n_atoms"].shape[0], len(VERIFIED) - 1))
+    group.attrs["format_version"] = version
     old = LabelStore(store)
-    assert "ffdistill migrate" in capsys.readouterr().err and not old.v3
+    note = capsys.readouterr().err
+    assert "ffdistill migrate" in note and not old.v4 and ("momenta" in note) == (version == 3), note
     before = [old.raw_frame(i) for i in range(len(old))]
     assert main(["migrate", store, "-q"]) == 0
     new = LabelStore(store)
-    assert new.v3 and new.attrs["format_version"] == 3 and os.path.isdir(store + ".format2")
+    assert new.v4 and new.attrs["format_version"] == 4 and os.path.isdir(store + f".format{version}")
     assert new.verify() == []
     for i, frame in enumerate(before):
         after = new.raw_frame(i)
+        assert np.isnan(after["momenta"]).all() and after["momenta"].shape == (after["numbers"].shape[0], 3)
         for name, value in frame.items():
-            np.testing.assert_array_equal(after[name], value, err_msg=name)
+            if name != "checksums":
+                np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
+def test_sampled_frames_keep_their_momenta_and_inspect_reports_their_kinetic_temperature(tmp_path, capsys):
+    from ase import units
+    from ase.build import bulk
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+    frames = []
+    for seed in range(3):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=900, rng=np.random.default_rng(seed))
+        Stationary(atoms)
+        frames.append(atoms)
+    copy = frames[0].copy()
+    copy.set_momenta(None)  # a rattled copy carries none
+    ase.io.write(tmp_path / "f.extxyz", [*frames, copy])
+    path = str(tmp_path / "s.zarr")
+    label_file(load_teacher("morse"), str(tmp_path / "f.extxyz"), path, rows=1, progress=False)
+    store = LabelStore(path)
+    frames = ase.io.read(tmp_path / "f.extxyz", ":3")  # the momenta as the file holds them
+    for i, atoms in enumerate(frames):
+        np.testing.assert_array_equal(store.raw_frame(i)["momenta"], atoms.get_momenta())
+    assert np.isnan(store.raw_frame(3)["momenta"]).all()
+    by_hand = []  # 3N - 3 degrees of freedom: the centre of mass carries none (Stationary)
+    for atoms in frames:
+        kinetic = 0.5 * np.sum(atoms.get_momenta() ** 2 / atoms.get_masses()[:, None])
+        by_hand.append(2 * kinetic / ((3 * len(atoms) - 3) * units.kB))
+    found = store.summary()["kinetic_temperature_K"]
+    assert found["frames"] == 3 and found["mean"] == pytest.approx(np.mean(by_hand), rel=1e-9)
+    assert main(["inspect", path]) == 0
+    assert f"{np.mean(by_hand):.0f} K mean over the 3 frames with momenta" in capsys.readouterr().out
 
 
 def test_a_second_writer_is_refused_and_a_dead_writers_lock_taken_over(tmp_path):

@@ -105,10 +105,21 @@ def cmd_inspect(args) -> None:
         f"{'  [full Hessian]' if summary['full_hessian'] else ''}",
         f"H·v probes     {summary['hessian_probes_per_frame']['max']} per frame",
         f"groups         {summary['groups']['count']} ({_describe_rule(summary['groups']['rule'])})",
+        f"kinetic T      {_describe_temperatures(summary['kinetic_temperature_K'])}",
         f"teacher        {summary['teacher']['spec']} ({summary['teacher']['version']})",
         f"created        {summary['created']} by ffdistill {summary['ffdistill_version']}",
     ]
     print("\n".join(lines))
+
+
+def _describe_temperatures(found: dict | None) -> str:
+    if found is None:
+        return "no frame carries momenta (copies, or frames not from ffdistill sample)"
+    groups = found["group_means"]
+    return (
+        f"{found['mean']:.0f} K mean over the {found['frames']} frames with momenta ({found['min']:.0f}–"
+        f"{found['max']:.0f} K; per group {groups['min']:.0f}–{groups['max']:.0f} K over {groups['groups']} groups)"
+    )
 
 
 def cmd_migrate(args) -> None:

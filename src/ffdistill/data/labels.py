@@ -49,7 +49,7 @@ from ffdistill.graph import AtomicGraph, from_ase
 from ffdistill.teachers.base import Teacher, TeacherLabels
 
 FORMAT = "ffdistill-labels"
-FORMAT_VERSION = 3  # 2: probes and group ids; 3: a checksum per frame of every array, every chunk written
+FORMAT_VERSION = 4  # 2: probes, group ids; 3: a checksum per frame of every array, every chunk written; 4: momenta
 UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "hessian": "eV/Å²", "positions": "Å"}
 
 #: name -> (trailing shape, dtype, chunk length along axis 0)
@@ -73,6 +73,7 @@ ARRAYS = {
     "probe_vectors": ((3,), "float32", 262144),
     "probe_products": ((3,), "float32", 262144),
     "group": ((), "int64", 4096),
+    "momenta": ((3,), "float64", 65536),
 }
 #: Format 3: the arrays whose every frame's span has its own CRC32 (columns of ``checksums``, in this order).
 VERIFIED = (
@@ -94,6 +95,7 @@ VERIFIED = (
     "probe_vectors",
     "probe_products",
     "group",
+    "momenta",  # format 4; format-3 stores' checksums are the columns before it
 )
 ARRAYS["checksums"] = ((len(VERIFIED),), "int64", 4096)
 FRAME_ARRAYS = (
@@ -115,7 +117,7 @@ CHECKED = ("energy", "cell", "positions", "forces", "row_index", "hessian", "pro
 #: Default group rule without group ids in the input: blocks of this many consecutive input frames.
 DEFAULT_GROUP_SIZE = 10
 
-ATOM_ARRAYS = ("numbers", "positions", "forces", "ref_forces")
+ATOM_ARRAYS = ("numbers", "positions", "forces", "ref_forces", "momenta")
 
 
 def choose_rows(n_atoms: int, rows: str | int, seed: int, frame: int) -> np.ndarray:
@@ -442,12 +444,13 @@ def merge_stores(shard_paths: list[str], store_path: str, progress: bool = True)
 
 
 def migrate_store(path: str, progress: bool = True) -> str:
-    """Rewrite an older label store as format 3 (a checksum per frame of every array, every chunk written): the
-    new store is built beside it and swapped in whole; the old one is kept as ``PATH.format2``. Returns that."""
+    """Rewrite an older label store in the current format (a checksum per frame of every array, every chunk
+    written, momenta: NaN where the old store had none): the new store is built beside it and swapped in whole;
+    the old one is kept as ``PATH.formatN``. Returns that."""
     import zarr
 
     old = LabelStore(path)
-    if old.v3:
+    if old.v4:
         raise StoreError(f"{path} is already of format {FORMAT_VERSION}")
     old.check_intact()  # its own (narrower) checksums first: never carry damage into checksummed arrays
     kept, partial = f"{path}.format{old.attrs.get('format_version', 1)}", f"{path}.migrating.partial"
@@ -482,7 +485,7 @@ def _open_partial(partial: str, request: LabelRequest, input_path: str, n_frames
     if os.path.exists(partial):
         group = zarr.open_group(partial, mode="r+")
         _check_same_request(group, request, partial)
-        if "checksums" not in group:
+        if "momenta" not in group:
             raise StoreError(f"cannot resume {partial}: it is of an older format; delete it and label again")
         _truncate_to_committed(group)
         return group
@@ -569,6 +572,9 @@ def frame_values(atoms: ase.Atoms, labels: TeacherLabels, index: int, group: int
         "probe_vectors": probe_vectors,
         "probe_products": probe_products,
         "group": np.array([group]),
+        # the sampler's momenta (so that inspect can say how hot the frames are); NaN for copies and for inputs
+        # without momenta
+        "momenta": atoms.get_momenta() if atoms.has("momenta") else np.full((n, 3), np.nan),
     }
     values = {k: np.asarray(v, dtype=ARRAYS[k][1]) for k, v in values.items()}
     values["checksum"] = np.array([frame_checksum(values)])
@@ -576,17 +582,19 @@ def frame_values(atoms: ase.Atoms, labels: TeacherLabels, index: int, group: int
     return values
 
 
-def array_checksums(values: dict[str, np.ndarray]) -> np.ndarray:
-    """(C,) CRC32 of each of one frame's arrays (``VERIFIED``), as stored."""
-    return np.array(
-        [zlib.crc32(np.ascontiguousarray(values[name], dtype=ARRAYS[name][1]).tobytes()) for name in VERIFIED]
-    )
+def array_checksums(values: dict[str, np.ndarray], names: tuple = VERIFIED) -> np.ndarray:
+    """(C,) CRC32 of each of one frame's arrays (``VERIFIED``, or the first C of them for an older store)."""
+    return np.array([zlib.crc32(np.ascontiguousarray(values[name], dtype=ARRAYS[name][1]).tobytes()) for name in names])
 
 
 def _with_checksums(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if "checksums" in values:
+    """A frame ready for a current store: an older store's frame (merged, migrated or copied) gains NaN momenta
+    and checksums of every current array."""
+    if "momenta" not in values:
+        values = {**values, "momenta": np.full((len(values["numbers"]), 3), np.nan)}
+    if "checksums" in values and values["checksums"].shape[-1] == len(VERIFIED):
         return values
-    return {**values, "checksums": array_checksums(values)[None]}  # a format-2 frame, merged or migrated
+    return {**values, "checksums": array_checksums(values)[None]}
 
 
 def _append_values(group, values: dict[str, np.ndarray]) -> None:
@@ -660,12 +668,13 @@ class LabelStore:
         self.hess_start = np.concatenate([[0], np.cumsum(self.n_rows * self.n_atoms)])
         self.v2 = "n_probes" in self.group  # format 2: probes and group ids
         self.v3 = "checksums" in self.group  # format 3: a checksum per frame of every array
-        if not self.v3 and self.path not in _NOTED:
+        self.v4 = "momenta" in self.group  # format 4: the sampled frames' momenta
+        if not self.v4 and self.path not in _NOTED:
             _NOTED.add(self.path)
+            lacks = "carries no momenta" if self.v3 else "numbers, pbc, stress and reference labels carry no checksum"
             print(
                 f"note: {self.path} is a format-{self.attrs.get('format_version', 1)} label store, read-only; its "
-                f"numbers, pbc, stress and reference labels carry no checksum: ffdistill migrate {self.path} "
-                "upgrades it",
+                f"{lacks}: ffdistill migrate {self.path} upgrades it",
                 file=sys.stderr,
             )
         self.n_probes = self.group["n_probes"][:] if self.v2 else np.zeros_like(self.n_rows)
@@ -744,15 +753,15 @@ class LabelStore:
         stores are checked by their per-frame checksum, which covers fewer arrays."""
         starts = self.starts()
         problems = [line for name in self.array_names() for line in self._missing_chunks(name, starts[name])]
-        names = VERIFIED if self.v3 else tuple(n for n in CHECKED if n in self.group)
         sums = self.group["checksums"][:] if self.v3 else self.group["checksum"][:]
+        names = VERIFIED[: sums.shape[1]] if self.v3 else tuple(n for n in CHECKED if n in self.group)
         for f0 in range(0, len(self), block):
             f1 = min(len(self), f0 + block)
             data = {n: self.group[n][starts[n][f0] : starts[n][f1]] for n in names}
             for i in range(f0, f1):
                 parts = {n: data[n][starts[n][i] - starts[n][f0] : starts[n][i + 1] - starts[n][f0]] for n in names}
                 if self.v3:
-                    bad = [n for n, crc, want in zip(names, array_checksums(parts), sums[i]) if crc != want]
+                    bad = [n for n, crc, want in zip(names, array_checksums(parts, names), sums[i]) if crc != want]
                 else:
                     bad = [] if frame_checksum(parts) == sums[i] else ["one of " + ", ".join(names)]
                 if bad:
@@ -819,6 +828,35 @@ class LabelStore:
             return None
         return torch.as_tensor(self.arrays["node_features"][self.atom_start[i] : self.atom_start[i + 1]], dtype=dtype)
 
+    def kinetic_temperatures(self) -> dict | None:
+        """Kinetic temperature (K) of the frames that carry momenta (the sampler's MD frames; 3N − 3 degrees of
+        freedom for a periodic cell, 3N − 6 for a molecule: ``sampling.kinetic_temperature``), overall and as
+        the range of per-group means (each group one stretch of one MD run). None when no frame has momenta."""
+        from ffdistill.data.sampling import kinetic_temperature
+
+        if not self.v4:
+            return None
+        momenta, numbers, positions = (self.group[name][:] for name in ("momenta", "numbers", "positions"))
+        cells, pbcs, groups = self.group["cell"][:], self.group["pbc"][:], self.groups()
+        found: dict[int, list[float]] = {}
+        for i in range(len(self)):
+            a0, a1 = self.atom_start[i], self.atom_start[i + 1]
+            if not np.isfinite(momenta[a0:a1]).all():
+                continue
+            atoms = ase.Atoms(numbers[a0:a1], positions[a0:a1], cell=cells[i], pbc=pbcs[i], momenta=momenta[a0:a1])
+            found.setdefault(int(groups[i]), []).append(kinetic_temperature(atoms))
+        if not found:
+            return None
+        every = np.concatenate([np.array(t) for t in found.values()])
+        means = [float(np.mean(t)) for t in found.values()]
+        return {
+            "frames": int(len(every)),
+            "mean": float(every.mean()),
+            "min": float(every.min()),
+            "max": float(every.max()),
+            "group_means": {"min": min(means), "max": max(means), "groups": len(means)},
+        }
+
     def has_stress(self) -> bool:
         """Whether any frame carries a stress label (periodic cells labelled by a teacher that gives stress)."""
         return bool(np.isfinite(self.group["stress"][:]).all(axis=(1, 2)).any())
@@ -842,6 +880,7 @@ class LabelStore:
                 "max": int(rows.max()),
             },
             "full_hessian": bool(np.all(rows == 3 * self.n_atoms)),
+            "kinetic_temperature_K": self.kinetic_temperatures(),
             "reference_labels": bool(np.isfinite(self.group["ref_energy"][:]).any()),
             "hessian_probes_per_frame": {"min": int(self.n_probes.min()), "max": int(self.n_probes.max())},
             "groups": {
