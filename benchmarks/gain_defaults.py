@@ -6,7 +6,10 @@ MD at the system's two training temperatures, 2 runs each, frames 50 fs apart, p
 to convergence by the shipped stopping rule, undistilled (``loss.hessian=0``) and distilled (the defaults),
 on ``--frames`` training frames (whole groups first) with a quarter of the groups for validation, for each
 seed. Then, once every run of the system exists, the students are scored on a held-out trajectory at an
-intermediate temperature, sampled with its own seed (``HELDOUT_SEED``) and labelled by the teacher.
+intermediate temperature, sampled with its own seed (``HELDOUT_SEED``) and labelled by the teacher: energy,
+force and (crystals) stress MAE; the vibrational-frequency MAE against the teacher's at the first held-out
+frame relaxed by the teacher (Γ-point modes of the cell for a crystal, normal modes for a molecule); and a
+1,000-step NVT stability run at the held-out temperature.
 
 A held-out seed is scored once per system: the ledger (``ledger.json`` in the output folder) records every
 scoring, and a second scoring of the same (system, seed, frames) is refused; the stored result is printed
@@ -175,8 +178,10 @@ def score_once(name: str, data: dict, runs: dict, args) -> dict:
         if entry["key"] == key:
             print(f"{name}: held-out seed {HELDOUT_SEED} already scored for these runs; the stored result follows")
             return entry["result"]
+    modes = reference_modes(data, os.path.dirname(data["labels.zarr"]))
     result = {
-        "runs": [_score_run(data, method, seed, path) for (method, seed), path in runs.items()],
+        "runs": [_score_run(data, method, seed, path, modes) for (method, seed), path in runs.items()],
+        "teacher_frequencies": {"structure": "the first held-out frame relaxed by the teacher", **modes["summary"]},
         "teacher": {"frames": args.pool, "rows_per_frame": ROWS, "timings_s": data["timings"]},
     }
     ledger.append({"key": key, "scored_at": time.strftime("%Y-%m-%d %H:%M"), "result": result})
@@ -184,7 +189,46 @@ def score_once(name: str, data: dict, runs: dict, args) -> dict:
     return result
 
 
-def _score_run(data: dict, method: str, seed: int, run: str) -> dict:
+def reference_modes(data: dict, folder: str) -> dict:
+    """The teacher's vibrational frequencies (cm⁻¹; Γ-point phonons of the cell for a crystal, normal modes for
+    a molecule) at the first held-out frame relaxed by the teacher; cached in ``modes.json``."""
+    import ase.io
+
+    from ffdistill.evaluate.candidates import Candidate
+    from ffdistill.evaluate.md import relax
+    from ffdistill.evaluate.vibrations import count_imaginary, vibrational_frequencies
+    from ffdistill.teachers import load_teacher
+
+    path = os.path.join(folder, "modes.json")
+    if not os.path.exists(path):
+        teacher = Candidate.of_teacher(load_teacher(data["system"].teacher))
+        start = ase.io.read(data["heldout.extxyz"], 0)
+        relaxed = relax(teacher.calculator(), start, fmax=0.01, max_steps=500)
+        ase.io.write(os.path.join(folder, "relaxed.extxyz"), relaxed["atoms"])
+        frequencies = vibrational_frequencies(teacher.hessian(relaxed["atoms"]), relaxed["atoms"])
+        summary = {"relax_converged": relaxed["converged"], "modes": len(frequencies)}
+        summary["imaginary_modes"] = count_imaginary(frequencies)
+        _write(path, {"frequencies_cm1": frequencies.tolist(), "summary": summary})
+    found = _read(path)
+    found["atoms"] = ase.io.read(os.path.join(folder, "relaxed.extxyz"))
+    return found
+
+
+def _modes_and_nvt(student, modes: dict, data: dict, seed: int) -> dict:
+    """Frequency MAE against the teacher's (same structure, modes sorted) and a short NVT stability run at the
+    held-out temperature from the relaxed structure (1 fs, 1,000 steps, bonds and forces checked every step)."""
+    from ffdistill.evaluate.candidates import Candidate
+    from ffdistill.evaluate.md import nvt_run
+    from ffdistill.evaluate.vibrations import compare_spectra, vibrational_frequencies
+
+    mine = Candidate.of_student("student", student)
+    atoms = modes["atoms"]
+    spectra = compare_spectra(vibrational_frequencies(mine.hessian(atoms), atoms), np.array(modes["frequencies_cm1"]))
+    run = nvt_run(mine.calculator(), atoms, 1000, temperature=data["system"].heldout_temperature, seed=seed)
+    return {**spectra, "nvt_stable": run["stable"], "nvt_steps_run": run["steps_run"]}
+
+
+def _score_run(data: dict, method: str, seed: int, run: str, modes: dict) -> dict:
     from ffdistill.calculator import load_student
     from ffdistill.data.labels import LabelStore
     from ffdistill.evaluate.accuracy import accuracy_of_batches
@@ -201,6 +245,7 @@ def _score_run(data: dict, method: str, seed: int, run: str) -> dict:
         out = student.predict(batch_graphs(stress), Want(stress=True))
         labels = torch.cat([g.stress for g in stress])
         scores["stress_mae_meV_per_A3"] = 1000 * float((out.stress.detach() - labels).abs().mean())
+    scores.update(_modes_and_nvt(student, modes, data, seed))
     history = _read(os.path.join(run, "history.json"))
     summary = _read(os.path.join(run, "summary.json"))
     best = min(h["val"]["force_mae_meV_per_A"] for h in history)
@@ -226,6 +271,7 @@ def summary(result: dict) -> dict:
         ("force_mae_meV_per_A", "force"),
         ("energy_mae_meV_per_atom", "energy"),
         ("stress_mae_meV_per_A3", "stress"),
+        ("frequency_mae_cm1", "frequency"),
     ):
         if key not in runs[0]:
             continue
@@ -235,6 +281,8 @@ def summary(result: dict) -> dict:
         for method in METHODS:
             out[f"{label}_{method}"] = [round(by[method, s][key], 3) for s in seeds]
     out["steps"] = {f"{r['method']}-s{r['seed']}": [r["steps"], r["first_within_1pct_step"]] for r in runs}
+    if "nvt_stable" in runs[0]:
+        out["nvt_stable"] = {f"{r['method']}-s{r['seed']}": r["nvt_stable"] for r in runs}
     return out
 
 
