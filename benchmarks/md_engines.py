@@ -1,6 +1,12 @@
 """MD steps per second of one student in ASE and in LAMMPS (fix external), at 64, 4096 and 32768 Si atoms.
 
-    python benchmarks/md_engines.py [STUDENT.pt] [--steps 20 3 1]
+    OMP_NUM_THREADS=1 python benchmarks/md_engines.py [STUDENT.pt] [--steps 20 3 3] [--before OLD_SRC]
+
+``--before OLD_SRC`` also times the ffdistill package found in OLD_SRC (e.g. a ``git worktree`` of an earlier
+commit's ``src``), each (engine, size) right after the current code's, so the two are measured side by side
+on the same machine in the same run. Reported per engine and size: CPU µs per atom-step (this process's CPU
+time over ≥ 3 steps, after a warm-up call) and, per engine, ``memory_kb_per_atom``: the slope of the peak
+resident memory between 4,096 and 32,768 atoms (what each extra atom costs; torch's own baseline cancels).
 
 Without a student file, a randomly initialised painn-small Si student (random read-out, so forces are
 not zero) stands in: speed does not depend on the weights. Each (engine, size) runs in its own process,
@@ -116,37 +122,55 @@ def one(engine: str, student: str, n_atoms: int, steps: int) -> None:
     print(json.dumps(result))
 
 
-def measure(engine: str, student: str, n_atoms: int, steps: int) -> dict:
-    """One (engine, size) in a fresh interpreter: its own peak memory."""
+def measure(engine: str, student: str, n_atoms: int, steps: int, src: str | None = None) -> dict:
+    """One (engine, size) in a fresh interpreter: its own peak memory; ``src``: another ffdistill to time."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
     out = subprocess.run(
         [sys.executable, __file__, "--one", engine, str(n_atoms), str(steps), student],
         capture_output=True,
         text=True,
         check=True,
+        env=env if src else None,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["cpu_us_per_atom_step"] = 1e6 / (row["cpu_steps_per_s"] * n_atoms)
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("student", nargs="?", help="student file (default: a random painn-small Si student)")
-    parser.add_argument("--steps", type=int, nargs=3, default=[20, 3, 1], help="timed steps at 64, 4096, 32768 atoms")
+    parser.add_argument("--steps", type=int, nargs=3, default=[20, 3, 3], help="timed steps at 64, 4096, 32768 atoms")
+    parser.add_argument("--before", help="src folder of the code to compare against (timed side by side)")
     parser.add_argument("--one", nargs=3, metavar=("ENGINE", "ATOMS", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         return one(args.one[0], args.student, int(args.one[1]), int(args.one[2]))
     with tempfile.TemporaryDirectory() as folder:
         student = args.student or default_student(os.path.join(folder, "painn-small.pt"))
-        results = {
-            engine: {n: measure(engine, student, n, s) for n, s in zip(SIZES, args.steps)}
-            for engine in ("ase", "lammps")
-        }
+        versions = {"after": None, **({"before": args.before} if args.before else {})}
+        results = {name: {"ase": {}, "lammps": {}} for name in versions}
+        for engine in ("ase", "lammps"):
+            for n, steps in zip(SIZES, args.steps):
+                for name, src in versions.items():  # side by side: the same size of both versions in turn
+                    results[name][engine][n] = row = measure(engine, student, n, steps, src)
+                    print(
+                        f"{name:6s} {engine:7s} {n:6d} atoms  {row['cpu_us_per_atom_step']:8.1f} CPU µs/atom-step  "
+                        f"{row['steps_per_s']:9.3f} steps/s  peak {row['peak_memory_mb']:8.0f} MB",
+                        flush=True,
+                    )
         diff = force_difference(student)
-    for engine, rows in results.items():
-        for n, row in rows.items():
-            rate, cpu, peak = row["steps_per_s"], row["cpu_steps_per_s"], row["peak_memory_mb"]
-            print(f"{engine:7s} {n:6d} atoms  {rate:9.3f} steps/s  ({cpu:9.3f} per CPU s)  peak {peak:8.0f} MB")
-    print(json.dumps(summary(results, diff)))
+    report = {name: summary(rows, diff) for name, rows in results.items()}
+    if args.before:
+        report["cpu_speedup"] = {
+            e: {
+                str(n): report["before"]["cpu_us_per_atom_step"][e][str(n)]
+                / report["after"]["cpu_us_per_atom_step"][e][str(n)]
+                for n in SIZES
+            }
+            for e in ("ase", "lammps")
+        }
+    print(json.dumps(report))
 
 
 def summary(results: dict, force_diff: float) -> dict:
@@ -164,6 +188,7 @@ def summary(results: dict, force_diff: float) -> dict:
         "lammps_vs_ase_speedup_64": results["lammps"][64]["steps_per_s"] / results["ase"][64]["steps_per_s"],
         "steps_per_s": table("steps_per_s", 4),
         "cpu_steps_per_s": table("cpu_steps_per_s", 4),
+        "cpu_us_per_atom_step": table("cpu_us_per_atom_step", 1),
         "peak_memory_mb": table("peak_memory_mb", 0),
         "memory_kb_per_atom": {e: round(v, 1) for e, v in per_atom.items()},
         "threads": int(os.environ.get("OMP_NUM_THREADS", "1")),
