@@ -7,6 +7,10 @@
 * labelling: ``label_file`` with EMT (one Hessian row per frame) over an extxyz of 200 vs N 2-atom frames.
 
     OMP_NUM_THREADS=1 python benchmarks/memory_scaling.py [--train-frames 20000] [--label-frames 20000]
+        [--before OLD_SRC [--before-frames 2000]]
+
+With ``--before``, the same 2,000 frames are also labelled by the ffdistill in OLD_SRC (e.g. a ``git
+worktree`` of an earlier commit's ``src``) and by this one, one after the other: seconds per frame of each.
 
 The last line printed is one JSON object; ``train_rss_ratio`` and ``label_rss_ratio`` are large / small
 (target <= 1.3: flat memory).
@@ -116,10 +120,16 @@ def child_label(frames: str, out: str) -> dict:
     return {**_peaks(baseline), "seconds": time.perf_counter() - start, "frames": len(store)}
 
 
-def run_child(kind: str, source: str, out: str) -> dict:
-    """One case in a fresh interpreter, so no peak of another case (or of writing the data) is counted."""
+def run_child(kind: str, source: str, out: str, src: str | None = None) -> dict:
+    """One case in a fresh interpreter, so no peak of another case (or of writing the data) is counted; ``src``:
+    another ffdistill source folder to run instead of the installed one."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
     done = subprocess.run(
-        [sys.executable, __file__, "--child", kind, source, out], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--child", kind, source, out],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env if src else None,
     )
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     figures["above_baseline_mib"] = figures["peak_mib"] - figures["baseline_mib"]
@@ -155,6 +165,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-frames", type=int, default=20_000)
     parser.add_argument("--label-frames", type=int, default=20_000)
+    parser.add_argument("--before", help="src folder of earlier code: its labelling is timed beside this one's")
+    parser.add_argument("--before-frames", type=int, default=2000, help="frames labelled by both, side by side")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "SOURCE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -172,6 +184,21 @@ def main() -> None:
             figures[kind] = {str(SMALL): results[0], str(large): results[1]}
             small_mib, large_mib = (r["above_baseline_mib"] for r in results)
             figures[f"{kind}_rss_ratio"] = large_mib / max(small_mib, 1e-9)
+        figures["label_seconds_per_frame"] = figures["label"][str(args.label_frames)]["seconds"] / args.label_frames
+        if args.before:  # the same frames labelled by the earlier code and by this one, one after the other
+            n = args.before_frames
+            source = os.path.join(folder, f"frames{n}.extxyz")
+            if not os.path.exists(source):
+                subprocess.run([sys.executable, __file__, "--child", "write-frames", str(n), source], check=True)
+            pair = {
+                name: run_child("label", source, os.path.join(folder, f"{name}{n}.zarr"), src)
+                for name, src in (("before", args.before), ("after", None))
+            }
+            figures["label_before_after"] = {
+                "frames": n,
+                **{f"{k}_seconds_per_frame": v["seconds"] / n for k, v in pair.items()},
+                **{f"{k}_above_baseline_mib": v["above_baseline_mib"] for k, v in pair.items()},
+            }
     figures["wall_seconds"] = time.perf_counter() - wall
     print(
         f"train ratio {figures['train_rss_ratio']:.2f}, label ratio {figures['label_rss_ratio']:.2f} "
