@@ -181,3 +181,29 @@ def test_lammps_dumps_the_committees_per_atom_deviation(tmp_path):
     expected.get_forces()
     np.testing.assert_allclose(values, expected.calc.results["force_deviation"], rtol=1e-5)
     assert values.max() > 0
+
+
+def test_evaluate_reports_the_committees_calibration_recomputed_by_hand(committee_run, emt_store, tmp_path):
+    import json
+
+    from ffdistill.evaluate.uncertainty import spearman
+
+    _, result = committee_run
+    out = tmp_path / "eval"
+    argv = ["evaluate", result.best_path, "--data", emt_store, "--teacher", "ase:ase.calculators.emt:EMT"]
+    argv += ["--profile", "quick", "--md-steps", "20", "--md-runs", "1", "-o", str(out), "-q"]
+    assert main(argv) == 0
+    found = json.load(open(out / "metrics.json"))["models"]
+    committee = next(m for m in found.values() if "uncertainty" in m)["uncertainty"]
+    store, calc = LabelStore(emt_store), load_calculator(result.best_path)
+    deviation, error = [], []
+    for i in range(len(store)):  # per frame through ASE: the largest per-atom deviation and error
+        atoms, labels = store.frame(i)
+        atoms.calc = calc
+        error.append(np.linalg.norm(atoms.get_forces() - labels["forces"], axis=1).max())
+        deviation.append(atoms.calc.results["force_deviation"].max())
+    deviation, error = np.array(deviation), np.array(error)
+    assert committee["frames"] == len(store)
+    assert committee["spearman"] == pytest.approx(spearman(deviation, error), abs=1e-6)
+    assert committee["fraction_error_above_2x_deviation"] == pytest.approx(np.mean(error > 2 * deviation))
+    assert any(p.name.startswith("calibration_") for p in out.iterdir())
