@@ -299,6 +299,32 @@ def torchsim_vs_ase(device, quick: bool, replicas: int = 16) -> dict:
     return row
 
 
+def committee_cost(device, quick: bool, members: int = 4) -> dict:
+    """Force calls per second of one painn-small student and of a committee of ``members`` (K force calls, one
+    per member, and the spread) on a 64-atom Si cell: what the committee's uncertainty costs."""
+    from ffdistill.calculator import PotentialCalculator
+    from ffdistill.students.committee import Committee
+
+    one = student_calculator("painn-small", device)
+    committee = PotentialCalculator(Committee([student_calculator("painn-small", device).potential] * members))
+    atoms, calls = silicon(64), 5 if quick else 20
+    rates = {}
+    for name, calc in (("student", one), ("committee", committee)):
+        atoms.calc = calc
+        atoms.get_forces()  # warm-up
+
+        def forces(atoms=atoms, calc=calc):
+            for _ in range(calls):
+                atoms.positions[0, 0] += 1e-4  # a new structure each call
+                calc.calculate(atoms, ["energy", "forces"])
+
+        rates[name] = calls / timed(forces, device)
+    row = {"members": members, "student_calls_per_s": rates["student"], "committee_calls_per_s": rates["committee"]}
+    row["committee_cost_in_student_calls"] = rates["student"] / rates["committee"]
+    say(f"committee of {members}: {row['committee_cost_in_student_calls']:.2f} student force calls per call")
+    return row
+
+
 def md(teacher, why_not: str | None, device, quick: bool) -> dict:
     """Students' and teacher's MD rates per size, and each student's speed-up over the teacher."""
     out, last = {}, None  # last: (atoms, first-step seconds) of the teacher's previous size
@@ -353,7 +379,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer frames, steps and repeats (a short CPU run)")
-    parser.add_argument("--only", choices=["torchsim"], help="run one part only")
+    parser.add_argument("--only", choices=["torchsim", "committee"], help="run one part only")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from ffdistill.devices import resolve
@@ -365,12 +391,9 @@ def main() -> None:
         sys.exit(f"throughput: {error}")
     started = time.perf_counter()
     say(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, quick={args.quick}")
-    if args.only == "torchsim":
-        print(
-            json.dumps(
-                {"device": str(device), "threads": torch.get_num_threads(), **torchsim_vs_ase(device, args.quick)}
-            )
-        )
+    if args.only:
+        part = {"torchsim": torchsim_vs_ase, "committee": committee_cost}[args.only]
+        print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), **part(device, args.quick)}))
         return
     teacher, why_not = load_sevenn(device)
     report = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -390,6 +413,7 @@ def main() -> None:
         report["sevenn_batched_vs_looped_forward"] = batched_vs_looped_forward(teacher, device, args.quick)
     report["training"] = training(device, args.quick)
     report["torchsim_vs_ase"] = torchsim_vs_ase(device, args.quick)
+    report["committee_cost"] = committee_cost(device, args.quick)
     report["md"] = md(teacher, why_not, device, args.quick)
     report["wall_s"] = time.perf_counter() - started
     print(json.dumps(report))
