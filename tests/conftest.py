@@ -93,3 +93,29 @@ def run_cli(argv, fault=None, file_size=None):
     limit = (lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))) if file_size else None
     command = [sys.executable, "-c", LAUNCH, *map(str, argv), "-q"]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, preexec_fn=limit)
+
+
+def phonopy_bands_by_hand(calc, unitcell, q_points, primitive_matrix=None) -> np.ndarray:
+    """Bands (cm⁻¹) at ``q_points`` from phonopy driven directly, not through ffdistill: a 2x2x2 supercell of
+    ``unitcell``, 0.01 Å displacements, the forces of each displaced supercell from ``calc``."""
+    from ase import units
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    unit = PhonopyAtoms(
+        symbols=unitcell.get_chemical_symbols(),
+        cell=unitcell.cell.array,
+        scaled_positions=unitcell.get_scaled_positions(),
+    )
+    primitive = np.eye(3) if primitive_matrix is None else primitive_matrix
+    phonon = Phonopy(unit, supercell_matrix=np.diag([2, 2, 2]), primitive_matrix=primitive)
+    phonon.generate_displacements(distance=0.01)
+    forces = []
+    for sc in phonon.supercells_with_displacements:
+        atoms = ase.Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+        atoms.calc = calc
+        forces.append(atoms.get_forces())
+    phonon.forces = forces
+    phonon.produce_force_constants()
+    phonon.run_qpoints(q_points)
+    return phonon.get_qpoints_dict()["frequencies"] * 1e12 / (units._c * 100)

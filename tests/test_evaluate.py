@@ -12,6 +12,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 from ase.optimize import BFGS
+from conftest import phonopy_bands_by_hand
 
 from ffdistill.evaluate.candidates import Candidate
 from ffdistill.evaluate.md import MAX_FORCE, Blowup, md_stability, nve_run, run_md
@@ -349,27 +350,8 @@ def _cu3au(a: float = 3.74) -> Atoms:
 
 
 def _phonopy_bands_by_hand(calc, unitcell: Atoms, q_points) -> np.ndarray:
-    """Bands (cm⁻¹) of ``unitcell`` (its own primitive cell) at ``q_points`` from phonopy driven directly: a 2x2x2
-    supercell, 0.01 Å displacements, the forces of each displaced supercell from ``calc``."""
-    from phonopy import Phonopy
-    from phonopy.structure.atoms import PhonopyAtoms
-
-    unit = PhonopyAtoms(
-        symbols=unitcell.get_chemical_symbols(),
-        cell=unitcell.cell.array,
-        scaled_positions=unitcell.get_scaled_positions(),
-    )
-    direct = Phonopy(unit, supercell_matrix=np.diag([2, 2, 2]), primitive_matrix=np.eye(3))
-    direct.generate_displacements(distance=0.01)
-    forces = []
-    for sc in direct.supercells_with_displacements:
-        atoms = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
-        atoms.calc = calc
-        forces.append(atoms.get_forces())
-    direct.forces = forces
-    direct.produce_force_constants()
-    direct.run_qpoints(q_points)
-    return direct.get_qpoints_dict()["frequencies"] * 1e12 / (units._c * 100)
+    """Bands of ``unitcell`` (its own primitive cell) from phonopy driven directly (``conftest``)."""
+    return phonopy_bands_by_hand(calc, unitcell, q_points)
 
 
 def test_phonons_verb_overlays_teacher_and_students(tmp_path, capsys):

@@ -10,6 +10,7 @@ from ase import units
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.vibrations import Vibrations
+from conftest import phonopy_bands_by_hand
 
 from ffdistill.deploy.simulate import (
     Blowup,
@@ -260,25 +261,9 @@ def _vdos_overlap_by_hand(v_a, v_b, masses, smooth_cm1=10.0):
 
 
 def _fcc_cu_bands_by_phonopy(calc, q_points):
-    """Bands (cm⁻¹) of fcc Cu (a = 3.6 Å) at ``q_points`` (fcc primitive basis) from phonopy driven directly:
-    the cubic cell, a 2x2x2 supercell, 0.01 Å displacements, forces from ``calc``."""
-    from phonopy import Phonopy
-    from phonopy.structure.atoms import PhonopyAtoms
-
-    cell = bulk("Cu", "fcc", a=3.6, cubic=True)
-    unit = PhonopyAtoms(symbols=["Cu"] * 4, cell=cell.cell.array, scaled_positions=cell.get_scaled_positions())
+    """Bands of fcc Cu (a = 3.6 Å) at ``q_points`` (fcc primitive basis) from phonopy driven directly."""
     fcc = [[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]
-    phonon = Phonopy(unit, supercell_matrix=np.diag([2, 2, 2]), primitive_matrix=fcc)
-    phonon.generate_displacements(distance=0.01)
-    forces = []
-    for sc in phonon.supercells_with_displacements:
-        atoms = ase.Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
-        atoms.calc = calc
-        forces.append(atoms.get_forces())
-    phonon.forces = forces
-    phonon.produce_force_constants()
-    phonon.run_qpoints(q_points)
-    return phonon.get_qpoints_dict()["frequencies"] * 1e12 / (units._c * 100)
+    return phonopy_bands_by_hand(calc, bulk("Cu", "fcc", a=3.6, cubic=True), q_points, fcc)
 
 
 def test_evaluate_report_numbers_equal_ase_vibrations_and_errors_recomputed_by_hand(emt_teacher, tmp_path, monkeypatch):
