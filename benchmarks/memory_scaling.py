@@ -165,6 +165,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-frames", type=int, default=20_000)
     parser.add_argument("--label-frames", type=int, default=20_000)
+    parser.add_argument("--kinds", nargs="+", choices=["train", "label"], default=["train", "label"])
     parser.add_argument("--before", help="src folder of earlier code: its labelling is timed beside this one's")
     parser.add_argument("--before-frames", type=int, default=2000, help="frames labelled by both, side by side")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "SOURCE", "OUT"), help=argparse.SUPPRESS)
@@ -180,11 +181,14 @@ def main() -> None:
     figures: dict = {"threads": os.environ.get("OMP_NUM_THREADS"), "steps": STEPS}
     with tempfile.TemporaryDirectory() as folder:
         for kind, large in (("train", args.train_frames), ("label", args.label_frames)):
+            if kind not in args.kinds:
+                continue
             results = [measure(kind, n, folder) for n in (SMALL, large)]
             figures[kind] = {str(SMALL): results[0], str(large): results[1]}
             small_mib, large_mib = (r["above_baseline_mib"] for r in results)
             figures[f"{kind}_rss_ratio"] = large_mib / max(small_mib, 1e-9)
-        figures["label_seconds_per_frame"] = figures["label"][str(args.label_frames)]["seconds"] / args.label_frames
+        if "label" in args.kinds:
+            figures["label_seconds_per_frame"] = figures["label"][str(args.label_frames)]["seconds"] / args.label_frames
         if args.before:  # the same frames labelled by the earlier code and by this one, one after the other
             n = args.before_frames
             source = os.path.join(folder, f"frames{n}.extxyz")
@@ -200,10 +204,8 @@ def main() -> None:
                 **{f"{k}_above_baseline_mib": v["above_baseline_mib"] for k, v in pair.items()},
             }
     figures["wall_seconds"] = time.perf_counter() - wall
-    print(
-        f"train ratio {figures['train_rss_ratio']:.2f}, label ratio {figures['label_rss_ratio']:.2f} "
-        f"(large / small, target <= 1.3), {figures['wall_seconds']:.0f} s in all"
-    )
+    ratios = ", ".join(f"{kind} ratio {figures[f'{kind}_rss_ratio']:.2f}" for kind in args.kinds)
+    print(f"{ratios} (large / small, target <= 1.3), {figures['wall_seconds']:.0f} s in all")
     print(json.dumps(figures))
 
 

@@ -50,7 +50,8 @@ def labelled_batch(n_structures: int = 4, rows: int = 4):
 
 
 def interleaved_step_seconds(cases: dict, batch, repeats: int = 15) -> dict:
-    """Median CPU seconds per training step of each (model, loss) case, the cases taking turns."""
+    """CPU seconds of each training step of each (model, loss) case, the cases taking turns (one round: each case
+    once), after 3 warm-up rounds."""
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, (model, _) in cases.items()}
     times = {name: [] for name in cases}
     for k in range(repeats + 3):
@@ -59,7 +60,7 @@ def interleaved_step_seconds(cases: dict, batch, repeats: int = 15) -> dict:
             train_step(model, batch, loss, optimizers[name], 10.0)
             if k >= 3:  # warm-up
                 times[name].append(time.process_time() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def row_difference(batch, fd_step: float) -> tuple[float, float]:
@@ -74,6 +75,11 @@ def row_difference(batch, fd_step: float) -> tuple[float, float]:
     model.set_jacobian("fd", fd_step)
     approx = model.predict(batch, want).hessian_rows
     return float((approx - exact).abs().max()), float(exact.abs().max())
+
+
+def _quartiles(values) -> list[float]:
+    q = statistics.quantiles(values, n=4)
+    return [round(min(values), 3), round(q[0], 3), round(q[1], 3), round(q[2], 3), round(max(values), 3)]
 
 
 def main() -> None:
@@ -91,7 +97,10 @@ def main() -> None:
         model = build_student("painn-small", [14])
         model.set_jacobian(jacobian, FD_STEP)
         cases[name] = (model, build_loss(5.0, 100.0, weight))
-    seconds = interleaved_step_seconds(cases, batch)
+    times = interleaved_step_seconds(cases, batch)
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    # the spread: each round's ratio (the cases of one round ran back to back, under the same load)
+    rounds = {m: [h / u for h, u in zip(times[m], times["undistilled"])] for m in ("autograd", "fd")}
     error, scale = row_difference(batch, FD_STEP)
     figures = {
         "student": "painn-small",
@@ -105,6 +114,8 @@ def main() -> None:
         "cpu_seconds_hessian_step_fd": seconds["fd"],
         "hessian_step_cost_ratio_autograd": seconds["autograd"] / seconds["undistilled"],
         "hessian_step_cost_ratio_fd": seconds["fd"] / seconds["undistilled"],
+        "rounds": len(times["undistilled"]),
+        **{f"hessian_step_cost_ratio_{m}_per_round_quartiles": _quartiles(r) for m, r in rounds.items()},
         "fd_step_A": FD_STEP,
         "fd_rows_max_error_eV_A2": error,
         "rows_max_abs_eV_A2": scale,

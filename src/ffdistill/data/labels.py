@@ -52,28 +52,29 @@ FORMAT = "ffdistill-labels"
 FORMAT_VERSION = 4  # 2: probes, group ids; 3: a checksum per frame of every array, every chunk written; 4: momenta
 UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å³", "hessian": "eV/Å²", "positions": "Å"}
 
-#: name -> (trailing shape, dtype, chunk length along axis 0)
+#: name -> (trailing shape, dtype, chunk length along axis 0). Chunks of ~0.1-0.8 MB: appending rewrites the last
+#: partly filled chunk of each array, so the chunk sizes bound labelling's memory, whatever the store's length.
 ARRAYS = {
-    "n_atoms": ((), "int64", 4096),
-    "n_rows": ((), "int64", 4096),
-    "energy": ((), "float64", 4096),
-    "cell": ((3, 3), "float64", 4096),
-    "pbc": ((3,), "bool", 4096),
-    "stress": ((3, 3), "float64", 4096),
-    "numbers": ((), "int64", 65536),
-    "positions": ((3,), "float64", 65536),
-    "forces": ((3,), "float64", 65536),
-    "row_index": ((), "int64", 65536),
-    "hessian": ((3,), "float32", 262144),
-    "ref_energy": ((), "float64", 4096),
-    "ref_forces": ((3,), "float64", 65536),
-    "checksum": ((), "int64", 4096),
-    "frame_index": ((), "int64", 4096),
-    "n_probes": ((), "int64", 4096),
-    "probe_vectors": ((3,), "float32", 262144),
-    "probe_products": ((3,), "float32", 262144),
-    "group": ((), "int64", 4096),
-    "momenta": ((3,), "float64", 65536),
+    "n_atoms": ((), "int64", 1024),
+    "n_rows": ((), "int64", 1024),
+    "energy": ((), "float64", 1024),
+    "cell": ((3, 3), "float64", 1024),
+    "pbc": ((3,), "bool", 1024),
+    "stress": ((3, 3), "float64", 1024),
+    "numbers": ((), "int64", 16384),
+    "positions": ((3,), "float64", 16384),
+    "forces": ((3,), "float64", 16384),
+    "row_index": ((), "int64", 16384),
+    "hessian": ((3,), "float32", 65536),
+    "ref_energy": ((), "float64", 1024),
+    "ref_forces": ((3,), "float64", 16384),
+    "checksum": ((), "int64", 1024),
+    "frame_index": ((), "int64", 1024),
+    "n_probes": ((), "int64", 1024),
+    "probe_vectors": ((3,), "float32", 65536),
+    "probe_products": ((3,), "float32", 65536),
+    "group": ((), "int64", 1024),
+    "momenta": ((3,), "float64", 16384),
 }
 #: Format 3: the arrays whose every frame's span has its own CRC32 (columns of ``checksums``, in this order).
 VERIFIED = (
@@ -97,7 +98,7 @@ VERIFIED = (
     "group",
     "momenta",  # format 4; format-3 stores' checksums are the columns before it
 )
-ARRAYS["checksums"] = ((len(VERIFIED),), "int64", 4096)
+ARRAYS["checksums"] = ((len(VERIFIED),), "int64", 1024)
 FRAME_ARRAYS = (
     "n_atoms",
     "n_rows",
@@ -603,7 +604,7 @@ def _append_values(group, values: dict[str, np.ndarray]) -> None:
         if name in present and len(value) == 0:
             continue  # nothing to add (e.g. no probes): skip a metadata rewrite
         if name not in present:  # node_features: its width is known only once the teacher has run
-            group.create_array(name, shape=(0, value.shape[1]), dtype="float32", chunks=(65536, value.shape[1]))
+            group.create_array(name, shape=(0, value.shape[1]), dtype="float32", chunks=(16384, value.shape[1]))
         group[name].append(np.asarray(value, dtype=ARRAYS.get(name, (None, "float32"))[1]), axis=0)
 
 
