@@ -228,7 +228,7 @@ def straight(six, tmp_path_factory):
     return json.load(open(out / "summary.json"))
 
 
-def test_train_killed_while_writing_a_checkpoint_resumes_to_the_uninterruptedrun_cli(six, straight, tmp_path):
+def test_train_killed_while_writing_a_checkpoint_resumes_to_the_uninterrupted_run(six, straight, tmp_path):
     argv = _train_argv(six / "six.zarr", tmp_path / "run")
     assert run_cli(argv, fault="train.checkpoint:2").returncode == -signal.SIGKILL
     assert [p for p in os.listdir(tmp_path / "run") if ".tmp" in p], "the kill should fall mid-checkpoint"
