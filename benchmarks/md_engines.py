@@ -26,6 +26,8 @@ import tempfile
 import time
 
 SIZES = {64: 2, 4096: 8, 32768: 16}  # atoms -> repeats of the 8-atom cubic Si cell
+#: --compile: the student through torch.compile (``ffdistill.calculator.compiled``), timed after its first call
+COMPILE = os.environ.get("FFDISTILL_BENCH_COMPILE") == "1"
 
 
 def silicon(n_atoms: int):
@@ -67,20 +69,21 @@ def time_ase(student: str, n_atoms: int, steps: int) -> dict:
     from ffdistill import load_calculator
 
     atoms = silicon(n_atoms)
-    atoms.calc = load_calculator(student)
+    atoms.calc = load_calculator(student, compile=COMPILE)
     dyn = VelocityVerlet(atoms, 1.0 * units.fs)
-    atoms.get_forces()  # warm-up: the first call builds everything once
+    atoms.get_forces()  # warm-up: the first call builds everything once (and compiles, with --compile)
     start = clocks()
     dyn.run(steps)
     return rates(steps, start, clocks())
 
 
 def time_lammps(student: str, n_atoms: int, steps: int) -> dict:
+    from ffdistill import load_calculator
     from ffdistill.deploy.lammps import run_lammps
 
     stamps = []  # at step 0 (after LAMMPS' set-up and the first force call) and at the last step
     run_lammps(
-        student,
+        load_calculator(student, compile=COMPILE),
         silicon(n_atoms),
         ["fix integrate all nve"],
         steps,
@@ -123,14 +126,19 @@ def one(engine: str, student: str, n_atoms: int, steps: int) -> None:
 
 
 def measure(engine: str, student: str, n_atoms: int, steps: int, src: str | None = None) -> dict:
-    """One (engine, size) in a fresh interpreter: its own peak memory; ``src``: another ffdistill to time."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
+    """One (engine, size) in a fresh interpreter: its own peak memory; ``src``: another ffdistill to time, or
+    "compile" for this one through torch.compile."""
+    env = dict(os.environ)
+    if src == "compile":
+        env["FFDISTILL_BENCH_COMPILE"] = "1"
+    elif src:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
     out = subprocess.run(
         [sys.executable, __file__, "--one", engine, str(n_atoms), str(steps), student],
         capture_output=True,
         text=True,
         check=True,
-        env=env if src else None,
+        env=env,
     )
     row = json.loads(out.stdout.strip().splitlines()[-1])
     row["cpu_us_per_atom_step"] = 1e6 / (row["cpu_steps_per_s"] * n_atoms)
@@ -142,6 +150,7 @@ def main() -> None:
     parser.add_argument("student", nargs="?", help="student file (default: a random painn-small Si student)")
     parser.add_argument("--steps", type=int, nargs=3, default=[20, 3, 3], help="timed steps at 64, 4096, 32768 atoms")
     parser.add_argument("--before", help="src folder of the code to compare against (timed side by side)")
+    parser.add_argument("--compile", action="store_true", help="time the torch.compile'd student as well")
     parser.add_argument("--one", nargs=3, metavar=("ENGINE", "ATOMS", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -149,6 +158,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         student = args.student or default_student(os.path.join(folder, "painn-small.pt"))
         versions = {"after": None, **({"before": args.before} if args.before else {})}
+        if args.compile:
+            versions["compiled"] = "compile"
         results = {name: {"ase": {}, "lammps": {}} for name in versions}
         for engine in ("ase", "lammps"):
             for n, steps in zip(SIZES, args.steps):

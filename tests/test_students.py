@@ -135,3 +135,27 @@ def test_forward_difference_rows_track_the_exact_rows_and_train(student, cu_atom
         assert any(p.grad is not None and p.grad.abs().max() > 0 for p in student.parameters())
     finally:
         student.set_jacobian("autograd")
+
+
+def test_a_compiled_student_gives_the_same_forces_on_structures_of_different_sizes(tmp_path):
+    """``load_calculator(compile=True)``: torch.compile with dynamic shapes, one compilation for every size."""
+    import numpy as np
+    from conftest import rattled_cu
+
+    from ffdistill.calculator import load_calculator, save_student
+
+    torch.manual_seed(0)
+    student = build_student("painn-tiny", [29], 4.0)
+    with torch.no_grad():
+        for p in student.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.3)
+    save_student(student, str(tmp_path / "s.pt"))
+    plain, fast = load_calculator(str(tmp_path / "s.pt")), load_calculator(str(tmp_path / "s.pt"), compile=True)
+    for reps in ((1, 1, 1), (2, 1, 1), (2, 2, 1)):  # 4, 8 and 16 atoms: new edge counts each time
+        a, b = rattled_cu(1, reps), rattled_cu(1, reps)
+        a.calc, b.calc = plain, fast
+        forces = a.get_forces()
+        np.testing.assert_allclose(b.get_forces(), forces, atol=1e-5 * max(1.0, np.abs(forces).max()))
+        assert abs(b.get_potential_energy() - a.get_potential_energy()) <= 1e-5 * abs(a.get_potential_energy())
+        assert np.abs(forces).max() > 1e-3

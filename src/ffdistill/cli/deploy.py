@@ -20,7 +20,7 @@ def cmd_md(args) -> None:
             args.uncertainty_stop,
             args.uncertainty_interval,
         )
-    calc = load_calculator(args.model, device=_device(args))
+    calc = load_calculator(args.model, device=_device(args), compile=args.compile)
     atoms = load_structure(args.structure)
     try:
         run_md(
@@ -60,12 +60,13 @@ def cmd_export(args) -> None:
 
 
 def cmd_lammps(args) -> None:
+    from ffdistill import load_calculator
     from ffdistill.data.sampling import load_structure
     from ffdistill.deploy.lammps import run_lammps_md
 
     atoms = load_structure(args.structure)
     run = run_lammps_md(
-        args.model,
+        load_calculator(args.model, compile=args.compile),
         atoms,
         args.ensemble,
         args.temperature,
@@ -84,16 +85,23 @@ def cmd_serve(args) -> None:
     from ffdistill import load_calculator
     from ffdistill.deploy.serve import load_template, serve
 
-    calc = load_calculator(args.model)
+    calc = load_calculator(args.model, compile=args.compile)
     template = load_template(args.structure, calc.potential.elements)
     answered = serve(calc, template, unix=args.unix, port=args.port, host=args.host)
     print(f"served {answered} force requests; the server closed the connection")
+
+
+COMPILE_HELP = (
+    "run the student through torch.compile: ~2.5x faster per step after a first call that compiles (20-30 s on a "
+    "CPU; needs a C++ compiler); worth it for runs of more than a few hundred steps"
+)
 
 
 def add_parsers(sub) -> None:
     """Register md, export, lammps, serve."""
     p = sub.add_parser("md", help="molecular dynamics with a saved student through ASE")
     p.add_argument("model")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("structure", help="a structure file or a named structure")
     p.add_argument("--ensemble", choices=["nve", "nvt"], default="nvt")
     p.add_argument("--temperature", type=float, default=300.0)
@@ -133,6 +141,7 @@ def add_parsers(sub) -> None:
         "lammps", help="molecular dynamics with a saved student inside LAMMPS (fix external; one MPI rank)"
     )
     p.add_argument("model")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("structure", help="a structure file or a named structure")
     p.add_argument("--ensemble", choices=["nve", "nvt"], default="nvt")
     p.add_argument("--temperature", type=float, default=300.0, help="K: start velocities and the NVT thermostat")
@@ -144,6 +153,7 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("serve", help="the student as an i-PI client: i-PI or ASE's SocketIOCalculator drives it")
     p.add_argument("model")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     p.add_argument("--structure", required=True, help="atoms in the server's order (the protocol sends no elements)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--unix", help="unix socket name (i-PI's address; /tmp/ipi_NAME)")
