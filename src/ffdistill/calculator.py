@@ -169,8 +169,9 @@ def load_calculator(
 
 
 def compiled(model):
-    """``model`` (a student or a committee) with its message passing compiled by ``torch.compile`` for inference: fused kernels instead of per-edge tensors written to memory and read back (painn-small on
-    4,096 Si atoms: 2.6x fewer CPU µs per atom-step, 23 % less peak memory; docs: Performance). The first call
+    """``model`` (a student or a committee) with its message passing compiled by ``torch.compile`` for
+    inference: fused kernels instead of per-edge tensors written to memory and read back (painn-small on 4,096 Si
+    atoms: 2.6x fewer CPU µs per atom-step, 23 % less peak memory; docs: Performance). The first call
     compiles (20-30 s on a CPU; needs a C++ compiler there); later structures of any size reuse it (dynamic
     shapes). Results equal the uncompiled ones to float32 round-off. Not for training, whose Hessian-row VJPs
     differentiate twice."""
