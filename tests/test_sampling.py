@@ -128,3 +128,32 @@ def test_a_molecules_kinetic_temperature_counts_neither_its_drift_nor_its_tumbli
     water.set_velocities(rigid + bend)
     internal = 0.5 * float((water.get_masses()[:, None] * bend**2).sum())  # eV (ASE units: amu Å² / (ASE time)²)
     assert kinetic_temperature(water) == pytest.approx(2 * internal / (3 * 8.617333262e-5), rel=1e-6)
+
+
+def test_a_molecule_that_falls_apart_ends_its_run_with_a_warning_and_its_broken_frames_are_not_kept(tmp_path):
+    """H2 on a Morse curve (ASE's, D 4.7 eV, r0 0.74 Å) at 8,000 K dissociates (seed 0: after 10 frames): the run
+    stops at the first kept frame whose bonds differ from the start and names the bond; copies fill the frames it
+    did not give, and every frame written is an intact molecule (its H–H distance, measured here). At 300 K the
+    same run keeps every frame (the check does not fire on bond vibrations)."""
+    import warnings
+
+    import ase.io
+    from ase.calculators.morse import MorsePotential
+
+    from ffdistill.data.sampling import sample_to_file
+    from ffdistill.teachers.ase_calc import ASETeacher
+
+    teacher = ASETeacher(MorsePotential(epsilon=4.7, r0=0.74, rho0=1.4, rcut1=2.5, rcut2=3.0), spec="morse-h2")
+    out = str(tmp_path / "h2.extxyz")
+    with pytest.warns(UserWarning, match=r"bonds changed \(H0–H1\) after 10 of 19 frames"):
+        sample_to_file(teacher, "molecule:H2", out, n_frames=24, temperatures=(8000.0,), md_fraction=0.8,
+                       interval=5, progress=False)  # fmt: skip
+    frames = ase.io.read(out, ":")
+    md = [a for a in frames if "kinetic_temperature_K" in a.info]
+    assert len(frames) == 24 and len(md) == 10
+    assert all(a.get_distance(0, 1) < 1.5 * 2 * 0.31 for a in frames)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at 300 K
+        sample_to_file(teacher, "molecule:H2", out + "2", n_frames=20, temperatures=(300.0,), md_fraction=1.0,
+                       interval=5, progress=False)  # fmt: skip
+    assert len([a for a in ase.io.read(out + "2", ":") if "kinetic_temperature_K" in a.info]) == 20

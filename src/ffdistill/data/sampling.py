@@ -100,6 +100,25 @@ def kinetic_temperature(atoms: ase.Atoms) -> float:
     return 2.0 * kinetic / ((3 * n - 6) * units.kB)
 
 
+#: MD time step (fs) when none is given: hydrogen's bond vibrations (~9 fs for O-H) need a short one; a
+#: 2 fs step let an ethanol's hydroxyl H fly off at 600 K (GFN1-xTB), 6.5 eV above the intact molecule
+TIMESTEP_FS = 2.0
+TIMESTEP_WITH_HYDROGEN_FS = 0.5
+
+
+def default_timestep(atoms: ase.Atoms) -> float:
+    return TIMESTEP_WITH_HYDROGEN_FS if 1 in atoms.numbers else TIMESTEP_FS
+
+
+def bonds(atoms: ase.Atoms) -> set[tuple[int, int]]:
+    """Covalent bonds of a molecule: pairs closer than 1.5 × the sum of their covalent radii (ASE's), loose enough
+    that no bond vibration at any sampled temperature crosses it (H–H 0.93 Å, O–H 1.46 Å, C–C 2.28 Å)."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.5))
+    return {(int(a), int(b)) for a, b in zip(i, j) if a < b}
+
+
 def default_interval(timestep_fs: float) -> int:
     """MD steps between kept frames: at least ``DECORRELATION_FS`` apart."""
     return max(1, int(np.ceil(DECORRELATION_FS / timestep_fs)))
@@ -130,13 +149,18 @@ def teacher_md_frames(
     temperature: float,
     interval: int | None = None,
     equilibration: int = 10,
-    timestep_fs: float = 2.0,
+    timestep_fs: float | None = None,
     seed: int = 0,
     bar=None,
 ) -> list[ase.Atoms]:
     """Langevin MD with the teacher: Maxwell–Boltzmann velocities at ``temperature``, a burn-in (``burn_in``) of
     at least ``equilibration`` steps, then one frame every ``interval`` steps (default ``default_interval``).
-    Frames keep their momenta; ``info`` has the burn-in's length (fs) and each frame's kinetic temperature."""
+    Frames keep their momenta; ``info`` has the burn-in's length (fs) and each frame's kinetic temperature.
+
+    A molecule whose bonds change (one breaks or forms: it fell apart or reacted) ends its run there, with a
+    warning: the frames kept are those before the change."""
+    timestep_fs = timestep_fs or default_timestep(atoms)
+    start_bonds = None if atoms.pbc.any() else bonds(atoms)
     atoms = atoms.copy()
     atoms.calc = teacher.as_calculator()
     # The centre of mass held by a constraint, not by Langevin's fixcm, which ASE warns does not sample the
@@ -149,6 +173,15 @@ def teacher_md_frames(
     frames = []
     for _ in range(n_frames):
         dyn.run(interval or default_interval(timestep_fs))
+        if start_bonds is not None and bonds(atoms) != start_bonds:
+            changed = sorted(bonds(atoms) ^ start_bonds)
+            warnings.warn(
+                f"teacher MD at {temperature:g} K: the molecule's bonds changed ({_describe_bonds(atoms, changed)}) "
+                f"after {len(frames)} of {n_frames} frames; that run stops there (a shorter time step or a lower "
+                "temperature keeps it whole)",
+                stacklevel=2,
+            )
+            break
         frame = _plain_copy(atoms)
         frame.set_momenta(atoms.get_momenta())
         frame.info.update(
@@ -158,6 +191,11 @@ def teacher_md_frames(
         if bar is not None:
             bar.update(1)
     return frames
+
+
+def _describe_bonds(atoms: ase.Atoms, pairs) -> str:
+    symbols = atoms.get_chemical_symbols()
+    return ", ".join(f"{symbols[a]}{a}–{symbols[b]}{b}" for a, b in pairs[:4])
 
 
 def _langevin(atoms: ase.Atoms, temperature: float, timestep_fs: float, friction: float, rng) -> Langevin:
@@ -230,16 +268,18 @@ def sample_to_file(
     seed: int = 0,
     progress: bool = True,
     runs: int = 1,
-    timestep_fs: float = 2.0,
+    timestep_fs: float | None = None,
 ) -> int:
     """Teacher MD (``runs`` independent runs per temperature) plus perturbed copies, written to ``output``
-    (extxyz) atomically.
+    (extxyz) atomically. Time step ``timestep_fs``, by default 0.5 fs with hydrogen and 2 fs without; a run
+    whose molecule falls apart stops there (``teacher_md_frames``) and copies fill the frames it did not give.
 
     Every frame carries ``info["group"]``: a block of consecutive frames of one run spanning at least
     ``MIN_GROUP_SPAN_FS`` of MD, together with the perturbed copies of those frames.
     """
-    _check_sampling(n_frames, temperatures, md_fraction, interval, runs, timestep_fs)
     atoms = load_structure(structure)
+    timestep_fs = timestep_fs or default_timestep(atoms)
+    _check_sampling(n_frames, temperatures, md_fraction, interval, runs, timestep_fs)
     teacher.check_elements(atoms.numbers)
     chains = [(t, r) for t in temperatures for r in range(runs)]
     n_md = max(len(chains), int(round(n_frames * md_fraction)))
@@ -264,6 +304,8 @@ def sample_to_file(
             for j, frame in enumerate(run):
                 frame.info[GROUP_KEY] = first_group + j // block
             frames += run
+    if not frames:
+        raise InputError(f"no teacher MD frame of {structure} stayed whole (its bonds changed in every run)")
     frames += perturbed_copies(frames, n_frames - len(frames), seed=seed)
     tmp = output + ".partial.extxyz"
     ase.io.write(tmp, frames, format="extxyz")
