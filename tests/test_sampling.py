@@ -154,6 +154,9 @@ def test_a_molecule_that_falls_apart_ends_its_run_with_a_warning_and_its_broken_
     assert all(a.get_distance(0, 1) < 1.5 * 2 * 0.31 for a in md)  # the copies rattle these by 0.04 Å
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no warning at 300 K
-        sample_to_file(teacher, "molecule:H2", out + "2", n_frames=20, temperatures=(300.0,), md_fraction=1.0,
+        sample_to_file(teacher, "molecule:H2", out.replace(".extxyz", "_cold.extxyz"), n_frames=20, temperatures=(300.0,), md_fraction=1.0,
                        interval=5, progress=False)  # fmt: skip
-    assert len([a for a in ase.io.read(out + "2", ":") if "kinetic_temperature_K" in a.info]) == 20
+    assert (
+        len([a for a in ase.io.read(out.replace(".extxyz", "_cold.extxyz"), ":") if "kinetic_temperature_K" in a.info])
+        == 20
+    )
