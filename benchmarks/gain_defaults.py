@@ -69,6 +69,9 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=12, help="held-out frames")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--score", action="store_true", help="score the held-out frames (once per seed set)")
+    parser.add_argument(
+        "--heldout-seed", type=int, default=HELDOUT_SEED, help="a fresh held-out trajectory for a new claim"
+    )
     parser.add_argument("-o", "--output", default="bench_gain")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -124,7 +127,7 @@ def prepare(name: str, system: System, folder: str, args) -> dict:
                 n_frames=args.heldout,
                 temperatures=(system.heldout_temperature,),
                 md_fraction=1.0,
-                seed=HELDOUT_SEED,
+                seed=args.heldout_seed,
                 progress=False,
             ),
         ),
@@ -173,10 +176,10 @@ def score_once(name: str, data: dict, runs: dict, args) -> dict:
     scored again: its stored result is returned."""
     ledger_path = os.path.join(args.output, "ledger.json")
     ledger = _read(ledger_path) or []
-    key = {"system": name, "heldout_seed": HELDOUT_SEED, "frames": args.frames, "seeds": sorted(args.seeds)}
+    key = {"system": name, "heldout_seed": args.heldout_seed, "frames": args.frames, "seeds": sorted(args.seeds)}
     for entry in ledger:
         if entry["key"] == key:
-            print(f"{name}: held-out seed {HELDOUT_SEED} already scored for these runs; the stored result follows")
+            print(f"{name}: held-out seed {args.heldout_seed} already scored for these runs; the stored result follows")
             return entry["result"]
     modes = reference_modes(data, os.path.dirname(data["labels.zarr"]))
     result = {
