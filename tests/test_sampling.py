@@ -152,11 +152,9 @@ def test_a_molecule_that_falls_apart_ends_its_run_with_a_warning_and_its_broken_
     md = [a for a in frames if "kinetic_temperature_K" in a.info]
     assert len(frames) == 24 and len(md) == 10
     assert all(a.get_distance(0, 1) < 1.5 * 2 * 0.31 for a in md)  # the copies rattle these by 0.04 Å
+    cold = out.replace(".extxyz", "_cold.extxyz")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no warning at 300 K
-        sample_to_file(teacher, "molecule:H2", out.replace(".extxyz", "_cold.extxyz"), n_frames=20, temperatures=(300.0,), md_fraction=1.0,
+        sample_to_file(teacher, "molecule:H2", cold, n_frames=20, temperatures=(300.0,), md_fraction=1.0,
                        interval=5, progress=False)  # fmt: skip
-    assert (
-        len([a for a in ase.io.read(out.replace(".extxyz", "_cold.extxyz"), ":") if "kinetic_temperature_K" in a.info])
-        == 20
-    )
+    assert len([a for a in ase.io.read(cold, ":") if "kinetic_temperature_K" in a.info]) == 20

@@ -672,7 +672,7 @@ class LabelStore:
         self.v4 = "momenta" in self.group  # format 4: the sampled frames' momenta
         if not self.v4 and self.path not in _NOTED:
             _NOTED.add(self.path)
-            lacks = "it has no momenta" if self.v3 else "its numbers, pbc, stress and reference labels carry no checksum"
+            lacks = "it has no momenta" if self.v3 else "its numbers, pbc, stress and ref. labels carry no checksum"
             print(
                 f"note: {self.path} is a format-{self.attrs.get('format_version', 1)} label store, read-only; "
                 f"{lacks}: ffdistill migrate {self.path} upgrades it",
