@@ -49,8 +49,7 @@ class UncertaintyWatch:
             raise InputError(f"--uncertainty-stop ({self.stop}) must not be below --uncertainty-threshold")
 
     def attach(self, dyn, atoms: ase.Atoms, offset: int = 0) -> None:
-        if "force_deviation" not in atoms.calc.implemented_properties + list(atoms.calc.results):
-            atoms.get_forces()  # the first calculation tells whether this calculator reports a deviation
+        atoms.get_forces()  # the first calculation tells whether this calculator reports a deviation
         if "force_deviation" not in atoms.calc.results:
             raise InputError("uncertainty needs a committee (train with train.committee=K)")
         log = open(self.log_path, "a" if offset else "w")

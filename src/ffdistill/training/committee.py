@@ -52,7 +52,7 @@ def calibrate(committee: Committee, store: LabelStore, indices, config: RunConfi
     errors, deviations = [], []
     for i in indices:
         graph = store.graph(int(i), config.model.cutoff, reference=config.data.use_reference)
-        forces = torch_stack_members(committee, graph)
+        forces = member_forces(committee, graph)
         deviations.append(per_atom_deviation(forces).double().numpy())
         errors.append((forces.mean(0) - graph.forces).double().numpy())
     errors, deviations = np.concatenate(errors), np.concatenate(deviations)
@@ -65,7 +65,8 @@ def calibrate(committee: Committee, store: LabelStore, indices, config: RunConfi
     }
 
 
-def torch_stack_members(committee: Committee, graph):
+def member_forces(committee: Committee, graph):
+    """(K, N, 3) each member's forces on ``graph``, on the host."""
     import torch
 
     from ffdistill.devices import device_of
