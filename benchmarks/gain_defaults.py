@@ -18,7 +18,9 @@ instead. Each stage is cached on disk, so the benchmark resumes where it stopped
 
 Which trajectory served which choice: the default λH and the stopping rule were chosen on the validation
 groups of the λH sweep's own stores (acetamide and 32-atom Si, sampled with seed 0 before the thermalised
-sampler), never on a held-out trajectory of this benchmark.
+sampler), never on a held-out trajectory of this benchmark. Held-out seeds used so far: 20261206 (the first
+scoring of every system), 20261208 (ethanol again, after the sampler's fix for molecules with hydrogen),
+20261209 (ethanol at 100 training frames); each new claim takes a new one (``--heldout-seed``).
 
     python benchmarks/gain_defaults.py --systems acetamide si --seeds 0 1 2 --frames 12 -o bench
 
