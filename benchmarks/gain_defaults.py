@@ -74,6 +74,11 @@ def main() -> None:
     parser.add_argument(
         "--heldout-seed", type=int, default=HELDOUT_SEED, help="a fresh held-out trajectory for a new claim"
     )
+    parser.add_argument(
+        "--equal-cost",
+        action="store_true",
+        help="also an undistilled student on as many frames as cost the teacher what the distilled one's cost",
+    )
     parser.add_argument("-o", "--output", default="bench_gain")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,6 +87,9 @@ def main() -> None:
         folder = os.path.join(args.output, name)
         data = prepare(name, SYSTEMS[name], folder, args)
         runs = {(m, s): train_one(data, m, s, args.frames, folder) for s in args.seeds for m in METHODS}
+        if args.equal_cost:
+            frames = equal_cost_frames(data, args.frames, args.pool, folder)
+            runs |= {(EQUAL, s): train_one(data, EQUAL, s, frames, folder) for s in args.seeds}
         if args.score:
             results[name] = score_once(name, data, runs, args)
     for name, r in results.items():
@@ -90,6 +98,29 @@ def main() -> None:
 
 
 METHODS = {"undistilled": ["loss.hessian=0"], "distilled": []}
+#: the undistilled student given the distilled one's teacher cost in frames (``--equal-cost``)
+EQUAL = "undistilled-equal-cost"
+
+
+def equal_cost_frames(data: dict, frames: int, pool: int, folder: str) -> int:
+    """Frames whose teacher cost, sampling included, equals that of ``frames`` frames labelled with ``ROWS``
+    Hessian rows, when labelled with energies, forces and stress only (rounded up, in the baseline's favour).
+    The cost is the teacher's measured time: per frame, the sampling run's share plus its labelling, with and
+    without rows (the pool labelled once more without rows, timed, cached in ``timings.json``)."""
+    from ffdistill.data.labels import label_file
+    from ffdistill.teachers import load_teacher
+
+    timings_path = os.path.join(folder, "timings.json")
+    timings = _read(timings_path)
+    if "labels_no_rows.zarr" not in timings:
+        teacher = load_teacher(data["system"].teacher)
+        began = time.perf_counter()
+        label_file(teacher, data["frames.extxyz"], os.path.join(folder, "labels_no_rows.zarr"), rows=0, progress=False)
+        timings["labels_no_rows.zarr"] = time.perf_counter() - began
+        _write(timings_path, timings)
+    sampling = timings["frames.extxyz"] / pool
+    with_rows, without = timings["labels.zarr"] / pool, timings["labels_no_rows.zarr"] / pool
+    return int(np.ceil(frames * (sampling + with_rows) / (sampling + without)))
 
 
 def prepare(name: str, system: System, folder: str, args) -> dict:
@@ -161,7 +192,7 @@ def train_one(data: dict, method: str, seed: int, frames: int, folder: str) -> s
         f"data.n_train={frames}",
         "data.val_fraction=0.25",
         f"train.seed={seed}",
-        *METHODS[method],
+        *METHODS.get(method, METHODS["undistilled"]),
     ]
     began = time.perf_counter()
     train_from_config(
@@ -179,6 +210,8 @@ def score_once(name: str, data: dict, runs: dict, args) -> dict:
     ledger_path = os.path.join(args.output, "ledger.json")
     ledger = _read(ledger_path) or []
     key = {"system": name, "heldout_seed": args.heldout_seed, "frames": args.frames, "seeds": sorted(args.seeds)}
+    if args.equal_cost:
+        key["equal_cost"] = True
     for entry in ledger:
         if entry["key"] == key:
             print(f"{name}: held-out seed {args.heldout_seed} already scored for these runs; the stored result follows")
@@ -258,6 +291,7 @@ def _score_run(data: dict, method: str, seed: int, run: str, modes: dict) -> dic
     return {
         "method": method,
         "seed": seed,
+        "training_frames": _training_frames(run),
         **scores,
         "steps": summary["steps"],
         "first_within_1pct_step": first_within,
@@ -265,6 +299,13 @@ def _score_run(data: dict, method: str, seed: int, run: str, modes: dict) -> dic
         "train_wall_s": summary.get("wall_s"),
         "val_force_meV_per_A": best,
     }
+
+
+def _training_frames(run: str) -> int:
+    import yaml
+
+    with open(os.path.join(run, "config.yaml")) as handle:
+        return yaml.safe_load(handle)["data"]["n_train"]
 
 
 def summary(result: dict) -> dict:
@@ -283,9 +324,14 @@ def summary(result: dict) -> dict:
         ratios = [by["distilled", s][key] / by["undistilled", s][key] for s in seeds]
         out[f"{label}_ratio_mean"] = float(np.mean(ratios))
         out[f"{label}_ratio_per_seed"] = [round(x, 3) for x in ratios]
-        for method in METHODS:
-            out[f"{label}_{method}"] = [round(by[method, s][key], 3) for s in seeds]
+        for method in (*METHODS, EQUAL):
+            if (method, seeds[0]) in by:
+                out[f"{label}_{method}"] = [round(by[method, s][key], 3) for s in seeds]
+        if (EQUAL, seeds[0]) in by:
+            equal = [by["distilled", s][key] / by[EQUAL, s][key] for s in seeds]
+            out[f"{label}_ratio_at_equal_cost_per_seed"] = [round(x, 3) for x in equal]
     out["steps"] = {f"{r['method']}-s{r['seed']}": [r["steps"], r["first_within_1pct_step"]] for r in runs}
+    out["training_frames"] = {f"{r['method']}-s{r['seed']}": r.get("training_frames") for r in runs}
     if "nvt_stable" in runs[0]:
         out["nvt_stable"] = {f"{r['method']}-s{r['seed']}": r["nvt_stable"] for r in runs}
     return out

@@ -405,8 +405,8 @@ def test_evaluate_report_numbers_equal_ase_vibrations_and_errors_recomputed_by_h
     assert "Plots: " + ", ".join(f"`{p}`" for p in plots) + "." in report
     assert "Verdict" in report and "| teacher | reference | reference |" in report
     assert (
-        "a bond more than 0.5 Å from the median start length of its kind, or |F| > 50 eV/Å, checked every step"
-        in report
+        "a bond more than 0.5 Å (after 200 steps: 8× the bonds' root-mean-square change over them where larger, "
+        "up to 1.0 Å) from the median start length of its kind, or |F| > 50 eV/Å, checked every step" in report
     )
     assert "(limit 1)" in report
 
@@ -523,3 +523,42 @@ def test_a_stretched_bond_of_a_hot_start_relaxing_is_no_blowup_but_a_broken_one_
     atoms.positions[0] += [0.6, 0.6, 0.6]  # now torn ~1 Å out of its site
     with pytest.raises(Blowup, match="bond"):
         monitor.check(2)
+
+
+def test_the_bond_tolerance_widens_to_the_thermal_motion_seen_in_the_warm_up_and_no_further():
+    """Every bond of a cell strained by ±ε changes by L·ε (L the bond length): over the 200-step warm-up the
+    root-mean-square change is L·ε, so the tolerance becomes 8·L·ε (by hand), never below 0.5 Å nor above 1 Å."""
+    from ase.build import bulk
+    from ase.calculators.calculator import Calculator, all_changes
+
+    from ffdistill.evaluate.md import Blowup, StabilityMonitor
+
+    class Flat(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            self.results = {"energy": 0.0, "forces": np.zeros((len(self.atoms), 3))}
+
+    def monitor_after_warmup(rms_change: float):
+        atoms = bulk("Si", "diamond", a=5.43, cubic=True)
+        atoms.calc = Flat()
+        cell, bond = atoms.cell.array.copy(), 5.43 * np.sqrt(3) / 4
+        monitor = StabilityMonitor(atoms)
+        for step in range(201):
+            atoms.set_cell(cell * (1 + (-1) ** step * rms_change / bond), scale_atoms=True)
+            monitor.check(step)
+        return atoms, cell, bond, monitor
+
+    def strain_to(atoms, cell, bond, change):
+        atoms.set_cell(cell * (1 + change / bond), scale_atoms=True)
+
+    atoms, cell, bond, monitor = monitor_after_warmup(0.1)  # 8 × 0.1 Å = 0.8 Å
+    assert monitor.tolerance == pytest.approx(0.8, rel=1e-9)
+    strain_to(atoms, cell, bond, 0.75)
+    monitor.check(201)
+    strain_to(atoms, cell, bond, 0.85)
+    with pytest.raises(Blowup, match=r"0.85 Å > 0.8 Å"):
+        monitor.check(202)
+    assert monitor_after_warmup(0.02)[3].tolerance == 0.5  # 8 × 0.02 = 0.16 Å: stays at 0.5 Å
+    assert monitor_after_warmup(0.3)[3].tolerance == 1.0  # 8 × 0.3 = 2.4 Å: a free drift, capped

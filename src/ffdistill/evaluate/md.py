@@ -12,8 +12,16 @@ from ase.neighborlist import neighbor_list
 
 from ffdistill.errors import FFDistillError
 
-#: A bonded pair whose length changes by more than this (Å) from the start marks an unstable run.
+#: A bonded pair whose length changes by more than this (Å) from the start marks an unstable run ...
 BOND_TOLERANCE = 0.5
+#: ... or, after the warm-up's first WARMUP_STEPS steps, by more than THERMAL_WIDTH × the root-mean-square change of
+#: the bonds over the warm-up, where that is larger: in a hot metal the atoms' own thermal motion changes a pair's
+#: length by over 0.5 Å now and then (SevenNet-0's Cu at 750 K within 240 fs, EMT's Cu at 900 K by 0.8 Å in 1 ps),
+#: while a molecule's or a covalent crystal's bonds stay within a few tenths. Never beyond MAX_BOND_TOLERANCE: a student
+#: whose atoms drift freely (no restoring force) must still fail.
+WARMUP_STEPS = 200
+THERMAL_WIDTH = 8.0
+MAX_BOND_TOLERANCE = 1.0
 #: Forces beyond this (eV/Å) mark a run that blew up.
 MAX_FORCE = 50.0
 #: Langevin friction (1/fs): weak enough to leave the dynamics close to Newtonian.
@@ -77,15 +85,22 @@ def bonded_pairs(atoms: ase.Atoms, factor: float = 1.15) -> tuple[np.ndarray, np
 
 
 class StabilityMonitor:
-    """Checks the current frame: raises ``Blowup`` when a bond is longer or shorter by more than ``BOND_TOLERANCE``
+    """Checks the current frame: raises ``Blowup`` when a bond is longer or shorter by more than the tolerance
     than the typical start length of its kind of bond, or a force exceeds ``MAX_FORCE``. ``check(step)`` is told
-    the step it is looking at."""
+    the step it is looking at. The tolerance is ``BOND_TOLERANCE``, widened after ``WARMUP_STEPS`` to
+    ``THERMAL_WIDTH`` × the bonds' root-mean-square change over the warm-up where that is larger (hot metals), at
+    most ``MAX_BOND_TOLERANCE``;
+    a ``tolerance`` given here is used as it is."""
 
-    def __init__(self, atoms: ase.Atoms, interval: int = 1):
+    def __init__(self, atoms: ase.Atoms, interval: int = 1, tolerance: float | None = None):
         self.atoms, self.interval = atoms, interval
         self.i, self.j, self.S = bonded_pairs(atoms)
         self.reference = self._typical_lengths()
         self.last_passed: int | None = None
+        self.fixed = tolerance is not None  # a tolerance given by the caller is not widened
+        self.tolerance = BOND_TOLERANCE if tolerance is None else float(tolerance)
+        self._warmup: list[float] = []  # mean squared bond change at each check of the warm-up
+        self._first: int | None = None  # the first step checked (a resumed run warms up again)
 
     def _typical_lengths(self) -> np.ndarray:
         """Each bond's reference length: the median start length of bonds between the same two elements. A hot
@@ -108,10 +123,24 @@ class StabilityMonitor:
         fmax = float(np.abs(forces).max()) if np.all(np.isfinite(forces)) else np.inf
         if not np.isfinite(self.atoms.get_potential_energy()) or fmax > MAX_FORCE:
             raise Blowup(step, f"|F| = {fmax:.3g} eV/Å > {MAX_FORCE:g} eV/Å", self.interval)
-        change = np.abs(self._lengths() - self.reference).max(initial=0.0)
-        if change > BOND_TOLERANCE:
-            raise Blowup(step, f"a bond changed by {change:.2f} Å > {BOND_TOLERANCE} Å", self.interval)
+        changes = np.abs(self._lengths() - self.reference)
+        change = changes.max(initial=0.0)
+        if change > self.tolerance:
+            raise Blowup(step, f"a bond changed by {change:.2f} Å > {self.tolerance:.3g} Å", self.interval)
+        self._widen(step, changes)
         self.last_passed = step
+
+    def _widen(self, step: int, changes: np.ndarray) -> None:
+        """Over the warm-up, gather the bonds' squared changes; at its end, widen the tolerance to
+        ``THERMAL_WIDTH`` × their root mean square where that exceeds ``BOND_TOLERANCE``, at most
+        ``MAX_BOND_TOLERANCE``."""
+        if self.fixed or self._warmup is None or len(changes) == 0:
+            return
+        self._first = step if self._first is None else self._first
+        self._warmup.append(float(np.mean(changes**2)))
+        if step - self._first >= WARMUP_STEPS:
+            thermal = THERMAL_WIDTH * float(np.sqrt(np.mean(self._warmup)))
+            self.tolerance, self._warmup = min(max(self.tolerance, thermal), MAX_BOND_TOLERANCE), None
 
     def attach(self, dyn, offset: int = 0) -> None:
         """Check at steps 0, interval, 2·interval, … of ``dyn`` (ASE calls observers before step 1 too)."""
@@ -121,7 +150,9 @@ class StabilityMonitor:
 def stability_criteria(interval: int) -> str:
     every = "every step" if interval == 1 else f"every {interval} steps"
     return (
-        f"a bond more than {BOND_TOLERANCE} Å from the median start length of its kind, or |F| > {MAX_FORCE:g} eV/Å, "
+        f"a bond more than {BOND_TOLERANCE} Å (after {WARMUP_STEPS} steps: {THERMAL_WIDTH:g}× the bonds' "
+        f"root-mean-square change over them where larger, up to {MAX_BOND_TOLERANCE} Å) from the median start "
+        f"length of its kind, or |F| > {MAX_FORCE:g} eV/Å, "
         f"checked {every}"
     )
 
