@@ -12,16 +12,16 @@ from ase.neighborlist import neighbor_list
 
 from ffdistill.errors import FFDistillError
 
-#: A bonded pair whose length changes by more than this (Å) from the start marks an unstable run ...
+#: A bonded pair whose length changes by more than the tolerance (Å) from the start marks an unstable run. Over the
+#: first WARMUP_STEPS steps the tolerance is MAX_BOND_TOLERANCE; then THERMAL_WIDTH × the root-mean-square change of
+#: the bonds over the warm-up, clamped to [BOND_TOLERANCE, MAX_BOND_TOLERANCE]. A hot metal's atoms change a pair's
+#: length by 0.5 Å on their own (SevenNet-0's Cu at 750 K within 47 fs, EMT's Cu at 900 K by 0.8 Å in 1 ps), while a
+#: molecule's or a covalent crystal's bonds stay within a few tenths; the ceiling keeps a student whose atoms drift
+#: freely (no restoring force) failing.
 BOND_TOLERANCE = 0.5
-#: ... or, after the warm-up's first WARMUP_STEPS steps, by more than THERMAL_WIDTH × the root-mean-square change of
-#: the bonds over the warm-up, where that is larger: in a hot metal the atoms' own thermal motion changes a pair's
-#: length by over 0.5 Å now and then (SevenNet-0's Cu at 750 K within 240 fs, EMT's Cu at 900 K by 0.8 Å in 1 ps),
-#: while a molecule's or a covalent crystal's bonds stay within a few tenths. Never beyond MAX_BOND_TOLERANCE: a student
-#: whose atoms drift freely (no restoring force) must still fail.
+MAX_BOND_TOLERANCE = 1.0
 WARMUP_STEPS = 200
 THERMAL_WIDTH = 8.0
-MAX_BOND_TOLERANCE = 1.0
 #: Forces beyond this (eV/Å) mark a run that blew up.
 MAX_FORCE = 50.0
 #: Langevin friction (1/fs): weak enough to leave the dynamics close to Newtonian.
@@ -87,9 +87,9 @@ def bonded_pairs(atoms: ase.Atoms, factor: float = 1.15) -> tuple[np.ndarray, np
 class StabilityMonitor:
     """Checks the current frame: raises ``Blowup`` when a bond is longer or shorter by more than the tolerance
     than the typical start length of its kind of bond, or a force exceeds ``MAX_FORCE``. ``check(step)`` is told
-    the step it is looking at. The tolerance is ``BOND_TOLERANCE``, widened after ``WARMUP_STEPS`` to
-    ``THERMAL_WIDTH`` × the bonds' root-mean-square change over the warm-up where that is larger (hot metals), at
-    most ``MAX_BOND_TOLERANCE``;
+    the step it is looking at. The tolerance is ``MAX_BOND_TOLERANCE`` over the first ``WARMUP_STEPS``, then
+    ``THERMAL_WIDTH`` × the bonds' root-mean-square change over them, clamped to [``BOND_TOLERANCE``,
+    ``MAX_BOND_TOLERANCE``] (a hot metal's bonds move more than a molecule's);
     a ``tolerance`` given here is used as it is."""
 
     def __init__(self, atoms: ase.Atoms, interval: int = 1, tolerance: float | None = None):
@@ -98,7 +98,7 @@ class StabilityMonitor:
         self.reference = self._typical_lengths()
         self.last_passed: int | None = None
         self.fixed = tolerance is not None  # a tolerance given by the caller is not widened
-        self.tolerance = BOND_TOLERANCE if tolerance is None else float(tolerance)
+        self.tolerance = MAX_BOND_TOLERANCE if tolerance is None else float(tolerance)
         self._warmup: list[float] = []  # mean squared bond change at each check of the warm-up
         self._first: int | None = None  # the first step checked (a resumed run warms up again)
 
@@ -131,16 +131,15 @@ class StabilityMonitor:
         self.last_passed = step
 
     def _widen(self, step: int, changes: np.ndarray) -> None:
-        """Over the warm-up, gather the bonds' squared changes; at its end, widen the tolerance to
-        ``THERMAL_WIDTH`` × their root mean square where that exceeds ``BOND_TOLERANCE``, at most
-        ``MAX_BOND_TOLERANCE``."""
+        """Over the warm-up, gather the bonds' squared changes; at its end, set the tolerance to
+        ``THERMAL_WIDTH`` × their root mean square, clamped to [``BOND_TOLERANCE``, ``MAX_BOND_TOLERANCE``]."""
         if self.fixed or self._warmup is None or len(changes) == 0:
             return
         self._first = step if self._first is None else self._first
         self._warmup.append(float(np.mean(changes**2)))
         if step - self._first >= WARMUP_STEPS:
             thermal = THERMAL_WIDTH * float(np.sqrt(np.mean(self._warmup)))
-            self.tolerance, self._warmup = min(max(self.tolerance, thermal), MAX_BOND_TOLERANCE), None
+            self.tolerance, self._warmup = min(max(BOND_TOLERANCE, thermal), MAX_BOND_TOLERANCE), None
 
     def attach(self, dyn, offset: int = 0) -> None:
         """Check at steps 0, interval, 2·interval, … of ``dyn`` (ASE calls observers before step 1 too)."""
@@ -150,9 +149,9 @@ class StabilityMonitor:
 def stability_criteria(interval: int) -> str:
     every = "every step" if interval == 1 else f"every {interval} steps"
     return (
-        f"a bond more than {BOND_TOLERANCE} Å (after {WARMUP_STEPS} steps: {THERMAL_WIDTH:g}× the bonds' "
-        f"root-mean-square change over them where larger, up to {MAX_BOND_TOLERANCE} Å) from the median start "
-        f"length of its kind, or |F| > {MAX_FORCE:g} eV/Å, "
+        f"a bond more than {THERMAL_WIDTH:g}× the bonds' root-mean-square change over the first {WARMUP_STEPS} steps, "
+        f"clamped to {BOND_TOLERANCE}–{MAX_BOND_TOLERANCE} Å ({MAX_BOND_TOLERANCE} Å during those steps), from the "
+        f"median start length of its kind, or |F| > {MAX_FORCE:g} eV/Å, "
         f"checked {every}"
     )
 
