@@ -19,10 +19,16 @@ instead. Each stage is cached on disk, so the benchmark resumes where it stopped
 Which trajectory served which choice: the default λH and the stopping rule were chosen on the validation
 groups of the λH sweep's own stores (acetamide and 32-atom Si, sampled with seed 0 before the thermalised
 sampler), never on a held-out trajectory of this benchmark. Held-out seeds used so far: 20261206 (the first
-scoring of every system), 20261208 (ethanol again, after the sampler's fix for molecules with hydrogen),
-20261209 (ethanol at 100 training frames); each new claim takes a new one (``--heldout-seed``).
+scoring of every system at 12 frames), 20261208 (ethanol again, after the sampler's fix for molecules with
+hydrogen), 20261209 (ethanol and acetamide at 100 training frames, pools of 136), 20261210 (ethanol at equal
+teacher cost, ``--equal-cost``, on the 24-frame pool of 20261208's runs); each new claim takes a new one
+(``--heldout-seed``).
 
     python benchmarks/gain_defaults.py --systems acetamide si --seeds 0 1 2 --frames 12 -o bench
+    python benchmarks/gain_defaults.py --systems acetamide si --seeds 0 1 2 --frames 12 -o bench --score
+
+``--equal-cost`` adds, per seed, an undistilled student on as many frames as cost the teacher what the distilled
+student's frames with their rows cost (sampling included; ``equal_cost_frames``).
 
 Prints one table row per system and, as its last line, one JSON object: per system the mean force and
 energy ratios (distilled / undistilled) over seeds, their spread, and the steps each run took.
