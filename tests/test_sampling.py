@@ -158,3 +158,19 @@ def test_a_molecule_that_falls_apart_ends_its_run_with_a_warning_and_its_broken_
         sample_to_file(teacher, "molecule:H2", cold, n_frames=20, temperatures=(300.0,), md_fraction=1.0,
                        interval=5, progress=False)  # fmt: skip
     assert len([a for a in ase.io.read(cold, ":") if "kinetic_temperature_K" in a.info]) == 20
+
+
+def test_a_molecule_that_falls_apart_in_every_run_is_one_clear_error_and_no_file(tmp_path):
+    """H2 bound by 0.01 eV at 8,000 K (kT = 0.69 eV) flies apart before its first kept frame in every run: one
+    InputError naming the structure, and nothing written."""
+    from ase.calculators.morse import MorsePotential
+
+    from ffdistill.data.sampling import sample_to_file
+    from ffdistill.errors import InputError
+    from ffdistill.teachers.ase_calc import ASETeacher
+
+    teacher = ASETeacher(MorsePotential(epsilon=0.01, r0=0.74, rho0=1.4, rcut1=2.5, rcut2=3.0), spec="weak-h2")
+    out = tmp_path / "h2.extxyz"
+    with pytest.warns(UserWarning, match="bonds changed"), pytest.raises(InputError, match="molecule:H2 stayed whole"):
+        sample_to_file(teacher, "molecule:H2", str(out), n_frames=8, temperatures=(8000.0,), runs=2, progress=False)
+    assert list(tmp_path.iterdir()) == []
