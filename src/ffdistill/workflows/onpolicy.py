@@ -61,8 +61,8 @@ class OnPolicySettings:
     test_fraction: float = 0.2
     seed: int = 0
     teacher_python: str | None = None  #: run the teacher in this interpreter (a worker) when given
-    #: Å; a bond changing by more marks a blow-up (default: ffdistill.evaluate.md's rule, 0.5 Å widened to the
-    #: bonds' thermal motion after a warm-up; hot metals need it: EMT Cu's own 900 K MD changes bonds by 0.8 Å in 1 ps)
+    #: Å; a bond changing by more marks a blow-up (default: ffdistill.evaluate.md's rule, the bonds' thermal motion
+    #: over a warm-up clamped to 0.5–1 Å; hot metals need it: EMT Cu's own 900 K MD changes bonds by 0.8 Å in 1 ps)
     bond_tolerance: float | None = None
 
 
