@@ -100,6 +100,33 @@ def test_a_molecules_all_false_pbc_chunk_is_written_and_its_loss_detected(tmp_pa
     assert code == 2 and "array pbc: chunk 0" in text
 
 
+def test_a_format_2_molecule_store_without_its_fill_value_chunks_is_intact_and_migrates(tmp_path, capsys):
+    """Format-2 stores were written the way zarr writes by default: a chunk equal to the fill value (a molecule's
+    all-False pbc, all-zero probe counts) has no file. That is not damage there; migrating writes the chunks."""
+    from ase.build import molecule
+
+    frames = []
+    for k in range(2):
+        atoms = molecule("H2O")
+        atoms.rattle(0.02, seed=k)
+        frames.append(atoms)
+    ase.io.write(tmp_path / "w.extxyz", frames)
+    path = str(tmp_path / "w.zarr")
+    label_file(load_teacher("morse"), str(tmp_path / "w.extxyz"), path, rows=1, progress=False)
+    group = zarr.open_group(path, mode="r+")
+    del group["momenta"], group["checksums"]  # left: format 2's one checksum per frame
+    group.attrs["format_version"] = 2
+    for name in ("pbc", "n_probes"):  # what zarr's default left out
+        assert not group[name][:].any()
+        shutil.rmtree(os.path.join(path, name, "c"))
+    code, text = _verify(path, capsys)
+    assert code == 0 and "intact" in text and "missing" not in text, text
+    assert main(["migrate", path, "-q"]) == 0
+    migrated = LabelStore(path)
+    assert migrated.verify() == [] and not migrated.group["pbc"][:].any()
+    assert os.path.isdir(os.path.join(path, "pbc", "c"))
+
+
 @pytest.mark.parametrize("version", [2, 3])
 def test_an_older_store_loads_with_a_note_and_migrates_to_the_same_frames(store, capsys, version):
     group = zarr.open_group(store, mode="r+")
