@@ -483,6 +483,10 @@ def _open_partial(partial: str, request: LabelRequest, input_path: str, n_frames
 
     _check_writable(os.path.dirname(os.path.abspath(partial)))
     zarr.config.set({"array.write_empty_chunks": True})  # a missing chunk is then damage, never zeros
+    # One codec thread: a block's few chunk writes gain nothing from more, and every extra thread keeps its own
+    # malloc arena, which grew labelling memory with the number of frames (docs: performance). It applies when
+    # zarr creates its pool, i.e. when nothing in this process has used zarr yet, as in `ffdistill label`.
+    zarr.config.set({"threading.max_workers": 1})
     if os.path.exists(partial):
         group = zarr.open_group(partial, mode="r+")
         _check_same_request(group, request, partial)
