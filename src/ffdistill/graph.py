@@ -81,7 +81,10 @@ def edge_vectors(graph: AtomicGraph, R: Tensor | None = None, cell: Tensor | Non
 
 
 def neighbour_list(atoms: ase.Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
-    """Full neighbour list (both directions) from vesin: edge_index (2, E) and integer shifts (E, 3)."""
+    """Full neighbour list (both directions) from vesin: edge_index (2, E) and integer shifts (E, 3); none for
+    ``cutoff`` 0 (graphs for a model that never reads edges, such as an ASE calculator)."""
+    if cutoff <= 0:
+        return np.zeros((2, 0), dtype=np.int64), np.zeros((0, 3), dtype=np.int64)
     from vesin import NeighborList
 
     pbc = np.asarray(atoms.pbc, dtype=bool)

@@ -19,7 +19,7 @@ class ASETeacher(Teacher):
     has_autograd = False
     cpu_only = "an ASE calculator: numpy in, numpy out"
     dtype = torch.float64
-    cutoff = 1.0  # the graph is not used by the calculator; keep its neighbour list cheap
+    cutoff = 0.0  # the calculator finds its own neighbours: its graphs carry none (no neighbour list to build)
 
     def __init__(self, calculator, spec: str, version: str = "unknown", elements=None, factory=None):
         self.calc, self.factory = calculator, factory
