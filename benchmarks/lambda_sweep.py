@@ -104,7 +104,7 @@ def table(systems: dict[str, str], seeds=(0, 1)) -> list[dict]:
                 f"{spread(energy, 2 if max(energy) > 1 else 3)} | {', '.join(str(r['steps']) for r in runs.values())}"
                 f" | {', '.join(str(r['first_within_1pct']) for r in runs.values())} |"
             )
-    print(json.dumps({"config": os.path.relpath(CONFIG), "rows": rows}))
+    print(json.dumps({"config": os.path.relpath(CONFIG, os.path.join(os.path.dirname(CONFIG), "..")), "rows": rows}))
     return rows
 
 
