@@ -82,8 +82,8 @@ def test_training_refuses_a_damaged_store_in_one_line_naming_the_frame(store, tm
     assert not (tmp_path / "run").exists()
 
 
-def test_a_molecules_all_false_pbc_chunk_is_written_and_its_loss_detected(tmp_path, capsys):
-    import ase.io
+def _water_store(folder) -> str:
+    """A labelled store of two rattled water molecules (open boundaries: pbc all False)."""
     from ase.build import molecule
 
     frames = []
@@ -91,9 +91,14 @@ def test_a_molecules_all_false_pbc_chunk_is_written_and_its_loss_detected(tmp_pa
         atoms = molecule("H2O")
         atoms.rattle(0.02, seed=k)
         frames.append(atoms)
-    ase.io.write(tmp_path / "w.extxyz", frames)
-    path = str(tmp_path / "w.zarr")
-    label_file(load_teacher("morse"), str(tmp_path / "w.extxyz"), path, rows=1, progress=False)
+    ase.io.write(folder / "w.extxyz", frames)
+    path = str(folder / "w.zarr")
+    label_file(load_teacher("morse"), str(folder / "w.extxyz"), path, rows=1, progress=False)
+    return path
+
+
+def test_a_molecules_all_false_pbc_chunk_is_written_and_its_loss_detected(tmp_path, capsys):
+    path = _water_store(tmp_path)
     assert not LabelStore(path).group["pbc"][:].any() and os.path.isdir(os.path.join(path, "pbc", "c"))
     shutil.rmtree(os.path.join(path, "pbc", "c"))
     code, text = _verify(path, capsys)
@@ -103,16 +108,7 @@ def test_a_molecules_all_false_pbc_chunk_is_written_and_its_loss_detected(tmp_pa
 def test_a_format_2_molecule_store_without_its_fill_value_chunks_is_intact_and_migrates(tmp_path, capsys):
     """Format-2 stores were written the way zarr writes by default: a chunk equal to the fill value (a molecule's
     all-False pbc, all-zero probe counts) has no file. That is not damage there; migrating writes the chunks."""
-    from ase.build import molecule
-
-    frames = []
-    for k in range(2):
-        atoms = molecule("H2O")
-        atoms.rattle(0.02, seed=k)
-        frames.append(atoms)
-    ase.io.write(tmp_path / "w.extxyz", frames)
-    path = str(tmp_path / "w.zarr")
-    label_file(load_teacher("morse"), str(tmp_path / "w.extxyz"), path, rows=1, progress=False)
+    path = _water_store(tmp_path)
     group = zarr.open_group(path, mode="r+")
     del group["momenta"], group["checksums"]  # left: format 2's one checksum per frame
     group.attrs["format_version"] = 2
