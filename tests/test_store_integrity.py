@@ -123,6 +123,17 @@ def test_a_format_2_molecule_store_without_its_fill_value_chunks_is_intact_and_m
     assert os.path.isdir(os.path.join(path, "pbc", "c"))
 
 
+def test_a_format_2_store_that_lost_its_atomic_numbers_is_damaged(tmp_path, capsys):
+    """Not every missing chunk of a format-2 store is a fill value: element 0 was never written."""
+    path = _water_store(tmp_path)
+    group = zarr.open_group(path, mode="r+")
+    del group["momenta"], group["checksums"]
+    group.attrs["format_version"] = 2
+    shutil.rmtree(os.path.join(path, "numbers", "c"))
+    code, text = _verify(path, capsys)
+    assert code == 2 and "array numbers: chunk 0 missing" in text, text
+
+
 @pytest.mark.parametrize("version", [2, 3])
 def test_an_older_store_loads_with_a_note_and_migrates_to_the_same_frames(store, capsys, version):
     group = zarr.open_group(store, mode="r+")

@@ -115,6 +115,9 @@ FRAME_ARRAYS = (
 )
 #: Arrays whose bytes each frame's checksum covers (a lost or damaged chunk reads back as fill values).
 CHECKED = ("energy", "cell", "positions", "forces", "row_index", "hessian", "probe_vectors", "probe_products", "group")
+#: Arrays a chunk of which can never equal zarr's fill value, 0 (no element 0, no frame of 0 atoms): in a
+#: format-2 store, written without the chunks equal to the fill value, only their missing chunks are damage.
+NEVER_FILL = ("numbers", "n_atoms")
 #: Default group rule without group ids in the input: blocks of this many consecutive input frames.
 DEFAULT_GROUP_SIZE = 10
 
@@ -755,11 +758,11 @@ class LabelStore:
     def verify(self, block: int = 1024) -> list[str]:
         """Every problem found, one line each: chunk files missing, and (format 3) each frame whose span of an
         array no longer matches its checksum, naming the frame and the arrays; [] for an intact store. Format-2
-        stores are checked by their per-frame checksum, which covers fewer arrays, and not for missing chunks:
-        they were written without every chunk (zarr leaves out a chunk equal to the fill value, such as a
-        molecule store's all-False pbc), so a chunk file absent there is read as what was written."""
+        stores are checked by their per-frame checksum, which covers fewer arrays, and for missing chunks only
+        where the fill value can never have been written (``NEVER_FILL``): they were written without every
+        chunk (zarr leaves out a chunk equal to the fill value, such as a molecule store's all-False pbc)."""
         starts = self.starts()
-        names = self.array_names() if self.v3 else []
+        names = self.array_names() if self.v3 else [n for n in NEVER_FILL if n in self.group]
         problems = [line for name in names for line in self._missing_chunks(name, starts[name])]
         sums = self.group["checksums"][:] if self.v3 else self.group["checksum"][:]
         names = VERIFIED[: sums.shape[1]] if self.v3 else tuple(n for n in CHECKED if n in self.group)
